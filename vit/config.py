@@ -1,0 +1,212 @@
+"""The training spec: the single source of truth for what a job asks for.
+
+The trainer (`vit.train`), the API (`POST /jobs`) and the CLI all validate against `JobSpec`. A spec as sent may
+leave most fields out; `JobSpec.resolved()` fills the paper's defaults for its kind (pretrain or finetune) so
+that what is stored and run states every choice explicitly.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+VARIANT_PATTERN = re.compile(r"^(Ti|S|B|L|H)/([1-9][0-9]*)$")
+DATASETS = ("synthetic", "digits", "cifar10", "cifar100", "pets", "flowers102", "imagefolder")
+# Datasets that read files: they need `data.root` (the embedded ones are built in memory).
+FILE_DATASETS = ("cifar10", "cifar100", "pets", "flowers102", "imagefolder")
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    # Unknown fields are errors, not silently ignored typos (`lerning_rate`).
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    variant: str = Field("Ti/16", description='Preset and patch size, e.g. "Ti/4", "B/16", "H/14".')
+    image_size: int = Field(224, ge=8, le=1024)
+    # Overrides of the preset, with timm's keyword names where timm has one.
+    patch_size: int | None = Field(None, ge=1, le=64)
+    embed_dim: int | None = Field(None, ge=8, le=4096)
+    depth: int | None = Field(None, ge=1, le=64)
+    num_heads: int | None = Field(None, ge=1, le=64)
+    mlp_dim: int | None = Field(None, ge=8, le=16384)
+    pool: Literal["cls", "gap"] = "cls"
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    attn_drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> ModelSpec:
+        match = VARIANT_PATTERN.match(self.variant)
+        if match is None:
+            raise ValueError(f'variant must look like "B/16" (one of Ti, S, B, L, H and a patch size), got {self.variant!r}')
+        patch = self.patch_size or int(match.group(2))
+        if self.image_size % patch:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of the patch size {patch}")
+        if self.embed_dim is not None and self.num_heads is not None and self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        return self
+
+    def create_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `vit.create_model` besides num_classes."""
+        overrides = self.model_dump(exclude={"variant"}, exclude_none=True)
+        return overrides
+
+
+class DataSpec(_Strict):
+    dataset: Literal["synthetic", "digits", "cifar10", "cifar100", "pets", "flowers102", "imagefolder"] = "synthetic"
+    root: str | None = Field(None, description="Directory of the dataset's files (required for file datasets).")
+    download: bool = Field(False, description="Let torchvision download the dataset into root when missing.")
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Held-out share for datasets without a split.")
+    subset: float | int | None = Field(
+        None, description="Training subset: a fraction in (0, 1] or a number of images per class."
+    )
+    augment: bool = Field(True, description="Random resized crop and flip on training images.")
+    num_workers: int = Field(2, ge=0, le=64)
+    # synthetic only: size of the generated dataset and its number of classes.
+    synthetic_size: int = Field(2048, ge=16, le=1_000_000)
+    synthetic_classes: int = Field(10, ge=2, le=10_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSpec:
+        if self.dataset in FILE_DATASETS and not self.root:
+            raise ValueError(f"dataset {self.dataset!r} reads files: set data.root to its directory")
+        if isinstance(self.subset, float) and not 0.0 < self.subset <= 1.0:
+            raise ValueError("subset as a fraction must be in (0, 1]")
+        if isinstance(self.subset, int) and self.subset < 1:
+            raise ValueError("subset as a count per class must be at least 1")
+        return self
+
+
+class OptimSpec(_Strict):
+    """None means: the paper's default for the job's kind (see `JobSpec.resolved`)."""
+
+    name: Literal["adamw", "sgd"] | None = None
+    lr: float | None = Field(None, gt=0.0, le=10.0)
+    weight_decay: float | None = Field(None, ge=0.0, le=10.0)
+    betas: tuple[float, float] | None = None
+    momentum: float | None = Field(None, ge=0.0, lt=1.0)
+    warmup_steps: int | None = Field(None, ge=0)
+    schedule: Literal["linear", "cosine", "constant"] | None = None
+    clip_grad_norm: float | None = Field(None, ge=0.0, description="0 disables clipping.")
+
+
+class TrainSpec(_Strict):
+    steps: PositiveInt = Field(1000, le=10_000_000)
+    batch_size: PositiveInt = Field(128, le=1_000_000, description="Global batch across all processes.")
+    micro_batch_size: PositiveInt | None = Field(
+        None, description="Per-process batch per forward pass; accumulation reaches the global batch."
+    )
+    precision: Literal["fp32", "bf16"] = "fp32"
+    eval_every: int = Field(0, ge=0, description="0: evaluate only at the end.")
+    checkpoint_every: int = Field(0, ge=0, description="0: checkpoint only at the end.")
+    keep_checkpoints: PositiveInt = Field(3, le=1000)
+    log_every: PositiveInt = 10
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class EvalSpec(_Strict):
+    few_shot: list[Annotated[int, Field(ge=1, le=1000)]] = Field(default_factory=list, max_length=8)
+    few_shot_l2: float = Field(1e-3, gt=0.0, description="Ridge strength of the closed-form linear probe.")
+    batch_size: PositiveInt = Field(256, le=65536)
+
+
+class ResourcesSpec(_Strict):
+    nodes: int = Field(1, ge=1, le=1024)
+    procs_per_node: int = Field(1, ge=1, le=64)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class InitSpec(_Strict):
+    from_job: int | None = Field(None, ge=1, description="Start from this job's checkpoint (service only).")
+    checkpoint: str | None = Field(None, max_length=64, description="Which checkpoint of from_job; default latest.")
+    weights: str | None = Field(
+        None, max_length=4096, description="Run directory, checkpoint directory or weights file."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InitSpec:
+        if (self.from_job is None) == (self.weights is None):
+            raise ValueError("init needs exactly one of from_job or weights")
+        if self.checkpoint is not None and self.from_job is None:
+            raise ValueError("init.checkpoint names a checkpoint of init.from_job")
+        return self
+
+
+class JobSpec(_Strict):
+    kind: Literal["pretrain", "finetune"]
+    name: str = Field("unnamed", min_length=1, max_length=128, pattern=r"^[\w.\- ]+$")
+    model: ModelSpec = ModelSpec()
+    data: DataSpec = DataSpec()
+    optim: OptimSpec = OptimSpec()
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    init: InitSpec | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> JobSpec:
+        if self.init is not None and self.kind != "finetune":
+            raise ValueError("init is for finetune jobs; a pretrain job starts from random weights")
+        world = self.resources.nodes * self.resources.procs_per_node
+        if self.train.batch_size % world:
+            raise ValueError(f"train.batch_size {self.train.batch_size} is not divisible by {world} processes")
+        micro = self.train.micro_batch_size
+        if micro is not None and (self.train.batch_size // world) % micro:
+            raise ValueError(
+                f"the per-process batch {self.train.batch_size // world} is not a multiple of micro_batch_size {micro}"
+            )
+        return self
+
+    def resolved(self) -> JobSpec:
+        """The same spec with every kind-dependent default filled in (idempotent)."""
+        defaults = PRETRAIN_OPTIM if self.kind == "pretrain" else FINETUNE_OPTIM
+        given = self.optim.model_dump(exclude_none=True)
+        optim = OptimSpec(**{**defaults, **given})
+        if optim.name == "sgd" and optim.betas is not None and "betas" not in given:
+            optim = optim.model_copy(update={"betas": None})
+        return self.model_copy(update={"optim": optim})
+
+    @property
+    def world_size(self) -> int:
+        return self.resources.nodes * self.resources.procs_per_node
+
+
+# Paper, section 3 / appendix B: Adam(0.9, 0.999), decoupled weight decay 0.1, linear warmup then linear decay.
+PRETRAIN_OPTIM: dict[str, Any] = {
+    "name": "adamw",
+    "lr": 1e-3,
+    "weight_decay": 0.1,
+    "betas": (0.9, 0.999),
+    "momentum": None,
+    "warmup_steps": 100,
+    "schedule": "linear",
+    "clip_grad_norm": 1.0,
+}
+# Paper, fine-tuning: SGD momentum 0.9, no weight decay, clip at global norm 1, cosine decay.
+FINETUNE_OPTIM: dict[str, Any] = {
+    "name": "sgd",
+    "lr": 0.01,
+    "weight_decay": 0.0,
+    "momentum": 0.9,
+    "warmup_steps": 50,
+    "schedule": "cosine",
+    "clip_grad_norm": 1.0,
+}
+
+
+def parse_spec_text(text: str) -> JobSpec:
+    """Parse a YAML or JSON spec (JSON is YAML); raises pydantic.ValidationError or ValueError."""
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError("a spec is a mapping with at least `kind: pretrain` or `kind: finetune`")
+    return JobSpec.model_validate(data)
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    return parse_spec_text(Path(path).read_text())
