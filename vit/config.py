@@ -44,7 +44,9 @@ class ModelSpec(_Strict):
     def _check_shapes(self) -> ModelSpec:
         match = VARIANT_PATTERN.match(self.variant)
         if match is None:
-            raise ValueError(f'variant must look like "B/16" (one of Ti, S, B, L, H and a patch size), got {self.variant!r}')
+            raise ValueError(
+                f'variant must look like "B/16" (one of Ti, S, B, L, H and a patch size), got {self.variant!r}'
+            )
         patch = self.patch_size or int(match.group(2))
         if self.image_size % patch:
             raise ValueError(f"image_size {self.image_size} is not a multiple of the patch size {patch}")
@@ -59,10 +61,16 @@ class ModelSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    dataset: Literal["synthetic", "digits", "cifar10", "cifar100", "pets", "flowers102", "imagefolder"] = "synthetic"
-    root: str | None = Field(None, description="Directory of the dataset's files (required for file datasets).")
+    dataset: Literal["synthetic", "digits", "cifar10", "cifar100", "pets", "flowers102", "imagefolder"] = (
+        "synthetic"
+    )
+    root: str | None = Field(
+        None, description="Directory of the dataset's files (required for file datasets)."
+    )
     download: bool = Field(False, description="Let torchvision download the dataset into root when missing.")
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Held-out share for datasets without a split.")
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=1.0, description="Held-out share for datasets without a split."
+    )
     subset: float | int | None = Field(
         None, description="Training subset: a fraction in (0, 1] or a number of images per class."
     )
@@ -124,7 +132,9 @@ class ResourcesSpec(_Strict):
 
 class InitSpec(_Strict):
     from_job: int | None = Field(None, ge=1, description="Start from this job's checkpoint (service only).")
-    checkpoint: str | None = Field(None, max_length=64, description="Which checkpoint of from_job; default latest.")
+    checkpoint: str | None = Field(
+        None, max_length=64, description="Which checkpoint of from_job; default latest."
+    )
     weights: str | None = Field(
         None, max_length=4096, description="Run directory, checkpoint directory or weights file."
     )
@@ -155,7 +165,9 @@ class JobSpec(_Strict):
             raise ValueError("init is for finetune jobs; a pretrain job starts from random weights")
         world = self.resources.nodes * self.resources.procs_per_node
         if self.train.batch_size % world:
-            raise ValueError(f"train.batch_size {self.train.batch_size} is not divisible by {world} processes")
+            raise ValueError(
+                f"train.batch_size {self.train.batch_size} is not divisible by {world} processes"
+            )
         micro = self.train.micro_batch_size
         if micro is not None and (self.train.batch_size // world) % micro:
             raise ValueError(
