@@ -1,0 +1,27 @@
+# The two commands a new machine needs: `make serve` (the service on the embedded default) and `make test`.
+# Both create .venv and install everything on first use.
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test lint services
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/vitq serve
+
+services:
+	bash .ci/services
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: $(STAMP) services lint
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -rs --durations=15
