@@ -1,0 +1,77 @@
+"""`python -m worker [--concurrency N] [--queue Q]`: a Celery worker for training jobs, plus the lease reaper."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from celery.signals import worker_shutting_down
+from kombu.exceptions import ChannelError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    parser.add_argument("--concurrency", type=int, default=1, help="training jobs at once (default 1)")
+    parser.add_argument("--queue", help="queue to consume (default: VITQ_QUEUE or 'training')")
+    parser.add_argument("--loglevel", default="INFO")
+    args = parser.parse_args(argv)
+    if args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.queue:
+        # Settings come only from VITQ_* variables; this must be set before the app reads them.
+        os.environ["VITQ_QUEUE"] = args.queue
+    from api.settings import get_settings
+    from worker.celery_app import app
+    from worker.reaper import Reaper
+    from worker.supervisor import SHUTDOWN
+    from worker.tasks import enqueue_job
+
+    logging.basicConfig(level=args.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)  # the embedded default keeps its SQLite files here
+    settings.resolved_storage.mkdir(parents=True, exist_ok=True)
+
+    def queue_size() -> int:
+        with app.connection_for_read() as connection:
+            try:
+                return int(
+                    connection.default_channel.queue_declare(queue=settings.queue, passive=True).message_count
+                )
+            except ChannelError:
+                return 0  # Redis drops an empty queue's key: "no such queue" means no messages
+
+    def on_shutdown(**_: Any) -> None:
+        SHUTDOWN.set()
+
+    worker_shutting_down.connect(on_shutdown, weak=False)
+    stop = threading.Event()
+    Reaper(settings=settings, enqueue=enqueue_job, queue_size=queue_size).start(stop)
+    pool = "solo" if args.concurrency == 1 else "threads"
+    try:
+        app.worker_main(
+            [
+                "worker",
+                f"--pool={pool}",
+                f"--concurrency={args.concurrency}",
+                f"--queues={settings.queue}",
+                f"--loglevel={args.loglevel}",
+                f"--hostname=vitq-{socket.gethostname()}-{os.getpid()}",
+                "--without-gossip",  # no chatter between workers: the database coordinates them
+                "--without-mingle",
+            ]
+        )
+    finally:
+        stop.set()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Start and stop the trainer: `torch.distributed.run` as a subprocess in its own process group.
+
+The worker process never imports torch's CUDA side: the launcher and the trainer processes own the devices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+
+def trainer_command(spec_path: Path, run_dir: Path, procs_per_node: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(procs_per_node),
+        "--standalone",  # a private rendezvous on a free local port: jobs on one machine never collide
+        "-m",
+        "vit.train",
+        str(spec_path),
+        "--out",
+        str(run_dir),
+    ]
+
+
+def trainer_env(procs_per_node: int) -> dict[str, str]:
+    env = dict(os.environ)
+    # Without this each CPU process would start one thread per core and they would fight over the cores.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // procs_per_node)))
+    env["PYTHONUNBUFFERED"] = "1"  # progress lines reach train.log as they are printed
+    return env
+
+
+class Trainer:
+    """The launcher process and, through it, the training processes (which torchrun starts in sessions of
+    their own, so signals to the launcher's group do not reach them directly)."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def terminate(self) -> None:
+        """SIGTERM to the launcher, which forwards it to the trainers: they checkpoint and exit."""
+        _signal_group(self.process.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL the launcher and every process below it, at once."""
+        for pid in [*descendants(self.process.pid), self.process.pid]:
+            _signal_group(pid, signal.SIGKILL)
+        self.process.wait()
+
+
+def _signal_group(pid: int, signum: signal.Signals) -> None:
+    try:
+        os.killpg(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def descendants(pid: int) -> list[int]:
+    """Processes below `pid`, from /proc (Linux); none elsewhere."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
