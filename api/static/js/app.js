@@ -1,0 +1,31 @@
+// Hash routes (GET /jobs/{id} is the JSON API, so pages live under #/): #/ list, #/jobs/ID, #/submit.
+
+import { mountJob } from "./job.js";
+import { mountList } from "./list.js";
+import { mountSubmit } from "./submit.js";
+
+let current = null;
+
+function route() {
+  current?.destroy();
+  const [path, query = ""] = (location.hash.slice(1) || "/").split("?");
+  const params = new URLSearchParams(query);
+  const view = document.getElementById("view");
+  view.replaceChildren();
+  for (const key of Object.keys(view.dataset)) delete view.dataset[key];
+  const job = path.match(/^\/jobs\/(\d+)$/);
+  if (job) {
+    view.className = "job-view";
+    current = mountJob(view, Number(job[1]));
+  } else if (path === "/submit") {
+    view.className = "submit-view";
+    current = mountSubmit(view, params);
+  } else {
+    view.className = "list-view";
+    current = mountList(view, params);
+  }
+  window.scrollTo(0, 0);
+}
+
+window.addEventListener("hashchange", route);
+route();

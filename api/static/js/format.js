@@ -1,0 +1,98 @@
+// Small formatting helpers shared by the views.
+
+export function duration(seconds) {
+  if (seconds == null || !isFinite(seconds)) return "";
+  seconds = Math.max(0, Math.round(seconds));
+  const h = Math.floor(seconds / 3600);
+  const m = Math.floor((seconds % 3600) / 60);
+  const s = seconds % 60;
+  if (h) return `${h}h ${String(m).padStart(2, "0")}m`;
+  if (m) return `${m}m ${String(s).padStart(2, "0")}s`;
+  return `${s}s`;
+}
+
+export function jobDuration(job) {
+  if (!job.started_at) return "";
+  const end = job.finished_at ? Date.parse(job.finished_at) : Date.now();
+  return duration((end - Date.parse(job.started_at)) / 1000);
+}
+
+export function relativeTime(iso) {
+  if (!iso) return "";
+  const seconds = (Date.now() - Date.parse(iso)) / 1000;
+  if (seconds < 60) return "just now";
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min ago`;
+  if (seconds < 86400) return `${Math.floor(seconds / 3600)} h ago`;
+  return new Date(iso).toLocaleDateString(undefined, { month: "short", day: "numeric" });
+}
+
+export function localTime(iso) {
+  return iso ? new Date(iso).toLocaleString() : "";
+}
+
+export function number(value, digits = 3) {
+  if (value == null || !isFinite(value)) return "";
+  const abs = Math.abs(value);
+  if (abs !== 0 && (abs < 1e-3 || abs >= 1e5)) return value.toExponential(2);
+  return Number(value.toPrecision(digits + 1)).toString();
+}
+
+export function percent(value) {
+  return value == null ? "" : `${(value * 100).toFixed(1)}%`;
+}
+
+export function bytes(n) {
+  if (n == null) return "";
+  const units = ["B", "KB", "MB", "GB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+export function progressText(job) {
+  const eta = job.status === "running" && job.eta_seconds != null ? ` · ETA ${duration(job.eta_seconds)}` : "";
+  return `${job.step}/${job.total_steps}${eta}`;
+}
+
+// Element builder: h("td", {class: "num"}, "text", child, ...).
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value == null || value === false) continue;
+    if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else el.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child != null && child !== false) el.append(child);
+  }
+  return el;
+}
+
+export function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
+}
+
+export function statusBadge(status, cancelRequested = false) {
+  const label = cancelRequested && status === "running" ? "cancelling" : status;
+  return h("span", { class: `badge ${status}`, "data-status": status }, label);
+}
+
+// Runs `tick` now and then every `ms` after each run finishes (never overlapping); skips while the tab is
+// hidden; stops when `tick` returns false or the returned function is called.
+export function poll(tick, ms) {
+  let timer = null;
+  let stopped = false;
+  const run = async () => {
+    if (stopped) return;
+    if (!document.hidden) {
+      try {
+        if ((await tick()) === false) stopped = true;
+      } catch (err) {
+        console.warn(err);
+      }
+    }
+    if (!stopped) timer = setTimeout(run, ms);
+  };
+  run();
+  return () => { stopped = true; clearTimeout(timer); };
+}

@@ -1,0 +1,166 @@
+// One job: status, live curves, few-shot results, checkpoints, log tail, resolved spec, and actions.
+
+import { api } from "./api.js";
+import { MetricChart } from "./charts.js";
+import { bytes, duration, h, jobDuration, localTime, number, percent, poll, progressText, setText, statusBadge } from "./format.js";
+import { dumpYaml } from "./yaml.js";
+
+const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
+const FIRST_LOAD_POINTS = 1000; // the server downsamples longer series to this budget
+
+const CHARTS = [
+  { title: "Loss", series: [{ name: "loss", label: "train" }, { name: "val_loss", label: "val" }] },
+  { title: "Validation top-1", series: [{ name: "val_top1", label: "val top-1" }], format: (v) => `${(v * 100).toFixed(0)}%` },
+  { title: "Learning rate", series: [{ name: "lr", label: "lr" }], format: (v) => number(v, 2) },
+  { title: "Throughput (img/s)", series: [{ name: "images_per_s", label: "img/s" }], format: (v) => number(v, 3) },
+];
+
+export function mountJob(view, id) {
+  const title = h("h1", {}, `Job ${id}`);
+  const badgeHolder = h("span");
+  const meta = h("span", { class: "muted" });
+  const cancel = h("button", { type: "button", class: "danger", hidden: true, onclick: onCancel }, "Cancel");
+  const finetune = h("a", { class: "button primary", hidden: true, href: `#/submit?from_job=${id}` }, "Fine-tune from this");
+  const copy = h("a", { class: "button", href: `#/submit?copy=${id}` }, "Edit as new");
+  const fill = h("div", { class: "fill" });
+  const progressLabel = h("span", { class: "bar-label" });
+  const summary = h("dl", { class: "summary" });
+  const errorBox = h("pre", { class: "error-box", hidden: true });
+  const chartGrid = h("div", { class: "charts" });
+  const fewShot = h("div");
+  const checkpoints = h("div");
+  const logs = h("pre", { class: "logs", "data-testid": "logs" });
+  const spec = h("pre", { class: "spec" });
+
+  view.append(
+    h("div", { class: "job-head" },
+      h("a", { href: "#/", class: "back" }, "← Jobs"),
+      title, badgeHolder, meta, h("span", { class: "spacer" }), copy, finetune, cancel),
+    h("div", { class: "job-progress" }, h("div", { class: "bar wide" }, fill), progressLabel),
+    errorBox,
+    summary,
+    chartGrid,
+    h("div", { class: "columns" },
+      h("section", { class: "panel" }, h("h2", {}, "Few-shot linear accuracy"), fewShot),
+      h("section", { class: "panel" }, h("h2", {}, "Checkpoints"), checkpoints)),
+    h("section", { class: "panel" }, h("h2", {}, "Log"), logs),
+    h("section", { class: "panel" }, h("h2", {}, "Resolved spec"), spec),
+  );
+  const charts = CHARTS.map((c) => new MetricChart(chartGrid, c.title, c.series, { format: c.format }));
+
+  let job = null;
+  let cursor = null;
+  let lastCheckpointStep = null;
+
+  async function onCancel() {
+    if (!confirm(`Cancel job ${id} (${job?.name})? A running job saves a checkpoint and stops.`)) return;
+    cancel.disabled = true;
+    try {
+      render(await api(`/jobs/${id}/cancel`, { method: "POST" }));
+    } catch (err) {
+      alert(err.message);
+      cancel.disabled = false;
+    }
+  }
+
+  function render(next) {
+    job = next;
+    setText(title, `#${job.id} ${job.name}`);
+    badgeHolder.replaceChildren(statusBadge(job.status, job.cancel_requested));
+    const parent = job.parent_job_id ? ` · from job #${job.parent_job_id}` : "";
+    setText(meta, `${job.kind}${parent}`);
+    cancel.hidden = FINISHED.has(job.status) || job.cancel_requested;
+    finetune.hidden = !(job.kind === "pretrain" && job.status === "succeeded");
+    fill.style.width = `${Math.round((job.progress || 0) * 100)}%`;
+    setText(progressLabel, progressText(job));
+    errorBox.hidden = !job.error;
+    setText(errorBox, job.error || "");
+    const rows = [
+      ["Attempt", `${job.attempt} of ${job.max_attempts}`],
+      ["Worker", job.worker],
+      ["Waiting", job.wait_reason],
+      ["Resumed from step", job.resumed_from_step],
+      ["Created", localTime(job.created_at)],
+      ["Started", localTime(job.started_at)],
+      ["Finished", localTime(job.finished_at)],
+      ["Duration", jobDuration(job)],
+      ["ETA", job.status === "running" ? duration(job.eta_seconds) : ""],
+      ["Throughput", job.images_per_s == null ? "" : `${number(job.images_per_s, 3)} img/s`],
+      ["Best val top-1", percent(job.best_val_top1)],
+      ["Train loss", number(job.latest_metrics?.loss)],
+    ];
+    summary.replaceChildren(
+      ...rows.filter(([, v]) => v !== null && v !== undefined && v !== "")
+        .map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, String(v)))),
+    );
+    renderFewShot();
+    const text = dumpYaml(job.spec);
+    if (spec.textContent !== text) spec.textContent = text;
+    view.dataset.status = job.status;
+  }
+
+  function renderFewShot() {
+    const shots = job.spec?.eval?.few_shot || [];
+    if (!shots.length) {
+      fewShot.replaceChildren(h("p", { class: "muted" }, "Not configured (eval.few_shot)."));
+      return;
+    }
+    const metrics = job.latest_metrics || {};
+    fewShot.replaceChildren(h("table", { class: "small" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Shots per class"), h("th", { class: "num" }, "Accuracy"))),
+      h("tbody", {}, shots.map((n) => h("tr", {}, h("td", {}, `${n}-shot`),
+        h("td", { class: "num" }, percent(metrics[`few_shot_${n}`]) || "—"))))));
+  }
+
+  async function loadMetrics() {
+    const query = cursor === null ? `max_points=${FIRST_LOAD_POINTS}` : `since=${cursor}`;
+    const result = await api(`/jobs/${id}/metrics?${query}`);
+    for (const chart of charts) chart.update(result.series, { replace: cursor === null });
+    if (result.cursor != null) cursor = result.cursor;
+    else if (cursor === null) cursor = 0;
+    view.dataset.metricsLoaded = "true";
+  }
+
+  async function loadCheckpoints() {
+    if (lastCheckpointStep === job.step && !FINISHED.has(job.status)) return;
+    lastCheckpointStep = job.step;
+    const { items } = await api(`/jobs/${id}/checkpoints`);
+    checkpoints.replaceChildren(items.length
+      ? h("table", { class: "small" },
+        h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", { class: "num" }, "Step"),
+          h("th", { class: "num" }, "Size"), h("th", {}, "Created"), h("th", {}))),
+        h("tbody", {}, items.map((c) => h("tr", {},
+          h("td", {}, h("code", {}, c.name)), h("td", { class: "num" }, String(c.step)),
+          h("td", { class: "num" }, bytes(c.size_bytes)), h("td", {}, localTime(c.created_at)),
+          h("td", {}, h("a", { href: c.url, download: `job${id}-${c.name}.safetensors` }, "download"))))))
+      : h("p", { class: "muted" }, "None yet."));
+  }
+
+  async function loadLogs() {
+    const text = await api(`/jobs/${id}/logs?tail=200`);
+    if (logs.textContent === text) return;
+    const atBottom = logs.scrollHeight - logs.scrollTop - logs.clientHeight < 24;
+    logs.textContent = text || "(empty)";
+    if (atBottom) logs.scrollTop = logs.scrollHeight; // follow unless the reader scrolled up
+  }
+
+  async function tick() {
+    try {
+      render(await api(`/jobs/${id}`));
+    } catch (err) {
+      view.replaceChildren(h("p", { class: "empty" }, err.status === 404 ? `Job ${id} not found.` : err.message));
+      return err.status !== 404;
+    }
+    await Promise.all([loadMetrics(), loadCheckpoints(), loadLogs()]);
+    return !FINISHED.has(job.status); // a finished job cannot change any more: stop polling
+
+  }
+
+  const stop = poll(tick, 2000);
+  return {
+    destroy() {
+      stop();
+      for (const chart of charts) chart.destroy();
+    },
+  };
+}
