@@ -179,8 +179,11 @@ def add_metric_points(*, session: Session, job_id: int, points: Sequence[MetricR
             raw.cursor() as cursor,
             cursor.copy("COPY metric_points (job_id, name, step, value, time) FROM STDIN") as copy,
         ):
-            for point in points:
-                copy.write_row((job_id, point.name, point.step, point.value, point.time))
+            copy.write(
+                "".join(
+                    f"{job_id}\t{_copy_text(p.name)}\t{p.step}\t{p.value!r}\t{p.time!r}\n" for p in points
+                )
+            )
     else:
         session.execute(
             insert(MetricPoint),
@@ -190,6 +193,11 @@ def add_metric_points(*, session: Session, job_id: int, points: Sequence[MetricR
             ],
         )
     session.commit()
+
+
+def _copy_text(value: str) -> str:
+    """Escape a value for COPY's text format (metric names come from the trainer's JSON keys)."""
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def sync_checkpoints(*, session: Session, job_id: int, found: Sequence[CheckpointFile]) -> None:

@@ -114,6 +114,7 @@ def test_requeue_stale_fails_a_job_out_of_attempts(engine: Engine) -> None:
 def test_metrics_checkpoints_and_finish(engine: Engine) -> None:
     job_id = add_job(engine)
     points = [lifecycle.MetricRow("loss", step, 1.0 / step, 1000.0 + step) for step in range(1, 501)]
+    points.append(lifecycle.MetricRow("odd\tname\\", 3, 0.1, 1.0))  # COPY's text format must escape these
     found = [
         lifecycle.CheckpointFile("step-000010", 10, 123),
         lifecycle.CheckpointFile("step-000020", 20, 456),
@@ -129,7 +130,9 @@ def test_metrics_checkpoints_and_finish(engine: Engine) -> None:
         assert lifecycle.finish_job(session=session, claim=claim, status=JobStatus.succeeded, step=30)
         steps = session.execute(select(MetricPoint.step).where(MetricPoint.job_id == job_id)).scalars()
         names = session.execute(select(Checkpoint.name).where(Checkpoint.job_id == job_id)).scalars()
-        assert sorted(steps) == list(range(1, 501))
+        assert sorted(steps) == sorted([*range(1, 501), 3])
+        odd = session.execute(select(MetricPoint.name).where(MetricPoint.value == 0.1)).scalar_one()
+        assert odd == "odd\tname\\"
         assert list(names) == ["step-000020"]
     job = get_job(engine, job_id)
     assert (job.status, job.step) == (JobStatus.succeeded, 30) and job.finished_at is not None

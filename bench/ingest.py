@@ -1,0 +1,202 @@
+"""Metric ingest rate on PostgreSQL, and POST → running latency with an idle worker (not a test: prints figures).
+
+    .venv/bin/python bench/ingest.py [--points 200000] [--skip-latency]
+
+1. api.lifecycle.add_metric_points: batches of rows straight into metric_points.
+2. The supervisor's follow path: a metrics.jsonl of N lines (5 metrics each, as the trainer writes them) read
+   by worker.follow.MetricsFollower and stored with add_metric_points, as the supervisor does while a job runs.
+3. POST /jobs → status running, and → the first metrics line in the database, with a real worker idle on
+   Redis (needs api.app); the trainer's start-up (python, torch, torchrun) dominates the second figure.
+Uses a scratch database on the PostgreSQL server (VITQ_BENCH_PG_ADMIN_URL, default the test server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.orm import Session
+
+from api import lifecycle
+from api.models import Base, Job, JobStatus, MetricPoint
+from api.settings import Settings
+from worker.follow import MetricsFollower
+
+PG_ADMIN_URL = os.environ.get("VITQ_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("VITQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+BATCH = 5000
+TINY_SPEC = {
+    "kind": "pretrain",
+    "name": "bench-latency",
+    "model": {"variant": "Ti/4", "image_size": 16, "depth": 1, "embed_dim": 32, "num_heads": 2},
+    "data": {"dataset": "synthetic", "synthetic_size": 256, "num_workers": 0},
+    "train": {"steps": 20, "batch_size": 32, "log_every": 1},
+    "resources": {"device": "cpu"},
+}
+
+
+@contextmanager
+def scratch_database() -> Iterator[str]:
+    name = f"vitq_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def create_schema(url: str) -> None:
+    try:
+        from api.migrate import upgrade
+    except ImportError:  # before the migrations exist
+        engine = create_engine(url)
+        Base.metadata.create_all(engine)
+        engine.dispose()
+    else:
+        upgrade(url)
+
+
+def new_job(session: Session) -> int:
+    job = Job(name="bench", kind="pretrain", spec={}, total_steps=1, status=JobStatus.running)
+    session.add(job)
+    session.commit()
+    return job.id
+
+
+def count_points(session: Session, job_id: int) -> int:
+    rows = session.execute(select(MetricPoint.id).where(MetricPoint.job_id == job_id)).all()
+    return len(rows)
+
+
+def bench_add_metric_points(url: str, points: int) -> float:
+    engine = create_engine(url)
+    with Session(engine) as session:
+        job_id = new_job(session)
+        rows = [lifecycle.MetricRow("loss", step, 1.0 / (step + 1), 1.7e9 + step) for step in range(points)]
+        start = time.perf_counter()
+        for offset in range(0, points, BATCH):
+            lifecycle.add_metric_points(session=session, job_id=job_id, points=rows[offset : offset + BATCH])
+        elapsed = time.perf_counter() - start
+        assert count_points(session, job_id) == points
+    engine.dispose()
+    return points / elapsed
+
+
+def bench_follow(url: str, points: int, directory: Path) -> float:
+    metrics = ("loss", "lr", "grad_norm", "images_per_s", "epoch")
+    path = directory / "metrics.jsonl"
+    with path.open("w") as handle:
+        for step in range(points // len(metrics)):
+            record = {"step": step, "time": 1.7e9 + step, **{name: step * 0.001 for name in metrics}}
+            handle.write(json.dumps(record) + "\n")
+    engine = create_engine(url)
+    with Session(engine) as session:
+        job_id = new_job(session)
+        follower = MetricsFollower(path)
+        start = time.perf_counter()
+        while batch := follower.read_new():
+            lifecycle.add_metric_points(session=session, job_id=job_id, points=batch)
+        elapsed = time.perf_counter() - start
+        stored = count_points(session, job_id)
+    engine.dispose()
+    return stored / elapsed
+
+
+def bench_latency(url: str, directory: Path, runs: int) -> tuple[list[float], list[float]]:
+    import uvicorn
+
+    from api.app import create_app
+
+    queue = f"vitq-bench-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "VITQ_DATABASE_URL": url,
+        "VITQ_BROKER_URL": REDIS_URL,
+        "VITQ_QUEUE": queue,
+        "VITQ_HOME": str(directory),
+        "VITQ_STORAGE": str(directory / "storage"),
+        "VITQ_DATA_DIR": str(directory / "data"),
+        "OMP_NUM_THREADS": "1",
+    }
+    settings = Settings(
+        database_url=url, broker_url=REDIS_URL, queue=queue, home=directory, storage=directory / "storage"
+    )
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), port=0, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    worker = subprocess.Popen([sys.executable, "-m", "worker"], env=env, stderr=subprocess.DEVNULL)
+    engine = create_engine(url)
+    to_running, to_metrics = [], []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            time.sleep(5)  # the worker is up and idle
+            for _ in range(runs):
+                start = time.perf_counter()
+                job_id = client.post("/jobs", json=TINY_SPEC).raise_for_status().json()["id"]
+                running_at = first_metric_at = None
+                while first_metric_at is None or running_at is None:
+                    with Session(engine) as session:
+                        job = session.get(Job, job_id)
+                        assert job is not None and job.status != JobStatus.failed, job and job.error
+                        if running_at is None and job.status != JobStatus.queued:
+                            running_at = time.perf_counter() - start
+                        if first_metric_at is None and count_points(session, job_id):
+                            first_metric_at = time.perf_counter() - start
+                    time.sleep(0.01)
+                to_running.append(running_at)
+                to_metrics.append(first_metric_at)
+                while client.get(f"/jobs/{job_id}").json()["status"] == "running":
+                    time.sleep(0.2)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        server.should_exit = True
+        engine.dispose()
+    return to_running, to_metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--points", type=int, default=200_000)
+    parser.add_argument("--latency-runs", type=int, default=3)
+    parser.add_argument("--skip-latency", action="store_true")
+    args = parser.parse_args()
+    with scratch_database() as url, tempfile.TemporaryDirectory() as scratch:
+        create_schema(url)
+        rate = bench_add_metric_points(url, args.points)
+        print(f"add_metric_points ({BATCH}-row batches, PostgreSQL): {rate:,.0f} points/s (target >= 60,000)")
+        rate = bench_follow(url, args.points, Path(scratch))
+        print(f"follow metrics.jsonl -> database (supervisor path): {rate:,.0f} points/s (target >= 60,000)")
+        if not args.skip_latency:
+            to_running, to_metrics = bench_latency(url, Path(scratch), args.latency_runs)
+            print(
+                f"POST /jobs -> running, idle worker on Redis: median {statistics.median(to_running):.3f} s "
+                f"(runs: {', '.join(f'{t:.3f}' for t in to_running)}; target < 1 s)"
+            )
+            print(
+                f"POST /jobs -> first metrics line stored: median {statistics.median(to_metrics):.2f} s "
+                f"(runs: {', '.join(f'{t:.2f}' for t in to_metrics)}; target < 1 s + trainer start-up <= 5 s)"
+            )
+
+
+if __name__ == "__main__":
+    main()
