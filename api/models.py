@@ -71,7 +71,11 @@ class MetricPoint(Base):
     value: Mapped[float] = mapped_column(Float)
     time: Mapped[float] = mapped_column(Float)  # unix seconds, as the trainer wrote it
 
-    __table_args__ = (Index("ix_metric_points_job_name_step", "job_id", "name", "step"),)
+    __table_args__ = (
+        Index("ix_metric_points_job_name_step", "job_id", "name", "step"),
+        # The API's `since` cursor: a poll reads only the points newer than the last one it saw.
+        Index("ix_metric_points_job_id_id", "job_id", "id"),
+    )
 
 
 class Checkpoint(Base):

@@ -1,0 +1,66 @@
+"""The FastAPI app: one router per resource, assembled here; shared state (engine, sessions, the queue client)
+is built once per app, so a request never pays for setting them up."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import sessionmaker
+
+from api.db import make_engine
+from api.jobs import JobNotFoundError, JobStateError
+from api.queue import JobQueue
+from api.routes import checkpoints, dashboard, health, jobs, logs, metrics
+from api.settings import Settings, get_settings
+from vit.config import JobSpec
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    engine = make_engine(settings.resolved_database_url)
+    queue = JobQueue(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        queue.close()
+        engine.dispose()
+
+    app = FastAPI(title="vitq", summary="A training service for Vision Transformers.", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    # expire_on_commit=False: a committed job is returned as is, without a reload round trip.
+    app.state.sessions = sessionmaker(engine, expire_on_commit=False)
+    app.state.queue = queue
+
+    app.add_exception_handler(JobNotFoundError, _not_found)
+    app.add_exception_handler(JobStateError, _conflict)
+    for module in (jobs, metrics, checkpoints, logs, health, dashboard):
+        app.include_router(module.router)
+    app.openapi = lambda: _openapi_with_spec(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi_with_spec(app: FastAPI) -> dict[str, Any]:
+    """OpenAPI, plus the JobSpec schema that POST /jobs reads by hand (JSON or YAML)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        spec_schema = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(spec_schema.pop("$defs", {}))
+        components["JobSpec"] = spec_schema
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+async def _not_found(_request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=404)
+
+
+async def _conflict(_request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=409)

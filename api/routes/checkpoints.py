@@ -1,0 +1,52 @@
+"""Checkpoints of a job: listed from the database, downloaded from the run directory. A download path is built
+from the job id and a name the database lists, never from what the client sent."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import FileResponse
+
+from api import jobs
+from api.deps import SessionDep, SettingsDep
+from api.schemas import CheckpointList, CheckpointOut
+
+router = APIRouter(tags=["checkpoints"])
+WEIGHTS_FILE = "model.safetensors"
+
+
+@router.get("/jobs/{job_id}/checkpoints", responses={404: {}})
+def list_checkpoints(job_id: int, session: SessionDep) -> CheckpointList:
+    jobs.get_job(session=session, job_id=job_id)
+    rows = jobs.list_checkpoints(session=session, job_id=job_id)
+    return CheckpointList(
+        items=[
+            CheckpointOut(
+                name=c.name,
+                step=c.step,
+                size_bytes=c.size_bytes,
+                created_at=c.created_at,
+                url=f"/jobs/{job_id}/checkpoints/{c.name}",
+            )
+            for c in rows
+        ]
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/checkpoints/{name}",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, 404: {}},
+)
+def download_checkpoint(job_id: int, name: str, session: SessionDep, settings: SettingsDep) -> FileResponse:
+    """The checkpoint's weights (timm key names): loadable by `vit.load_pretrained` and by timm."""
+    jobs.get_job(session=session, job_id=job_id)
+    checkpoint = jobs.find_checkpoint(session=session, job_id=job_id, name=name)
+    # The stored name is a directory name the worker registered; refuse anything that could leave the run dir.
+    if checkpoint is None or "/" in checkpoint.name or checkpoint.name in ("", ".", ".."):
+        raise HTTPException(404, f"job {job_id} has no checkpoint {name!r}")
+    path = settings.run_dir(job_id) / "checkpoints" / checkpoint.name / WEIGHTS_FILE
+    if not path.is_file():
+        raise HTTPException(404, f"checkpoint {checkpoint.name} of job {job_id} is no longer on disk")
+    return FileResponse(
+        path, media_type="application/octet-stream", filename=f"job{job_id}-{checkpoint.name}.safetensors"
+    )

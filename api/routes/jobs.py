@@ -1,0 +1,97 @@
+"""Jobs: submit, list, show, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from api import jobs
+from api.deps import QueueDep, SessionDep, SettingsDep
+from api.metric_queries import summarize_metrics
+from api.models import Job, JobStatus
+from api.schemas import JobList, JobOut
+from api.spec_input import YAML_TYPES, confine_paths, parse_spec, read_body, spec_error
+from vit.config import JobSpec
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+async def _spec_from_body(request: Request, settings: SettingsDep) -> JobSpec:
+    body = await read_body(request, limit=settings.max_spec_bytes)
+    return parse_spec(body, request.headers.get("content-type", "application/json"))
+
+
+SpecDep = Annotated[JobSpec, Depends(_spec_from_body)]
+
+# The body is read by hand (JSON or YAML), so its schema is declared here for /docs.
+_SPEC_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}},
+            **{
+                t: {"schema": {"type": "string", "description": "The same spec as YAML."}} for t in YAML_TYPES
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "", status_code=201, openapi_extra=_SPEC_BODY, responses={413: {"description": "Spec too large"}}
+)
+def submit_job(spec: SpecDep, session: SessionDep, settings: SettingsDep, queue: QueueDep) -> JobOut:
+    """Store a training job (the spec with every default resolved) and queue it. A fine-tune whose
+    `init.from_job` has not succeeded yet waits for it."""
+    spec = confine_paths(spec, settings)
+    parent = _parent_of(spec, session=session)
+    job = jobs.create_job(session=session, spec=spec, max_attempts=settings.max_attempts, parent=parent)
+    session.commit()  # before enqueueing: the worker must find the job it is handed
+    if job.wait_reason is None or jobs.settle_waiting_job(session=session, job=job):
+        queue.enqueue(job.id)
+    return jobs.job_out(job)
+
+
+def _parent_of(spec: JobSpec, *, session: SessionDep) -> Job | None:
+    if spec.init is None or spec.init.from_job is None:
+        return None
+    parent_id = spec.init.from_job
+    parent = jobs.find_job(session=session, job_id=parent_id)
+    if parent is None:
+        raise spec_error(("init", "from_job"), f"job {parent_id} does not exist", "job_not_found")
+    if parent.status in (JobStatus.failed, JobStatus.cancelled):
+        raise spec_error(
+            ("init", "from_job"),
+            f"job {parent_id} is {parent.status}; a fine-tune starts from a job that succeeded or may still succeed",
+            "job_not_usable",
+        )
+    return parent
+
+
+@router.get("")
+def list_jobs(
+    session: SessionDep,
+    status: JobStatus | None = None,
+    kind: Literal["pretrain", "finetune"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobList:
+    """Jobs, newest first, and how many match the filters in all."""
+    rows, total = jobs.list_jobs(session=session, status=status, kind=kind, limit=limit, offset=offset)
+    return JobList(items=jobs.jobs_out(session=session, jobs=rows), total=total)
+
+
+@router.get("/{job_id}", responses={404: {"description": "Unknown job"}})
+def get_job(job_id: int, session: SessionDep) -> JobOut:
+    job = jobs.get_job(session=session, job_id=job_id)
+    return jobs.job_out(job, summarize_metrics(session=session, job_ids=[job_id]).get(job_id))
+
+
+@router.post(
+    "/{job_id}/cancel", status_code=202, responses={404: {}, 409: {"description": "Already finished"}}
+)
+def cancel_job(job_id: int, session: SessionDep) -> JobOut:
+    """A queued job is cancelled at once; a running one stops within seconds (it checkpoints first)."""
+    job = jobs.request_cancel(session=session, job_id=job_id)
+    return jobs.job_out(job, summarize_metrics(session=session, job_ids=[job_id]).get(job_id))

@@ -1,0 +1,32 @@
+"""Metric series of a job, columnar, downsampled by the database."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from api import jobs
+from api.deps import SessionDep
+from api.metric_queries import query_metrics
+from api.schemas import MetricsOut
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get("/jobs/{job_id}/metrics", response_model=MetricsOut, responses={404: {}})
+def get_metrics(
+    job_id: int,
+    session: SessionDep,
+    names: Annotated[str | None, Query(description="Comma-separated metric names; default all.")] = None,
+    since: Annotated[
+        int | None, Query(ge=0, description="A previous answer's cursor: only newer points.")
+    ] = None,
+    max_points: Annotated[int, Query(ge=10, le=1_000_000, description="Point budget per series.")] = 1000,
+) -> Response:
+    if jobs.find_job(session=session, job_id=job_id) is None:
+        raise jobs.JobNotFoundError(job_id)
+    wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
+    out = query_metrics(session=session, job_id=job_id, names=wanted, since=since, max_points=max_points)
+    # Serialized by pydantic-core straight to JSON: ~10x faster than the generic encoder on 100k floats.
+    return Response(out.model_dump_json(), media_type="application/json")

@@ -1,0 +1,78 @@
+"""What the REST API sends back (docs/contracts.md, "REST shapes"). A client sends a `vit.config.JobSpec`; it is
+never the table row: the row (api/models.py) holds the resolved spec plus the service's own bookkeeping."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, Field
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    # SQLite hands timezone-aware columns back naive; every stored time is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+class JobOut(BaseModel):
+    id: int
+    name: str
+    kind: str
+    status: str
+    attempt: int
+    max_attempts: int
+    step: int
+    total_steps: int
+    progress: float = Field(description="step / total_steps, 0..1")
+    resumed_from_step: int | None
+    wait_reason: str | None
+    cancel_requested: bool
+    error: str | None
+    worker: str | None
+    parent_job_id: int | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    heartbeat_at: UtcDatetime | None
+    spec: dict[str, Any] = Field(description="The resolved spec: every default filled in.")
+    latest_metrics: dict[str, float] = Field(description="Each metric's value at its latest step.")
+    best_val_top1: float | None
+    images_per_s: float | None
+    eta_seconds: float | None
+
+
+class JobList(BaseModel):
+    items: list[JobOut]
+    total: int
+
+
+class Series(BaseModel):
+    steps: list[int]
+    values: list[float]
+
+
+class MetricsOut(BaseModel):
+    series: dict[str, Series]
+    cursor: int = Field(description="Id of the newest point considered: pass it back as `since`.")
+
+
+class CheckpointOut(BaseModel):
+    name: str
+    step: int
+    size_bytes: int
+    created_at: UtcDatetime
+    url: str
+
+
+class CheckpointList(BaseModel):
+    items: list[CheckpointOut]
+
+
+class Health(BaseModel):
+    database: str
+    broker: str

@@ -1,0 +1,99 @@
+"""POST /jobs input: read the body (JSON or YAML, size-limited), validate it as a `vit.config.JobSpec`, and
+confine every path a spec names to the service's data and storage directories. Errors come out in FastAPI's
+422 shape, with `loc` = ["body", *field path]."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from fastapi import HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from api.settings import Settings
+from vit.config import JobSpec
+
+JSON_TYPES = ("application/json",)
+YAML_TYPES = ("application/yaml", "text/yaml", "application/x-yaml")  # documented; any non-JSON type is YAML
+
+
+def spec_error(loc: tuple[str | int, ...], msg: str, kind: str = "value_error") -> RequestValidationError:
+    return RequestValidationError([{"loc": ("body", *loc), "msg": msg, "type": kind}])
+
+
+async def read_body(request: Request, *, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it exceeds `limit` bytes (before reading it all)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"the spec is larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"the spec is larger than {limit} bytes")
+    return bytes(body)
+
+
+def parse_spec(body: bytes, content_type: str) -> JobSpec:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    # YAML is a superset of JSON, so any other type (curl's default form type included) is read as YAML.
+    data = _load_json(body) if media_type in JSON_TYPES else _load_yaml(body)
+    if not isinstance(data, dict):
+        raise spec_error((), "a spec is a mapping with at least `kind: pretrain` or `kind: finetune`")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as error:
+        # Through JSON so that ctx values (exceptions raised by validators) become plain strings.
+        details = json.loads(error.json(include_url=False))
+        for detail in details:
+            detail["loc"] = ["body", *detail["loc"]]
+        raise RequestValidationError(details) from None
+
+
+def _load_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as error:
+        raise spec_error(
+            (error.pos,),
+            f"invalid JSON at line {error.lineno} column {error.colno}: {error.msg}",
+            "json_invalid",
+        ) from None
+    except UnicodeDecodeError:
+        raise spec_error((), "the body is not UTF-8 text", "json_invalid") from None
+
+
+def _load_yaml(body: bytes) -> Any:
+    try:
+        return yaml.safe_load(body)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise spec_error((), f"invalid YAML{where}: {problem}", "yaml_invalid") from None
+
+
+def confine_paths(spec: JobSpec, settings: Settings) -> JobSpec:
+    """The spec with data.root and init.weights resolved (symlinks followed; relative to the data directory)
+    and checked to lie inside the data or storage directory: no spec makes the service read elsewhere."""
+    allowed = [Path(os.path.realpath(d)) for d in (settings.resolved_data_dir, settings.resolved_storage)]
+    updates: dict[str, Any] = {}
+    if spec.data.root is not None:
+        root = _confined(spec.data.root, settings.resolved_data_dir, allowed, ("data", "root"))
+        updates["data"] = spec.data.model_copy(update={"root": root})
+    if spec.init is not None and spec.init.weights is not None:
+        weights = _confined(spec.init.weights, settings.resolved_data_dir, allowed, ("init", "weights"))
+        updates["init"] = spec.init.model_copy(update={"weights": weights})
+    return spec.model_copy(update=updates) if updates else spec
+
+
+def _confined(path: str, base: Path, allowed: list[Path], loc: tuple[str, ...]) -> str:
+    resolved = Path(os.path.realpath(Path(base) / path))
+    if not any(resolved.is_relative_to(directory) for directory in allowed):
+        inside = " or ".join(str(d) for d in allowed)
+        raise spec_error(loc, f"must be inside {inside}", "path_not_allowed")
+    return str(resolved)
