@@ -131,7 +131,7 @@ def test_metrics_checkpoints_and_finish(engine: Engine) -> None:
         steps = session.execute(select(MetricPoint.step).where(MetricPoint.job_id == job_id)).scalars()
         names = session.execute(select(Checkpoint.name).where(Checkpoint.job_id == job_id)).scalars()
         assert sorted(steps) == sorted([*range(1, 501), 3])
-        odd = session.execute(select(MetricPoint.name).where(MetricPoint.value == 0.1)).scalar_one()
+        odd = session.execute(select(MetricPoint.name).where(MetricPoint.value == -5.0)).scalar_one()
         assert odd == "odd\tname\\"
         assert list(names) == ["step-000020"]
     job = get_job(engine, job_id)
