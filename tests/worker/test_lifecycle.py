@@ -114,7 +114,7 @@ def test_requeue_stale_fails_a_job_out_of_attempts(engine: Engine) -> None:
 def test_metrics_checkpoints_and_finish(engine: Engine) -> None:
     job_id = add_job(engine)
     points = [lifecycle.MetricRow("loss", step, 1.0 / step, 1000.0 + step) for step in range(1, 501)]
-    points.append(lifecycle.MetricRow("odd\tname\\", 3, 0.1, 1.0))  # COPY's text format must escape these
+    points.append(lifecycle.MetricRow("odd\tname\\", 3, -5.0, 1.0))  # COPY's text format must escape these
     found = [
         lifecycle.CheckpointFile("step-000010", 10, 123),
         lifecycle.CheckpointFile("step-000020", 20, 456),
