@@ -48,7 +48,7 @@ def format_validation_errors(detail: list[Any]) -> str:
         if loc and loc[0] == "body":
             loc = loc[1:]
         field = ".".join(loc)
-        message = str(error.get("msg", "invalid"))
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{field}: {message}" if field else message)
     return "; ".join(parts)
 

@@ -37,7 +37,7 @@ export class MetricChart {
           stroke: "#6b7280",
           grid: { stroke: "#eef0f3" },
           ticks: { stroke: "#e5e7eb" },
-          size: 56,
+          size: 64,
           values: (u, vals) => vals.map((v) => (v == null ? "" : format(v))),
         },
       ],

@@ -33,7 +33,7 @@ export function localTime(iso) {
 export function number(value, digits = 3) {
   if (value == null || !isFinite(value)) return "";
   const abs = Math.abs(value);
-  if (abs !== 0 && (abs < 1e-3 || abs >= 1e5)) return value.toExponential(2);
+  if (abs !== 0 && (abs < 1e-3 || abs >= 1e5)) return value.toExponential(Math.max(digits - 2, 1));
   return Number(value.toPrecision(digits + 1)).toString();
 }
 

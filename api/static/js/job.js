@@ -29,7 +29,7 @@ export function mountJob(view, id) {
   const chartGrid = h("div", { class: "charts" });
   const fewShot = h("div");
   const checkpoints = h("div");
-  const logs = h("pre", { class: "logs", "data-testid": "logs" });
+  const logs = h("pre", { class: "logs", "data-testid": "logs" }, "(no log yet)");
   const spec = h("pre", { class: "spec" });
 
   view.append(
@@ -137,25 +137,30 @@ export function mountJob(view, id) {
   }
 
   async function loadLogs() {
-    const text = await api(`/jobs/${id}/logs?tail=200`);
+    const text = (await api(`/jobs/${id}/logs?tail=200`)) || "(no log yet)";
     if (logs.textContent === text) return;
     const atBottom = logs.scrollHeight - logs.scrollTop - logs.clientHeight < 24;
-    logs.textContent = text || "(empty)";
+    logs.textContent = text;
     if (atBottom) logs.scrollTop = logs.scrollHeight; // follow unless the reader scrolled up
   }
 
   async function tick() {
+    const firstLoad = job === null;
     try {
-      render(await api(`/jobs/${id}`));
+      // The first (downsampled, largest) metrics load runs alongside the job's own fetch.
+      const [next] = await Promise.all([api(`/jobs/${id}`), firstLoad ? loadMetrics() : null]);
+      render(next);
     } catch (err) {
-      view.replaceChildren(h("p", { class: "empty" }, err.status === 404 ? `Job ${id} not found.` : err.message));
-      return err.status !== 404;
+      if (err.status !== 404) throw err; // poll() logs it and tries again
+      view.replaceChildren(h("p", { class: "empty" }, `Job ${id} not found.`));
+      return false;
     }
-    await Promise.all([loadMetrics(), loadCheckpoints(), loadLogs()]);
+    await Promise.all([firstLoad ? null : loadMetrics(), loadCheckpoints(), loadLogs()]);
     return !FINISHED.has(job.status); // a finished job cannot change any more: stop polling
 
   }
 
+  view.refreshMetrics = loadMetrics; // one incremental poll on demand: bench/dashboard.py times it
   const stop = poll(tick, 2000);
   return {
     destroy() {

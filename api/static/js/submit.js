@@ -81,7 +81,7 @@ export function mountSubmit(view, params) {
     if (err instanceof ApiError && Array.isArray(err.detail)) {
       fieldErrors = err.detail.map((d) => {
         const loc = (d.loc || []).filter((part, i) => !(i === 0 && part === "body"));
-        return { loc, field: loc.join(".") || "spec", msg: d.msg, line: -1 };
+        return { loc, field: loc.join(".") || "spec", msg: String(d.msg).replace(/^Value error, /, ""), line: -1 };
       });
       renderMarks();
       errors.replaceChildren(

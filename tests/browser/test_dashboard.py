@@ -1,0 +1,138 @@
+"""The dashboard in headless Chromium against the real embedded service (real worker, tiny real training)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from cli.service import Service, running_service, tiny_spec, wait_for
+from playwright.sync_api import Browser, Page, expect
+
+from api.client import VitqClient
+
+from .conftest import ARTIFACTS
+
+pytestmark = pytest.mark.browser
+TRAINING_TIMEOUT_MS = 120_000
+LOSS_COLOR = (37, 99, 235)  # the train-loss stroke, #2563eb
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    with running_service(tmp_path_factory.mktemp("vitq-browser")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(service: Service) -> Iterator[VitqClient]:
+    with VitqClient(service.url) as vitq:
+        yield vitq
+
+
+def submit_through_form(page: Page, spec: str) -> None:
+    page.locator("#view[data-ready=true]").wait_for()
+    page.locator("textarea[name=spec]").fill(spec)
+    page.get_by_role("button", name="Submit").click()
+
+
+def loss_pixels(page: Page) -> int:
+    """How many pixels of the loss chart's canvas have the train-loss stroke colour."""
+    return int(
+        page.evaluate(
+            """([r, g, b]) => {
+              const canvas = document.querySelector('[data-chart="Loss"] canvas');
+              const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+              let count = 0;
+              for (let i = 0; i < data.length; i += 4) {
+                if (Math.abs(data[i] - r) < 40 && Math.abs(data[i + 1] - g) < 40 && Math.abs(data[i + 2] - b) < 40 && data[i + 3] > 128) count++;
+              }
+              return count;
+            }""",
+            list(LOSS_COLOR),
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def pretrained_job(service: Service, browser: Browser) -> int:
+    """A job submitted through the page and watched on its page until it succeeded."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(f"{service.url}/#/submit")
+    submit_through_form(page, tiny_spec("browser-pretrain", steps=40))
+    page.wait_for_url("**/#/jobs/*")
+    job_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.locator("#view")).to_have_attribute("data-status", "succeeded", timeout=TRAINING_TIMEOUT_MS)
+    page.screenshot(path=str(ARTIFACTS / "job_succeeded.png"), full_page=True)
+    context.close()
+    return job_id
+
+
+def test_submitted_job_succeeds_with_drawn_curves(page: Page, service: Service, pretrained_job: int) -> None:
+    page.goto(f"{service.url}/#/jobs/{pretrained_job}")
+    expect(page.locator(".badge")).to_have_text("succeeded")
+    expect(page.locator(".job-progress .bar-label")).to_have_text("40/40")
+    page.locator("#view[data-metrics-loaded=true]").wait_for()
+    assert loss_pixels(page) > 50
+    expect(page.locator(".checkpoints, table.small a", has_text="download").first).to_be_visible()
+    expect(page.get_by_text("1-shot")).to_be_visible()
+    expect(page.locator("pre.spec")).to_contain_text("embed_dim: 32")
+
+
+def test_job_list_shows_and_filters_jobs(page: Page, service: Service, pretrained_job: int) -> None:
+    page.goto(f"{service.url}/")
+    row = page.locator(f"tr[data-job-id='{pretrained_job}']")
+    expect(row.locator(".badge")).to_have_text("succeeded")
+    expect(row).to_contain_text("40/40")
+    page.get_by_role("button", name="failed", exact=True).click()
+    expect(row).to_have_count(0)
+    expect(page.locator(".empty")).to_contain_text("No jobs match")
+    page.get_by_role("button", name="succeeded", exact=True).click()
+    expect(row).to_have_count(1)
+    assert "status=succeeded" in page.url
+    row.click()
+    page.wait_for_url(f"**/#/jobs/{pretrained_job}")
+
+
+def test_validation_error_is_shown_next_to_its_field(page: Page, service: Service) -> None:
+    page.goto(f"{service.url}/#/submit")
+    submit_through_form(
+        page, "kind: pretrain\nname: bad-lr\nmodel: {variant: Ti/4, image_size: 16}\noptim:\n  lr: -1\n"
+    )
+    error = page.locator(".errors li[data-field='optim.lr']")
+    expect(error).to_contain_text("greater than 0")
+    mark = page.locator(".mark-msg[data-field='optim.lr']")
+    expect(mark).to_contain_text("greater than 0")
+    # The inline message sits on line 5 (`  lr: -1`), and that line number is flagged in the gutter.
+    assert mark.evaluate("el => el.style.top") == f"{8 + 4 * 20}px"
+    expect(page.locator(".gutter div.bad")).to_have_text("5")
+    assert page.url.endswith("#/submit")
+
+
+def test_cancel_a_running_job_from_its_page(page: Page, service: Service, client: VitqClient) -> None:
+    job = client.submit(tiny_spec("browser-cancel", steps=100_000))
+    wait_for(lambda: client.get(job["id"])["step"] > 0)
+    page.goto(f"{service.url}/#/jobs/{job['id']}")
+    expect(page.locator("#view")).to_have_attribute("data-status", "running")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#view")).to_have_attribute("data-status", "cancelled", timeout=60_000)
+    expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+    assert client.get(job["id"])["status"] == "cancelled"
+
+
+def test_finetune_from_this_prefills_the_form(
+    page: Page, service: Service, client: VitqClient, pretrained_job: int
+) -> None:
+    page.goto(f"{service.url}/#/jobs/{pretrained_job}")
+    page.get_by_role("link", name="Fine-tune from this").click()
+    page.wait_for_url(f"**/#/submit?from_job={pretrained_job}")
+    page.locator("#view[data-ready=true]").wait_for()
+    text = page.locator("textarea[name=spec]").input_value()
+    assert "kind: finetune" in text and f"init: {{from_job: {pretrained_job}}}" in text
+    page.get_by_role("button", name="Submit").click()
+    page.wait_for_url("**/#/jobs/*")
+    finetune_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.locator("#view")).to_have_attribute("data-status", "succeeded", timeout=TRAINING_TIMEOUT_MS)
+    finetune = client.get(finetune_id)
+    assert finetune["kind"] == "finetune" and finetune["parent_job_id"] == pretrained_job

@@ -1,0 +1,140 @@
+"""`vitq` against the real embedded service: real SQLite, broker, worker and (tiny) training."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import vit
+from api.client import VitqClient, VitqError
+from cli.service import VITQ, Service, free_port, running_service, service_env, tiny_spec, wait_for
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    with running_service(tmp_path_factory.mktemp("vitq-cli")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(service: Service) -> Iterator[VitqClient]:
+    with VitqClient(service.url) as vitq:
+        yield vitq
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_submit_follow_succeeds_then_inspect_and_download(service: Service, tmp_path: Path) -> None:
+    spec = write(tmp_path / "tiny.yaml", tiny_spec("cli-ok", steps=30))
+    result = service.cli("submit", spec, "--follow")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    job_id = int(lines[0].split()[2])
+    assert "/30" in result.stdout and "loss" in result.stdout  # plain progress lines: not a TTY
+    assert lines[-1].startswith(f"job {job_id} succeeded") and "30/30" in lines[-1]
+
+    listing = service.cli("ls", "--status", "succeeded")
+    assert any(
+        line.split()[:4] == [str(job_id), "cli-ok", "pretrain", "succeeded"]
+        for line in listing.stdout.splitlines()
+    )
+    shown = service.cli("status", str(job_id))
+    assert "succeeded" in shown.stdout and "depth: 1" in shown.stdout
+    metrics = service.cli("metrics", str(job_id), "--csv")
+    header, *rows = metrics.stdout.splitlines()
+    assert header.split(",")[0] == "step" and {"loss", "lr", "val_top1"} <= set(header.split(","))
+    assert rows[-1].split(",")[0] == "30"
+    assert service.cli("logs", str(job_id)).stdout.strip()
+
+    out = tmp_path / "weights.safetensors"
+    downloaded = service.cli("download", str(job_id), "-o", str(out))
+    assert downloaded.returncode == 0, downloaded.stderr
+    model = vit.create_model(
+        "Ti/4", num_classes=10, image_size=16, depth=1, embed_dim=32, num_heads=2, mlp_dim=64
+    )
+    report = vit.load_pretrained(model, out)
+    assert not report.missing and not report.unexpected and not report.head_reset
+
+
+def test_failing_job_exits_1_with_its_error(service: Service, tmp_path: Path) -> None:
+    empty = service.home / "data" / "empty-images"
+    empty.mkdir(parents=True, exist_ok=True)
+    spec = write(
+        tmp_path / "bad-data.yaml",
+        tiny_spec("cli-fails", dataset=f"data: {{dataset: imagefolder, root: {empty}, num_workers: 0}}"),
+    )
+    result = service.cli("submit", spec, "--follow")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "failed" in result.stdout.splitlines()[-1]
+    assert "failed" in result.stderr
+
+
+def test_cancel_ends_follow_with_3_and_logs_follow_ends(
+    service: Service, client: VitqClient, tmp_path: Path
+) -> None:
+    spec = write(tmp_path / "long.yaml", tiny_spec("cli-cancel", steps=100_000))
+    follow = subprocess.Popen(
+        [VITQ, "submit", spec, "--follow"], env=service.env, stdout=subprocess.PIPE, text=True
+    )
+    job_id = wait_for(
+        lambda: next((j["id"] for j in client.list()["items"] if j["name"] == "cli-cancel"), None)
+    )
+    wait_for(lambda: client.get(job_id)["step"] > 0)
+    logs = subprocess.Popen(
+        [VITQ, "logs", str(job_id), "-f"], env=service.env, stdout=subprocess.PIPE, text=True
+    )
+    cancelled = service.cli("cancel", str(job_id))
+    assert cancelled.returncode == 0 and f"job {job_id}: cancel requested" in cancelled.stdout
+    assert follow.wait(60) == 3
+    assert logs.wait(30) == 0
+    assert "step" in (logs.stdout.read() if logs.stdout else "")
+    job = client.get(job_id)
+    assert job["status"] == "cancelled" and 0 < job["step"] < 100_000
+    assert client.checkpoints(job_id), "a cancelled job keeps the checkpoint it saved on SIGTERM"
+    again = service.cli("cancel", str(job_id))
+    assert "cannot be cancelled" in one_line_error(again)
+
+
+def test_bad_spec_file_gives_one_line(service: Service, tmp_path: Path) -> None:
+    spec = write(tmp_path / "bad.yaml", "kind: pretrain\noptim: {lr: -1}\n")
+    line = one_line_error(service.cli("submit", spec))
+    assert "optim.lr" in line and "greater than 0" in line
+    assert "cannot read spec" in one_line_error(service.cli("submit", str(tmp_path / "missing.yaml")))
+    broken = write(tmp_path / "broken.yaml", "kind: [pretrain\n")
+    assert "not valid YAML" in one_line_error(service.cli("submit", broken))
+
+
+def test_server_refusal_gives_one_line(service: Service, client: VitqClient, tmp_path: Path) -> None:
+    # Valid locally; the server knows there is no job 999999 to fine-tune from.
+    spec = write(tmp_path / "orphan.yaml", "kind: finetune\ninit: {from_job: 999999}\n")
+    assert "999999" in one_line_error(service.cli("submit", spec))
+    assert "not found" in one_line_error(service.cli("show", "999999"))
+    with pytest.raises(VitqError, match=r"optim\.lr") as raised:
+        client.submit({"kind": "pretrain", "optim": {"lr": -1}})
+    assert raised.value.status_code == 422
+
+
+def test_unreachable_server_gives_one_line(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        [VITQ, "--url", url, "ls"],
+        env=service_env(tmp_path, url),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert f"cannot reach the vitq server at {url}" in one_line_error(result)
