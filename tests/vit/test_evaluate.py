@@ -20,7 +20,7 @@ from vit.data.splits import subset_indices
 from vit.evaluate import extract_features, few_shot_eval, few_shot_linear_accuracy, fit_ridge, top1
 
 # vit.model, not vit: pytest puts tests/ on sys.path, where the folder tests/vit shadows the package vit.
-from vit.model import create_model
+from vit.model import VisionTransformer, create_model
 
 CPU = torch.device("cpu")
 
@@ -37,9 +37,10 @@ class LogitsAreInputs(nn.Module):
         return x
 
 
-def _tiny_vit(seed: int = 0) -> nn.Module:
+def _tiny_vit(seed: int = 0) -> VisionTransformer:
     torch.manual_seed(seed)
     model = create_model("Ti/4", num_classes=3, image_size=8, depth=1, embed_dim=16, num_heads=2, mlp_dim=32)
+    assert isinstance(model.head, nn.Linear)
     with torch.no_grad():  # the head starts at zero: give it weights so logits differ between images
         model.head.weight.normal_()
     return model
