@@ -44,6 +44,11 @@ def test_synthetic_is_deterministic_balanced_and_in_range() -> None:
     assert _class_counts(a.val.labels, 4) == [5, 5, 5, 5]  # 10% of each class's 50
 
 
+def test_synthetic_needs_two_images_per_class() -> None:
+    with pytest.raises(DataError, match="synthetic_size 30 is too small for 20 classes"):
+        _build(dataset="synthetic", synthetic_size=30, synthetic_classes=20)
+
+
 def test_synthetic_classes_are_learnable_from_pixels() -> None:
     data = _build(dataset="synthetic", synthetic_size=400, synthetic_classes=8, augment=False)
     train = torch.stack([data.train[i][0] for i in range(len(data.train))]).flatten(1)

@@ -56,6 +56,11 @@ def synthetic_images(size: int, num_classes: int, image_size: int, seed: int) ->
     """A learnable toy problem, the same for the same arguments: each class is a random low-resolution colour
     layout (a PROTOTYPE_GRID² RGB grid, smoothly upsampled); an image is its class's layout at a random contrast
     plus Gaussian pixel noise. Labels are balanced (image i has class i mod num_classes)."""
+    if size < 2 * num_classes:
+        raise DataError(
+            f"data.synthetic_size {size} is too small for {num_classes} classes: each class needs at least two "
+            "images (one to train on, one to validate)"
+        )
     needed = size * 3 * image_size * image_size
     if needed > MAX_SYNTHETIC_BYTES:
         raise DataError(
