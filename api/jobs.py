@@ -87,7 +87,9 @@ def request_cancel(*, session: Session, job_id: int) -> Job:
             .values(status=JobStatus.cancelled, finished_at=now, wait_reason=None)
         )
         if cancelled.rowcount:  # type: ignore[attr-defined]
-            fail_waiting_children(session=session, parent_id=job_id, reason=f"job {job_id} was cancelled")
+            fail_waiting_children(
+                session=session, parent_id=job_id, error=f"parent job {job_id} was cancelled"
+            )
             break
         flagged = session.execute(
             update(Job).where(Job.id == job_id, Job.status == JobStatus.running).values(cancel_requested=True)
@@ -103,24 +105,18 @@ def request_cancel(*, session: Session, job_id: int) -> Job:
     return get_job(session=session, job_id=job_id)
 
 
-def fail_waiting_children(*, session: Session, parent_id: int, reason: str) -> None:
+def fail_waiting_children(*, session: Session, parent_id: int, error: str) -> None:
     """Jobs waiting on a parent that will never succeed fail now, and so do jobs waiting on them."""
-    parents = [parent_id]
-    while parents:
-        parents = list(
-            session.scalars(
-                update(Job)
-                .where(Job.parent_job_id.in_(parents), Job.status == JobStatus.queued)
-                .values(
-                    status=JobStatus.failed,
-                    error=f"{reason}: a fine-tune needs its parent to succeed",
-                    wait_reason=None,
-                    finished_at=utcnow(),
-                )
-                .returning(Job.id)
-            ).all()
-        )
-        reason = f"its parent job failed because {reason}"
+    pending = [(parent_id, error)]
+    while pending:
+        parent, reason = pending.pop()
+        failed = session.scalars(
+            update(Job)
+            .where(Job.parent_job_id == parent, Job.status == JobStatus.queued)
+            .values(status=JobStatus.failed, error=reason, wait_reason=None, finished_at=utcnow())
+            .returning(Job.id)
+        ).all()
+        pending += [(child, f"parent job {child} failed: {reason}") for child in failed]
 
 
 def settle_waiting_job(*, session: Session, job: Job) -> bool:
@@ -141,7 +137,9 @@ def settle_waiting_job(*, session: Session, job: Job) -> bool:
         return bool(released.rowcount)  # type: ignore[attr-defined]
     if parent_status in (JobStatus.failed, JobStatus.cancelled):
         fail_waiting_children(
-            session=session, parent_id=job.parent_job_id, reason=f"job {job.parent_job_id} is {parent_status}"
+            session=session,
+            parent_id=job.parent_job_id,
+            error=f"parent job {job.parent_job_id} {parent_status}",
         )
         session.commit()
         session.refresh(job)

@@ -146,7 +146,7 @@ def _points_since(
     if names is not None:
         query = query.where(MetricPoint.name.in_(names))
     columns: dict[str, tuple[list[int], list[float]]] = {}
-    for name, step, value in session.execute(query).tuples():
+    for name, step, value in session.execute(query):
         steps, values = columns.get(name) or columns.setdefault(name, ([], []))
         steps.append(step)
         values.append(value)

@@ -1,0 +1,122 @@
+"""An API per test on a migrated database with a real broker: PostgreSQL + Redis, and SQLite + the embedded
+sqla+sqlite broker. Messages the API sends are read back from the broker with kombu."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from kombu import Connection
+from sqlalchemy import Engine, create_engine, delete, text
+from sqlalchemy.orm import Session
+
+from api.app import create_app
+from api.db import make_engine
+from api.migrate import upgrade
+from api.models import Job
+from api.settings import Settings
+
+TINY_SPEC: dict[str, Any] = {
+    "kind": "pretrain",
+    "name": "tiny",
+    "model": {"variant": "Ti/4", "image_size": 16, "depth": 1, "embed_dim": 32, "num_heads": 2},
+    "train": {"steps": 40, "batch_size": 32},
+}
+
+
+def create_database(server_url: str, prefix: str) -> str:
+    """A new empty database on the server of `server_url`; returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(server_url: str, url: str) -> None:
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def api_pg_url(pg_url: str) -> Iterator[str]:
+    """A PostgreSQL database of the API tests' own (the run's shared one is set up with create_all by other
+    tests), migrated once; each test empties it afterwards."""
+    url = create_database(pg_url, "vitq_api")
+    upgrade(url)
+    yield url
+    drop_database(pg_url, url)
+
+
+@dataclass
+class Api:
+    client: TestClient
+    settings: Settings
+    engine: Engine
+
+    def session(self) -> Session:
+        return Session(self.engine)
+
+    def sent_job_ids(self) -> list[int]:
+        """Consume every message on the job queue; the job ids the tasks were sent for. (The API has sent them
+        before answering, so nothing more can arrive: no need to wait.)"""
+        ids: list[int] = []
+        with Connection(self.settings.resolved_broker_url) as connection:
+            queue = connection.SimpleQueue(self.settings.queue)
+            try:
+                while True:
+                    try:
+                        message = queue.get_nowait()
+                    except Empty:
+                        return ids
+                    assert message.headers["task"] == "vitq.run_job"
+                    args, _kwargs, _embed = message.decode()
+                    ids.append(args[0])
+                    message.ack()
+            finally:
+                queue.close()
+
+    def stored_job_count(self) -> int:
+        with self.session() as session:
+            return session.query(Job).count()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
+    if request.param == "postgresql":
+        database_url = request.getfixturevalue("api_pg_url")
+        broker_url = request.getfixturevalue("redis_url")
+        queue = request.getfixturevalue("unique_queue")
+    else:
+        database_url = f"sqlite:///{tmp_path / 'vitq.db'}"
+        broker_url = f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+        queue = "training"
+        upgrade(database_url)
+    settings = Settings(home=tmp_path, database_url=database_url, broker_url=broker_url, queue=queue)
+    settings.resolved_data_dir.mkdir()
+    settings.resolved_storage.mkdir()
+    engine = make_engine(database_url)
+    try:
+        with TestClient(create_app(settings)) as client:
+            yield Api(client=client, settings=settings, engine=engine)
+    finally:
+        with Session(engine) as session:
+            session.execute(delete(Job))  # cascades to metric points and checkpoints
+            session.commit()
+        engine.dispose()
+
+
+def submit(api: Api, spec: dict[str, Any] | None = None, **changes: Any) -> dict[str, Any]:
+    response = api.client.post("/jobs", json={**(spec or TINY_SPEC), **changes})
+    assert response.status_code == 201, response.text
+    job: dict[str, Any] = response.json()
+    return job

@@ -1,0 +1,176 @@
+"""POST /jobs: JSON and YAML specs are stored resolved and enqueued; bad specs are 422 with the field path and
+leave nothing behind (no row, no message)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from api.app import create_app
+from api.models import Job, JobStatus
+from vit.config import JobSpec
+
+from .conftest import TINY_SPEC, Api, submit
+
+
+def test_json_spec_is_stored_resolved_and_enqueued(api: Api) -> None:
+    job = submit(api)
+    assert job["status"] == "queued"
+    assert job["total_steps"] == 40
+    assert job["max_attempts"] == api.settings.max_attempts
+    assert job["spec"] == JobSpec.model_validate(TINY_SPEC).resolved().model_dump(mode="json")
+    assert job["spec"]["optim"]["name"] == "adamw"  # the pretrain default, filled in
+    assert api.client.get(f"/jobs/{job['id']}").json()["spec"] == job["spec"]
+    assert api.sent_job_ids() == [job["id"]]
+
+
+@pytest.mark.parametrize("content_type", ["application/yaml", "text/yaml", "application/x-yaml"])
+def test_yaml_spec_is_accepted(api: Api, content_type: str) -> None:
+    response = api.client.post(
+        "/jobs", content=yaml.safe_dump(TINY_SPEC), headers={"content-type": content_type}
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["name"] == "tiny"
+    assert api.sent_job_ids() == [response.json()["id"]]
+
+
+def _post(api: Api, body: str | bytes, content_type: str = "application/json") -> Any:
+    return api.client.post("/jobs", content=body, headers={"content-type": content_type})
+
+
+def _assert_nothing_stored(api: Api) -> None:
+    assert api.stored_job_count() == 0
+    assert api.sent_job_ids() == []
+
+
+def test_bad_field_is_422_at_its_path(api: Api) -> None:
+    response = _post(api, json.dumps({**TINY_SPEC, "optim": {"lr": -1}}))
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "optim", "lr"]
+    assert "greater than 0" in error["msg"]
+    _assert_nothing_stored(api)
+
+
+def test_unknown_field_is_rejected(api: Api) -> None:
+    response = _post(api, json.dumps({**TINY_SPEC, "train": {"steps": 10, "lerning_rate": 1}}))
+    assert response.status_code == 422
+    assert [e["loc"] for e in response.json()["detail"]] == [["body", "train", "lerning_rate"]]
+    _assert_nothing_stored(api)
+
+
+def test_yaml_syntax_error_names_the_line(api: Api) -> None:
+    response = _post(api, "kind: pretrain\ntrain:\n  steps: [10\n", "application/yaml")
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body"]
+    assert "invalid YAML at line 4" in error["msg"]
+    _assert_nothing_stored(api)
+
+
+def test_bad_json_is_422(api: Api) -> None:
+    response = _post(api, '{"kind": "pretrain",')
+    assert response.status_code == 422
+    assert "invalid JSON" in response.json()["detail"][0]["msg"]
+    _assert_nothing_stored(api)
+
+
+def test_spec_larger_than_the_limit_is_413(api: Api) -> None:
+    padding = "#" * api.settings.max_spec_bytes
+    response = _post(api, f"kind: pretrain\n{padding}\n", "application/yaml")
+    assert response.status_code == 413
+    _assert_nothing_stored(api)
+
+
+def test_unknown_parent_job_is_rejected(api: Api) -> None:
+    response = _post(api, json.dumps({"kind": "finetune", "init": {"from_job": 987654}}))
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "init", "from_job"]
+    assert "987654 does not exist" in error["msg"]
+    _assert_nothing_stored(api)
+
+
+def test_finetune_of_a_running_parent_waits_without_being_enqueued(api: Api) -> None:
+    parent = submit(api)
+    with api.session() as session:
+        session.execute(update(Job).where(Job.id == parent["id"]).values(status=JobStatus.running))
+        session.commit()
+    child = submit(api, {"kind": "finetune", "init": {"from_job": parent["id"]}})
+    assert child["status"] == "queued"
+    assert child["parent_job_id"] == parent["id"]
+    assert child["wait_reason"] == f"waiting for job {parent['id']} to succeed"
+    assert child["spec"]["optim"]["name"] == "sgd"  # the fine-tune default
+    assert api.sent_job_ids() == [parent["id"]]
+
+
+def test_finetune_of_a_succeeded_parent_is_enqueued_at_once(api: Api) -> None:
+    parent = submit(api)
+    with api.session() as session:
+        session.execute(update(Job).where(Job.id == parent["id"]).values(status=JobStatus.succeeded))
+        session.commit()
+    child = submit(api, {"kind": "finetune", "init": {"from_job": parent["id"]}})
+    assert child["wait_reason"] is None
+    assert api.sent_job_ids() == [parent["id"], child["id"]]
+
+
+@pytest.mark.parametrize("status", [JobStatus.failed, JobStatus.cancelled])
+def test_finetune_of_a_failed_or_cancelled_parent_is_rejected(api: Api, status: JobStatus) -> None:
+    parent = submit(api)
+    api.sent_job_ids()
+    with api.session() as session:
+        session.execute(update(Job).where(Job.id == parent["id"]).values(status=status))
+        session.commit()
+    response = _post(api, json.dumps({"kind": "finetune", "init": {"from_job": parent["id"]}}))
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "init", "from_job"]
+    assert f"is {status}" in error["msg"]
+    assert api.stored_job_count() == 1
+    assert api.sent_job_ids() == []
+
+
+def test_dataset_root_escaping_the_data_dir_is_rejected(api: Api) -> None:
+    spec = {**TINY_SPEC, "data": {"dataset": "imagefolder", "root": "../../../etc"}}
+    response = _post(api, json.dumps(spec))
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "data", "root"]
+    assert f"must be inside {os.path.realpath(api.settings.resolved_data_dir)}" in error["msg"]
+    _assert_nothing_stored(api)
+
+
+def test_symlink_out_of_the_data_dir_is_rejected(api: Api) -> None:
+    outside = api.settings.home / "outside"
+    outside.mkdir()
+    (outside / "weights.safetensors").write_bytes(b"not inside")
+    (api.settings.resolved_data_dir / "link").symlink_to(outside)
+    spec = {"kind": "finetune", "init": {"weights": "link/weights.safetensors"}}
+    response = _post(api, json.dumps(spec))
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "init", "weights"]
+    _assert_nothing_stored(api)
+
+
+def test_paths_inside_the_data_and_storage_dirs_are_stored_resolved(api: Api) -> None:
+    (api.settings.resolved_data_dir / "images").mkdir()
+    job = submit(api, data={"dataset": "imagefolder", "root": "images"})
+    assert job["spec"]["data"]["root"] == os.path.realpath(api.settings.resolved_data_dir / "images")
+    weights = api.settings.resolved_storage / "jobs" / "1"
+    child = submit(api, {"kind": "finetune", "init": {"weights": str(weights)}})
+    assert child["spec"]["init"]["weights"] == os.path.realpath(weights)
+
+
+def test_job_is_stored_and_201_when_the_broker_is_down(api: Api) -> None:
+    down = api.settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(down)) as client:
+        response = client.post("/jobs", json=TINY_SPEC)
+    assert response.status_code == 201
+    assert response.json()["status"] == "queued"
+    assert api.stored_job_count() == 1  # the reaper re-enqueues it once the broker is back
