@@ -109,30 +109,30 @@ def test_validation_error_is_shown_next_to_its_field(page: Page, service: Servic
     assert page.url.endswith("#/submit")
 
 
-def test_cancel_a_running_job_from_its_page(page: Page, service: Service, client: VitqClient) -> None:
-    job = client.submit(tiny_spec("browser-cancel", steps=100_000))
-    wait_for(lambda: client.get(job["id"])["step"] > 0)
-    page.goto(f"{service.url}/#/jobs/{job['id']}")
-    expect(page.locator("#view")).to_have_attribute("data-status", "running")
-    page.once("dialog", lambda dialog: dialog.accept())
-    page.get_by_role("button", name="Cancel").click()
-    expect(page.locator("#view")).to_have_attribute("data-status", "cancelled", timeout=60_000)
-    expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
-    assert client.get(job["id"])["status"] == "cancelled"
-
-
-def test_finetune_from_this_prefills_the_form(
+def test_finetune_from_this_then_cancel_it_from_its_page(
     page: Page, service: Service, client: VitqClient, pretrained_job: int
 ) -> None:
+    # One long fine-tune serves both checks: it must be running (from the pretrained weights) to be cancelled.
     page.goto(f"{service.url}/#/jobs/{pretrained_job}")
     page.get_by_role("link", name="Fine-tune from this").click()
     page.wait_for_url(f"**/#/submit?from_job={pretrained_job}")
     page.locator("#view[data-ready=true]").wait_for()
-    text = page.locator("textarea[name=spec]").input_value()
+    editor = page.locator("textarea[name=spec]")
+    text = editor.input_value()
     assert "kind: finetune" in text and f"init: {{from_job: {pretrained_job}}}" in text
+    assert "embed_dim: 32" in text  # the parent's architecture
+    editor.fill(text.replace("steps: 40", "steps: 100000"))
     page.get_by_role("button", name="Submit").click()
     page.wait_for_url("**/#/jobs/*")
     finetune_id = int(page.url.rsplit("/", 1)[1])
-    expect(page.locator("#view")).to_have_attribute("data-status", "succeeded", timeout=TRAINING_TIMEOUT_MS)
     finetune = client.get(finetune_id)
     assert finetune["kind"] == "finetune" and finetune["parent_job_id"] == pretrained_job
+
+    expect(page.locator("#view")).to_have_attribute("data-status", "running", timeout=TRAINING_TIMEOUT_MS)
+    wait_for(lambda: client.get(finetune_id)["step"] > 0)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#view")).to_have_attribute("data-status", "cancelled", timeout=60_000)
+    expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+    expect(page.locator(".badge")).to_have_text("cancelled")
+    assert client.get(finetune_id)["status"] == "cancelled"

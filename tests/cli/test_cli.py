@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
-import vit
 from api.client import VitqClient, VitqError
 from cli.service import VITQ, Service, free_port, running_service, service_env, tiny_spec, wait_for
+
+# Submodules, not `vit`: under pytest, tests/vit/ (no __init__.py) can shadow the package's __init__.
+from vit.model import create_model
+from vit.weights import load_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +66,10 @@ def test_submit_follow_succeeds_then_inspect_and_download(service: Service, tmp_
     out = tmp_path / "weights.safetensors"
     downloaded = service.cli("download", str(job_id), "-o", str(out))
     assert downloaded.returncode == 0, downloaded.stderr
-    model = vit.create_model(
+    model = create_model(
         "Ti/4", num_classes=10, image_size=16, depth=1, embed_dim=32, num_heads=2, mlp_dim=64
     )
-    report = vit.load_pretrained(model, out)
+    report = load_pretrained(model, out)
     assert not report.missing and not report.unexpected and not report.head_reset
 
 
