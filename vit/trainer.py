@@ -1,0 +1,347 @@
+"""The training loop: one resolved spec, one run directory, alone or as one rank of a torch.distributed group.
+
+State that resume needs is `state_dict()` (optimizer, scheduler, step, data position, per-rank RNG); the weights
+go next to it as model.safetensors. Each optimizer step consumes one global batch, split into this rank's
+share and then into micro batches whose gradients accumulate (DDP syncs only on the last).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from vit import checkpoint, rng
+from vit.config import JobSpec
+from vit.data import build_datasets, build_loader, set_epoch
+from vit.data.splits import subset_indices
+from vit.distributed import DistContext, all_reduce_sum, any_rank, gather_objects
+from vit.evaluate import few_shot_eval, top1
+from vit.metrics_log import MetricsLog
+from vit.model import VisionTransformer, create_model
+from vit.optim import build_optimizer, build_scheduler
+from vit.weights import load_pretrained
+
+SPEC_FILE = "spec.json"
+
+
+class SpecError(ValueError):
+    """The spec cannot run as written (a problem the user fixes in the spec, not a bug)."""
+
+
+class StopRequest:
+    """Set (e.g. by a signal handler) to make the trainer checkpoint and stop at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+
+class Trainer:
+    def __init__(
+        self,
+        spec: JobSpec,
+        run_dir: Path,
+        ctx: DistContext,
+        *,
+        stop: StopRequest | None = None,
+        console: IO[str] = sys.stdout,
+    ) -> None:
+        self.spec = spec.resolved()
+        self.run_dir = run_dir
+        self.ctx = ctx
+        self.console = console
+        self.total_steps = self.spec.train.steps
+        self.step = 0
+        # Data position: the epoch being read and the number of its batches already consumed.
+        self.epoch = 0
+        self.batch = 0
+        self.stop = stop or StopRequest()
+        train_spec = self.spec.train
+
+        world = ctx.world_size
+        if train_spec.batch_size % world:
+            raise SpecError(f"train.batch_size {train_spec.batch_size} is not divisible by {world} processes")
+        self.per_rank_batch = train_spec.batch_size // world
+        self.micro_batch = train_spec.micro_batch_size or self.per_rank_batch
+        if self.per_rank_batch % self.micro_batch:
+            raise SpecError(
+                f"the per-process batch {self.per_rank_batch} is not a multiple of micro_batch_size {self.micro_batch}"
+            )
+        self.accumulation = self.per_rank_batch // self.micro_batch
+
+        # Same seed on every rank before building the model: identical initial weights (DDP broadcasts anyway).
+        rng.seed_everything(train_spec.seed)
+        datasets = build_datasets(self.spec.data, image_size=self.spec.model.image_size, seed=train_spec.seed)
+        self.num_classes = datasets.num_classes
+        self.train_loader = build_loader(
+            datasets.train,
+            batch_size=self.per_rank_batch,
+            shuffle=True,
+            seed=train_spec.seed,
+            num_workers=self.spec.data.num_workers,
+            drop_last=True,
+            rank=ctx.rank,
+            world_size=world,
+        )
+        set_epoch(self.train_loader, 0)
+        self.batches_per_epoch = len(self.train_loader)
+        self.val_loader = self._eval_loader(datasets.val)
+        self.few_shot_loader = self._few_shot_loader() if self.spec.eval.few_shot else None
+
+        self.model: VisionTransformer = create_model(
+            self.spec.model.variant, num_classes=datasets.num_classes, **self.spec.model.create_kwargs()
+        )
+        resume_from = checkpoint.latest_checkpoint(run_dir)
+        if resume_from is None and self.spec.init is not None:
+            self._load_init_weights()
+        self.model.to(ctx.device)
+        self.optimizer = build_optimizer(self.model, self.spec.optim, ctx.device)
+        self.scheduler = build_scheduler(self.optimizer, self.spec.optim, self.total_steps)
+        if resume_from is not None:
+            self._resume(resume_from)
+        else:
+            # Distinct streams per rank from here on (dropout, augmentation in the main process).
+            rng.seed_everything(train_spec.seed + ctx.rank)
+        self.ddp: nn.Module = (
+            DistributedDataParallel(
+                self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+            )
+            if ctx.distributed
+            else self.model
+        )
+        self.metrics = MetricsLog(run_dir, enabled=ctx.is_main, total_steps=self.total_steps, console=console)
+        if ctx.is_main:
+            checkpoint.atomic_write_text(run_dir / SPEC_FILE, self.spec.model_dump_json(indent=2) + "\n")
+
+    # ----------------------------------------------------------------------------------------------- building
+    def _eval_loader(
+        self, dataset: Dataset[tuple[torch.Tensor, int]]
+    ) -> DataLoader[tuple[torch.Tensor, int]]:
+        # Evaluation runs on rank 0 only, over the whole split.
+        return build_loader(
+            dataset,
+            batch_size=self.spec.eval.batch_size,
+            shuffle=False,
+            seed=self.spec.train.seed,
+            num_workers=self.spec.data.num_workers,
+        )
+
+    def _few_shot_loader(self) -> DataLoader[tuple[torch.Tensor, int]]:
+        """Training images without augmentation, at most max(few_shot) per class (the probe's support set)."""
+        plain = self.spec.data.model_copy(update={"augment": False})
+        train = build_datasets(plain, image_size=self.spec.model.image_size, seed=self.spec.train.seed).train
+        labels: torch.Tensor = train.labels  # type: ignore[attr-defined,unused-ignore]  # every vit.data dataset has one
+        support = subset_indices(labels, max(self.spec.eval.few_shot), self.spec.train.seed)
+        return self._eval_loader(Subset(train, support.tolist()))
+
+    def _load_init_weights(self) -> None:
+        assert self.spec.init is not None and self.spec.init.weights is not None
+        try:
+            report = load_pretrained(self.model, self.spec.init.weights)
+        except (FileNotFoundError, ValueError) as error:
+            raise SpecError(f"init.weights: {error}") from None
+        if isinstance(self.model.head, nn.Linear):
+            # The paper's fine-tuning rule: a new zero-initialized head, even when the class count matches.
+            nn.init.zeros_(self.model.head.weight)
+            nn.init.zeros_(self.model.head.bias)
+        resized = ", ".join(f"{key} {old}->{new}" for key, (old, new) in report.resized.items())
+        self._say(f"initialized from {report.source} ({resized or 'no resize'}; new zero-initialized head)")
+
+    def _resume(self, path: Path) -> None:
+        self.model.load_state_dict(load_file(str(path / checkpoint.WEIGHTS_FILE)), strict=True)
+        self.load_state_dict(checkpoint.load_state(path))
+        meta = checkpoint.read_meta(path)
+        if meta.get("spec") != self.spec.model_dump(mode="json"):
+            self._say(
+                f"warning: the spec differs from the one {path.name} was trained with; using the new one"
+            )
+        self._say(f"resumed from {path.name} (step {self.step})")
+
+    def _say(self, message: str) -> None:
+        if self.ctx.is_main:
+            print(message, file=self.console, flush=True)
+
+    # ---------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Training state of every rank; a collective call (it gathers the per-rank RNG states)."""
+        return {
+            "step": self.step,
+            "data": {"epoch": self.epoch, "batch": self.batch},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": gather_objects(self.ctx, rng.capture(self.ctx.device)),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        if self.step > self.total_steps:
+            raise SpecError(
+                f"the checkpoint is at step {self.step}, beyond train.steps {self.total_steps}: "
+                "raise train.steps or use a new run directory"
+            )
+        self.epoch, self.batch = int(state["data"]["epoch"]), int(state["data"]["batch"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        rng_states = state["rng"]
+        if self.ctx.rank < len(rng_states):
+            rng.restore(rng_states[self.ctx.rank], self.ctx.device)
+        else:  # resumed with more processes than saved: new ranks get fresh, distinct streams
+            rng.seed_everything(self.spec.train.seed + self.ctx.rank + self.step)
+
+    # ---------------------------------------------------------------------------------------------- loop
+    def train(self) -> bool:
+        """Train to train.steps; False if stopped early by the stop request (a checkpoint was saved)."""
+        spec = self.spec.train
+        if self.step >= self.total_steps:
+            self._say(f"already complete at step {self.step}")
+            return True
+        window = _Window()
+        while self.step < self.total_steps:
+            set_epoch(self.train_loader, self.epoch, skip_batches=self.batch)
+            batches = iter(self.train_loader)
+            while self.step < self.total_steps:
+                if any_rank(self.ctx, self.stop.requested):
+                    self._say(f"stop requested: saving a checkpoint at step {self.step}")
+                    self.save_checkpoint()
+                    return False
+                started = time.perf_counter()
+                try:
+                    images, labels = next(batches)
+                except StopIteration:
+                    break
+                loss, grad_norm = self._train_step(images, labels)
+                self.step += 1
+                self.batch += 1
+                window.add(loss, grad_norm, time.perf_counter() - started)
+                if self.step % spec.log_every == 0 or self.step == self.total_steps:
+                    self._log_train(window)
+                    window = _Window()
+                last = self.step == self.total_steps
+                if last or (spec.eval_every and self.step % spec.eval_every == 0):
+                    self.evaluate()
+                if last or (spec.checkpoint_every and self.step % spec.checkpoint_every == 0):
+                    self.save_checkpoint()
+            self.epoch, self.batch = self.epoch + 1, 0
+        return True
+
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step over this rank's batch; returns (mean loss, grad norm) as device tensors."""
+        self.ddp.train()
+        device = self.ctx.device
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        total_loss = torch.zeros((), device=device)
+        micro_images, micro_labels = images.split(self.micro_batch), labels.split(self.micro_batch)
+        for index, (x, y) in enumerate(zip(micro_images, micro_labels, strict=True)):
+            # Gradients are all-reduced once per step, after the last micro batch.
+            sync = index == self.accumulation - 1
+            no_sync: AbstractContextManager[Any] = (
+                self.ddp.no_sync()
+                if isinstance(self.ddp, DistributedDataParallel) and not sync
+                else nullcontext()
+            )
+            with no_sync:
+                with self._autocast():
+                    loss = F.cross_entropy(self.ddp(x).float(), y)
+                # Equal micro batches: the mean of their means is the batch mean (DDP then averages ranks).
+                (loss / self.accumulation).backward()
+            total_loss += loss.detach()
+        clip = self.spec.optim.clip_grad_norm or 0.0
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        grad_norm = (
+            nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            if clip > 0
+            else nn.utils.get_total_norm(grads)
+        )
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total_loss / self.accumulation, grad_norm.detach()
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        enabled = self.spec.train.precision == "bf16"
+        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _log_train(self, window: _Window) -> None:
+        loss_sum, norm_sum, seconds = window.totals()
+        loss_sum, norm_sum, seconds_sum = all_reduce_sum(self.ctx, [loss_sum, norm_sum, seconds])
+        ranks = self.ctx.world_size
+        images = window.steps * self.spec.train.batch_size
+        self.metrics.log(
+            self.step,
+            {
+                "loss": loss_sum / (window.steps * ranks),
+                "lr": float(self.scheduler.get_last_lr()[0]),
+                "grad_norm": norm_sum / (window.steps * ranks),
+                # Mean time per rank: ranks run in lockstep, so it is the interval's wall time.
+                "images_per_s": images / max(seconds_sum / ranks, 1e-9),
+                "epoch": self.epoch + self.batch / self.batches_per_epoch,
+            },
+        )
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """val_loss, val_top1 and few_shot_{n}, computed on rank 0 (other ranks go on to the next step)."""
+        if not self.ctx.is_main:
+            return {}
+        device = self.ctx.device
+        with self._autocast():
+            val_loss, val_top1 = top1(self.model, self.val_loader, device)
+            results = {"val_loss": float(val_loss), "val_top1": float(val_top1)}
+            if self.few_shot_loader is not None:
+                results |= few_shot_eval(
+                    self.model,
+                    self.few_shot_loader,
+                    self.val_loader,
+                    self.spec.eval.few_shot,
+                    self.num_classes,
+                    self.spec.eval.few_shot_l2,
+                    device,
+                    seed=self.spec.train.seed,
+                )
+        self.metrics.log(self.step, results)
+        return results
+
+    def save_checkpoint(self) -> None:
+        """Collective: every rank contributes its RNG state; rank 0 writes."""
+        state = self.state_dict()
+        if self.ctx.is_main:
+            checkpoint.save_checkpoint(
+                self.run_dir,
+                step=self.step,
+                model=self.model,
+                state=state,
+                spec=self.spec.model_dump(mode="json"),
+                keep=self.spec.train.keep_checkpoints,
+            )
+
+    def close(self) -> None:
+        self.metrics.close()
+
+
+class _Window:
+    """Sums over the steps since the last train log line (kept on the device until the line is written)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.loss: torch.Tensor | float = 0.0
+        self.grad_norm: torch.Tensor | float = 0.0
+        self.seconds = 0.0
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, seconds: float) -> None:
+        self.steps += 1
+        self.loss = self.loss + loss
+        self.grad_norm = self.grad_norm + grad_norm
+        self.seconds += seconds
+
+    def totals(self) -> tuple[float, float, float]:
+        return float(self.loss), float(self.grad_norm), self.seconds
