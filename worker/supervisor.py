@@ -187,7 +187,9 @@ class Run:
             self.checkpoints_seen = found
 
     def _step(self) -> int:
-        return self.follower.last_step
+        """Steps done: the last metrics line, or a checkpoint saved after it (the one a stop request saves)."""
+        saved = max((c.step for c in self.checkpoints_seen or []), default=0)
+        return max(self.follower.last_step, saved)
 
     def _finish(self, status: JobStatus, error: str | None = None) -> None:
         self._ingest()

@@ -12,9 +12,11 @@ from sqlalchemy.orm import Session
 
 from api import lifecycle
 from api.db import make_engine
-from api.models import Base, Checkpoint, Job, JobStatus, MetricPoint
+from api.migrate import upgrade
+from api.models import Checkpoint, Job, JobStatus, MetricPoint
 from vit.config import JobSpec
 
+JOB_NAME = "lifecycle-test"
 SPEC = JobSpec.model_validate({"kind": "pretrain", "train": {"steps": 30}}).resolved()
 
 
@@ -24,17 +26,17 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
         engine = create_engine(request.getfixturevalue("pg_url"))
     else:
         engine = make_engine(f"sqlite:///{tmp_path / 'vitq.db'}")
-    Base.metadata.create_all(engine)
+    upgrade(str(engine.url.render_as_string(hide_password=False)))
     yield engine
-    with Session(engine) as session:  # the PostgreSQL database is shared by the whole run
-        session.execute(delete(Job))
+    with Session(engine) as session:  # the PostgreSQL database is shared by the whole test run
+        session.execute(delete(Job).where(Job.name == JOB_NAME))
         session.commit()
     engine.dispose()
 
 
 def add_job(engine: Engine, **values: object) -> int:
     with Session(engine) as session:
-        job = Job(name="tiny", kind=SPEC.kind, spec=SPEC.model_dump(mode="json"), total_steps=30, **values)
+        job = Job(name=JOB_NAME, kind=SPEC.kind, spec=SPEC.model_dump(mode="json"), total_steps=30, **values)
         session.add(job)
         session.commit()
         return job.id

@@ -1,0 +1,149 @@
+"""The service end to end on PostgreSQL + Redis: the real API, real `python -m worker` processes, real (tiny)
+training under torch.distributed. One stack (and one worker at a time) for the whole module."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+from sqlalchemy import create_engine, text
+
+from api.settings import Settings
+from vit.model import create_model
+from vit.weights import load_pretrained
+from worker import rundir
+
+from .stack import Stack, running_stack, tiny_spec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def database_url(pg_url: str) -> Iterator[str]:
+    """A database of this module's own: its reaper must not see (and run) other tests' queued jobs."""
+    name = f"vitq_e2e_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield pg_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def stack(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("service")
+    queue = f"vitq-e2e-{uuid.uuid4().hex[:10]}"
+    # A short lease so the worker-death test does not wait a minute; heartbeats every second keep it.
+    settings = Settings(
+        home=home,
+        database_url=database_url,
+        broker_url=redis_url,
+        queue=queue,
+        lease_seconds=6,
+        heartbeat_seconds=1,
+        max_attempts=3,
+    )
+    with running_stack(settings) as stack:
+        stack.start_worker()
+        yield stack
+
+
+def test_pretrain_then_fine_tune_from_it(stack: Stack, tmp_path: Path) -> None:
+    pretrain = stack.post(tiny_spec(steps=150, checkpoint_every=50, train={"eval_every": 50}))
+    finetune_spec = tiny_spec(steps=20, checkpoint_every=0, model={"image_size": 32})  # resized pos-embed
+    finetune = stack.post({**finetune_spec, "kind": "finetune", "init": {"from_job": pretrain["id"]}})
+    assert finetune["status"] == "queued" and finetune["wait_reason"]  # posted while the pretrain runs
+
+    running = stack.wait_for(
+        pretrain["id"], lambda j: j["status"] == "running" and j["latest_metrics"], what="metrics"
+    )
+    assert running["step"] >= 0 and "loss" in running["latest_metrics"]
+    assert stack.job(finetune["id"])["status"] == "queued"
+
+    done = stack.wait_status(pretrain["id"], "succeeded")
+    assert done["step"] == done["total_steps"] == 150 and done["attempt"] == 1
+    assert stack.metric_steps(pretrain["id"], "loss")[-1] == 150
+    assert "val_top1" in done["latest_metrics"]
+    names = [c["name"] for c in stack.checkpoints(pretrain["id"])]
+    assert "step-000150" in names
+
+    tuned = stack.wait_status(finetune["id"], "succeeded")
+    assert tuned["wait_reason"] is None and tuned["parent_job_id"] == pretrain["id"]
+    assert stack.metric_steps(finetune["id"], "loss")[-1] == 20
+
+    # A checkpoint downloaded over HTTP loads into a fresh model with vit.load_pretrained.
+    response = stack.client.get(f"/jobs/{pretrain['id']}/checkpoints/step-000150")
+    assert response.status_code == 200
+    path = tmp_path / "pretrain.safetensors"
+    path.write_bytes(response.content)
+    spec = done["spec"]["model"]
+    model = create_model(spec["variant"], num_classes=10, **{k: v for k, v in spec.items() if k != "variant"})
+    report = load_pretrained(model, path)
+    assert not report.missing and not report.unexpected
+    weights = safetensors.torch.load_file(str(path))
+    assert (model.state_dict()["pos_embed"] == weights["pos_embed"]).all()
+
+
+def test_cancel_running_and_queued_jobs(stack: Stack) -> None:
+    long_job = stack.post(tiny_spec(steps=100_000, checkpoint_every=50))
+    behind = stack.post(tiny_spec(steps=20))
+    cancelled = stack.client.post(f"/jobs/{behind['id']}/cancel")
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+
+    stack.wait_for(long_job["id"], lambda j: bool(stack.checkpoints(j["id"])), what="a first checkpoint")
+    assert stack.client.post(f"/jobs/{long_job['id']}/cancel").status_code == 202
+    job = stack.wait_status(long_job["id"], "cancelled", timeout=30)
+    assert job["step"] < 100_000
+    # The trainer saved a checkpoint at the step it stopped on, and the job keeps its checkpoints.
+    kept = stack.checkpoints(long_job["id"])
+    assert kept and max(c["step"] for c in kept) == job["step"]
+
+    never = stack.job(behind["id"])
+    assert never["status"] == "cancelled" and never["attempt"] == 0 and never["started_at"] is None
+    assert not stack.settings.run_dir(behind["id"]).exists()
+
+
+def test_failing_trainer_fails_the_job_with_its_log_tail(stack: Stack) -> None:
+    empty = stack.settings.resolved_data_dir / "empty-folder"
+    empty.mkdir()
+    job = stack.post(tiny_spec(data={"dataset": "imagefolder", "root": str(empty)}))
+    failed = stack.wait_status(job["id"], "failed")
+    assert "trainer exited with code 2" in failed["error"]
+    assert "empty-folder" in failed["error"]  # the trainer's own message, from train.log
+    assert "ChildFailedError" not in failed["error"]  # not torchrun's report
+    assert failed["attempt"] == 1  # bad data: retrying cannot help
+
+
+def test_two_process_gloo_job(stack: Stack) -> None:
+    job = stack.post(tiny_spec(steps=20, resources={"procs_per_node": 2}))
+    done = stack.wait_status(job["id"], "succeeded", timeout=120)
+    assert done["step"] == 20
+    log = (stack.settings.run_dir(job["id"]) / "train.log").read_text()
+    assert "step 20/20" in log
+
+
+def test_dead_worker_job_resumes_on_another_worker(stack: Stack) -> None:
+    job = stack.post(tiny_spec(steps=300, checkpoint_every=50))
+    stack.wait_for(job["id"], lambda j: bool(stack.checkpoints(j["id"])), what="a first checkpoint")
+    [worker] = [w for w in stack.workers if w.poll() is None]
+    stack.kill_worker(worker)
+    resume_step = rundir.latest_checkpoint_step(stack.settings.run_dir(job["id"]))
+    assert resume_step is not None and resume_step < 300
+
+    stack.start_worker()
+    requeued = stack.wait_for(job["id"], lambda j: j["attempt"] == 2, timeout=60, what="attempt 2")
+    assert requeued["status"] in ("queued", "running")
+    done = stack.wait_status(job["id"], "succeeded", timeout=120)
+    assert done["attempt"] == 2 and done["resumed_from_step"] == resume_step
+    steps = stack.metric_steps(job["id"], "loss")
+    assert steps == sorted(set(steps)) and steps[-1] == 300  # continued from the checkpoint, no repeats
+    assert any(step > resume_step for step in steps)
+    log = (stack.settings.run_dir(job["id"]) / "train.log").read_text()
+    assert "attempt 2 on " in log and f"resuming from step {resume_step}" in log
