@@ -1,28 +1,40 @@
-"""Typed dependencies: what a route needs, taken from the app's state (built once by `create_app`)."""
+"""Typed dependencies: what a route needs, taken from the app's state (built once by `create_app`).
+
+They are `async def` on purpose: FastAPI runs a plain `def` dependency in the thread pool, and a thread hop per
+dependency costs more than what these do. Only closing a session may wait on the database, so that alone goes
+to a thread.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.queue import JobQueue
 from api.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as session:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    session: Session = request.app.state.sessions()  # no connection until the first query
+    try:
         yield session
+    finally:
+        if session.in_transaction():  # returning the connection rolls back: a round trip
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
-def get_queue(request: Request) -> JobQueue:
+async def get_queue(request: Request) -> JobQueue:
     queue: JobQueue = request.app.state.queue
     return queue
 

@@ -42,13 +42,18 @@ WITH RECURSIVE series(job_id, name) AS (
 )
 """
 
+# Latest value of each series (is_best 0) and the best val_top1 (is_best 1): one round trip.
 _SUMMARY_SQL = text(
     _SERIES_CTE
     + """
 SELECT s.job_id, s.name,
     (SELECT m.value FROM metric_points m WHERE m.job_id = s.job_id AND m.name = s.name
-     ORDER BY m.step DESC LIMIT 1) AS latest
+     ORDER BY m.step DESC LIMIT 1) AS value,
+    0 AS is_best
 FROM series s WHERE s.name IS NOT NULL
+UNION ALL
+SELECT m.job_id, m.name, max(m.value), 1 FROM metric_points m
+WHERE m.job_id IN :job_ids AND m.name = :best_name GROUP BY m.job_id, m.name
 """
 ).bindparams(bindparam("job_ids", expanding=True))
 
@@ -89,15 +94,13 @@ def summarize_metrics(*, session: Session, job_ids: Sequence[int]) -> dict[int, 
     summaries: dict[int, MetricSummary] = {}
     if not job_ids:
         return summaries
-    for job_id, name, latest in session.execute(_SUMMARY_SQL, {"job_ids": list(job_ids)}):
-        summaries.setdefault(job_id, MetricSummary()).latest[name] = latest
-    best = session.execute(
-        select(MetricPoint.job_id, func.max(MetricPoint.value))
-        .where(MetricPoint.job_id.in_(job_ids), MetricPoint.name == BEST_METRIC)
-        .group_by(MetricPoint.job_id)
-    )
-    for job_id, value in best:
-        summaries[job_id].best_val_top1 = value
+    params = {"job_ids": list(job_ids), "best_name": BEST_METRIC}
+    for job_id, name, value, is_best in session.execute(_SUMMARY_SQL, params):
+        summary = summaries.setdefault(job_id, MetricSummary())
+        if is_best:
+            summary.best_val_top1 = value
+        else:
+            summary.latest[name] = value
     return summaries
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from api import jobs
 from api.deps import QueueDep, SessionDep, SettingsDep
 from api.metric_queries import summarize_metrics
 from api.models import Job, JobStatus
-from api.schemas import JobList, JobOut
+from api.schemas import JobList, JobOut, json_response
 from api.spec_input import YAML_TYPES, confine_paths, parse_spec, read_body, spec_error
 from vit.config import JobSpec
 
@@ -50,7 +50,7 @@ def submit_job(spec: SpecDep, session: SessionDep, settings: SettingsDep, queue:
     session.commit()  # before enqueueing: the worker must find the job it is handed
     if job.wait_reason is None or jobs.settle_waiting_job(session=session, job=job):
         queue.enqueue(job.id)
-    return jobs.job_out(job)
+    return json_response(jobs.job_out(job), status_code=201)
 
 
 def _parent_of(spec: JobSpec, *, session: SessionDep) -> Job | None:
@@ -82,10 +82,10 @@ def list_jobs(
     return JobList(items=jobs.jobs_out(session=session, jobs=rows), total=total)
 
 
-@router.get("/{job_id}", responses={404: {"description": "Unknown job"}})
-def get_job(job_id: int, session: SessionDep) -> JobOut:
+@router.get("/{job_id}", response_model=JobOut, responses={404: {"description": "Unknown job"}})
+def get_job(job_id: int, session: SessionDep) -> Response:
     job = jobs.get_job(session=session, job_id=job_id)
-    return jobs.job_out(job, summarize_metrics(session=session, job_ids=[job_id]).get(job_id))
+    return json_response(jobs.job_out(job, summarize_metrics(session=session, job_ids=[job_id]).get(job_id)))
 
 
 @router.post(

@@ -1,0 +1,296 @@
+"""Benchmark of the REST API on PostgreSQL + Redis (issue 4, item 8; not a test).
+
+Runs the real app under uvicorn (one worker process) and, side by side in the same run, a *floor*: a bare
+FastAPI app on the same database and Redis that validates the body, does one INSERT, one commit and one Redis
+LPUSH. httpx async clients drive POST /jobs and GET /jobs/{id} at 1, 8 and 32 concurrent clients. Then metric
+ingest through api.lifecycle.add_metric_points (the worker's path) and GET /jobs/{id}/metrics on a 100k-point job,
+whole and downsampled. Creates and drops its own database and queue.
+
+    .venv/bin/python bench/service.py [--seconds 5] [--points 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from fastapi import FastAPI, Request
+from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy.orm import Session
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from api.lifecycle import MetricRow, add_metric_points  # noqa: E402
+from api.migrate import upgrade  # noqa: E402
+from api.models import Job, JobStatus  # noqa: E402
+from vit.config import JobSpec  # noqa: E402
+
+PG_SERVER = os.environ.get("VITQ_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("VITQ_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+SPEC = {
+    "kind": "pretrain",
+    "name": "bench",
+    "model": {"variant": "Ti/4", "image_size": 32},
+    "data": {"dataset": "digits"},
+    "train": {"steps": 300, "batch_size": 128},
+}
+TARGETS = {"post_vs_floor": 0.8, "metrics_whole_ms": 400.0, "metrics_downsampled_ms": 50.0}
+
+
+# ------------------------------------------------------------------------------------------- the floor
+
+
+def floor_app() -> FastAPI:
+    """Validate the body, one INSERT, one commit, one LPUSH: the least any POST /jobs can do."""
+    engine = create_engine(os.environ["VITQ_DATABASE_URL"], pool_size=10, max_overflow=20)
+    broker = redis.Redis.from_url(os.environ["VITQ_BROKER_URL"])
+    queue = os.environ["VITQ_QUEUE"]
+    app = FastAPI()
+
+    @app.post("/jobs", status_code=201)
+    async def submit(request: Request) -> dict[str, Any]:
+        spec = JobSpec.model_validate_json(await request.body())
+        return await asyncio.to_thread(_store, spec)
+
+    def _store(spec: JobSpec) -> dict[str, Any]:
+        with engine.begin() as connection:
+            job_id = connection.execute(
+                insert(Job)
+                .values(
+                    name=spec.name,
+                    kind=spec.kind,
+                    status=JobStatus.queued,
+                    spec=spec.model_dump(mode="json"),
+                    attempt=0,
+                    max_attempts=3,
+                    step=0,
+                    total_steps=spec.train.steps,
+                    cancel_requested=False,
+                    created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                )
+                .returning(Job.id)
+            ).scalar_one()
+        broker.lpush(queue, str(job_id))
+        return {"id": job_id, "status": "queued"}
+
+    @app.get("/jobs/{job_id}")
+    def show(job_id: int) -> dict[str, Any]:
+        with engine.connect() as connection:
+            row = connection.execute(select(Job.__table__).where(Job.id == job_id)).mappings().one()
+        return dict(row)
+
+    return app
+
+
+# ------------------------------------------------------------------------------------------- servers
+
+
+@contextmanager
+def server(app: str, port: int, env: dict[str, str]) -> Iterator[str]:
+    command = [sys.executable, "-m", "uvicorn", "--factory", app, "--port", str(port), "--workers", "1"]
+    command += ["--log-level", "warning", "--no-access-log", "--app-dir", str(ROOT)]
+    process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(url + "/openapi.json", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"{app} did not start") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+# ------------------------------------------------------------------------------------------- load
+
+
+async def load(url: str, method: str, clients: int, seconds: float, job_ids: list[int]) -> dict[str, float]:
+    latencies: list[float] = []
+    body = httpx.Request("POST", url, json=SPEC).content
+    deadline = time.perf_counter() + seconds
+
+    async def client(index: int) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            n = index
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                if method == "POST":
+                    response = await http.post(
+                        "/jobs", content=body, headers={"content-type": "application/json"}
+                    )
+                    assert response.status_code == 201, response.text
+                    job_ids.append(response.json()["id"])
+                else:
+                    response = await http.get(f"/jobs/{job_ids[n % len(job_ids)]}")
+                    assert response.status_code == 200, response.text
+                latencies.append(time.perf_counter() - start)
+                n += clients
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "n": len(latencies),
+    }
+
+
+def timed_get(
+    url: str, path: str, params: dict[str, Any] | None = None, repeats: int = 7
+) -> tuple[float, int]:
+    """Median wall time of a GET (ms), and the number of metric points in the answer (0 for other routes)."""
+    times, points = [], 0
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            response = http.get(path, params=params)
+            times.append(1000 * (time.perf_counter() - start))
+            assert response.status_code == 200, response.text
+            series = response.json().get("series", {})
+            points = sum(len(s["steps"]) for s in series.values())
+    return statistics.median(times), points
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="per load level and endpoint")
+    parser.add_argument("--points", type=int, default=100_000)
+    parser.add_argument("--clients", default="1,8,32")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.clients.split(",")]
+
+    name = f"vitq_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    database_url = PG_SERVER.rsplit("/", 1)[0] + "/" + name
+    queue = f"vitq-bench-{uuid.uuid4().hex[:8]}"
+    home = Path(f"/tmp/{name}")
+    env = {
+        "VITQ_DATABASE_URL": database_url,
+        "VITQ_BROKER_URL": REDIS_URL,
+        "VITQ_QUEUE": queue,
+        "VITQ_HOME": str(home),
+    }
+    try:
+        upgrade(database_url)
+        rows: list[tuple[str, int, dict[str, float], dict[str, float]]] = []
+        with (
+            server("api.app:create_app", 18731, env) as api,
+            server("bench.service:floor_app", 18732, env) as floor,
+        ):
+            for method in ("POST", "GET"):
+                for clients in levels:
+                    results = {}
+                    for label, url in (("floor", floor), ("api", api)):
+                        ids: list[int] = []
+                        if method == "GET":
+                            ids = [httpx.post(url + "/jobs", json=SPEC).json()["id"] for _ in range(20)]
+                        results[label] = asyncio.run(load(url, method, clients, args.seconds, ids))
+                    rows.append((method, clients, results["api"], results["floor"]))
+            metrics = bench_metrics(api, database_url, args.points)
+        report(rows, metrics)
+    finally:
+        redis.Redis.from_url(REDIS_URL).delete(queue)
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def bench_metrics(api: str, database_url: str, points: int) -> dict[str, float]:
+    job_id = httpx.post(api + "/jobs", json=SPEC).json()["id"]
+    engine = create_engine(database_url)
+    now = time.time()
+    # The trainer's mix: train lines (loss, lr, grad_norm, images_per_s) every step, eval lines now and then.
+    names = ("loss", "lr", "grad_norm", "images_per_s")
+    series = [
+        MetricRow(n, step, 1.0 / step, now) for step in range(1, points // len(names) + 1) for n in names
+    ]
+    started = time.perf_counter()
+    with Session(engine) as session:
+        for start in range(0, len(series), 2000):  # the supervisor's batches
+            add_metric_points(session=session, job_id=job_id, points=series[start : start + 2000])
+    ingest_s = time.perf_counter() - started
+    # And one 100k-point series, the size the targets are stated for.
+    long_job = httpx.post(api + "/jobs", json=SPEC).json()["id"]
+    with Session(engine) as session:
+        long = [MetricRow("loss", step, 1.0 / step, now) for step in range(1, points + 1)]
+        add_metric_points(session=session, job_id=long_job, points=long)
+        session.execute(text("ANALYZE metric_points"))  # as autovacuum would after this many inserts
+        session.commit()
+    engine.dispose()
+    whole_ms, whole_n = timed_get(api, f"/jobs/{long_job}/metrics", {"max_points": points})
+    down_ms, down_n = timed_get(api, f"/jobs/{long_job}/metrics", {"max_points": 1000})
+    job_ms, _ = timed_get(api, f"/jobs/{long_job}")
+    return {
+        "ingest_points_per_s": len(series) / ingest_s,
+        "whole_ms": whole_ms,
+        "whole_points": whole_n,
+        "downsampled_ms": down_ms,
+        "downsampled_points": down_n,
+        "job_with_100k_points_ms": job_ms,
+    }
+
+
+def report(
+    rows: list[tuple[str, int, dict[str, float], dict[str, float]]], metrics: dict[str, float]
+) -> None:
+    print(
+        f"\n{'endpoint':<14}{'clients':>8}{'api req/s':>11}{'floor req/s':>13}{'ratio':>7}"
+        f"{'api p50/p99 ms':>18}{'floor p50/p99 ms':>19}"
+    )
+    for method, clients, api, floor in rows:
+        endpoint = "POST /jobs" if method == "POST" else "GET /jobs/{id}"
+        ratio = api["rps"] / floor["rps"]
+        print(
+            f"{endpoint:<14}{clients:>8}{api['rps']:>11.0f}{floor['rps']:>13.0f}{ratio:>7.2f}"
+            f"{api['p50_ms']:>9.1f}/{api['p99_ms']:<8.1f}{floor['p50_ms']:>10.1f}/{floor['p99_ms']:<8.1f}"
+        )
+    post8 = next((a["rps"] / f["rps"] for m, c, a, f in rows if m == "POST" and c == 8), None)
+    print()
+    if post8 is not None:
+        verdict = "ok" if post8 >= TARGETS["post_vs_floor"] else "MISSED"
+        print(
+            f"POST /jobs at 8 clients: {post8:.2f}x the floor (target >= {TARGETS['post_vs_floor']}x): {verdict}"
+        )
+    for key, label, target in (
+        ("whole_ms", "GET metrics, 100k-point series whole", TARGETS["metrics_whole_ms"]),
+        ("downsampled_ms", "GET metrics, downsampled to 1000", TARGETS["metrics_downsampled_ms"]),
+    ):
+        verdict = "ok" if metrics[key] < target else "MISSED"
+        print(f"{label}: {metrics[key]:.1f} ms (target < {target:.0f} ms): {verdict}")
+    print(
+        f"  points returned: whole {metrics['whole_points']:.0f}, downsampled {metrics['downsampled_points']:.0f}"
+    )
+    print(f"GET /jobs/{{id}} of a job with 100k points: {metrics['job_with_100k_points_ms']:.1f} ms")
+    print(
+        f"metric ingest (api.lifecycle.add_metric_points, batches of 2000): {metrics['ingest_points_per_s']:,.0f} points/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
