@@ -39,9 +39,13 @@ _SPEC_BODY: dict[str, Any] = {
 
 
 @router.post(
-    "", status_code=201, openapi_extra=_SPEC_BODY, responses={413: {"description": "Spec too large"}}
+    "",
+    status_code=201,
+    response_model=JobOut,
+    openapi_extra=_SPEC_BODY,
+    responses={413: {"description": "Spec too large"}},
 )
-def submit_job(spec: SpecDep, session: SessionDep, settings: SettingsDep, queue: QueueDep) -> JobOut:
+def submit_job(spec: SpecDep, session: SessionDep, settings: SettingsDep, queue: QueueDep) -> Response:
     """Store a training job (the spec with every default resolved) and queue it. A fine-tune whose
     `init.from_job` has not succeeded yet waits for it."""
     spec = confine_paths(spec, settings)
