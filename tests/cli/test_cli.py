@@ -73,20 +73,7 @@ def test_submit_follow_succeeds_then_inspect_and_download(service: Service, tmp_
     assert not report.missing and not report.unexpected and not report.head_reset
 
 
-def test_failing_job_exits_1_with_its_error(service: Service, tmp_path: Path) -> None:
-    empty = service.home / "data" / "empty-images"
-    empty.mkdir(parents=True, exist_ok=True)
-    spec = write(
-        tmp_path / "bad-data.yaml",
-        tiny_spec("cli-fails", dataset=f"data: {{dataset: imagefolder, root: {empty}, num_workers: 0}}"),
-    )
-    result = service.cli("submit", spec, "--follow")
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "failed" in result.stdout.splitlines()[-1]
-    assert "failed" in result.stderr
-
-
-def test_cancel_ends_follow_with_3_and_logs_follow_ends(
+def test_cancel_exits_3_its_waiting_finetune_fails_with_1_and_logs_follow_ends(
     service: Service, client: VitqClient, tmp_path: Path
 ) -> None:
     spec = write(tmp_path / "long.yaml", tiny_spec("cli-cancel", steps=100_000))
@@ -100,11 +87,27 @@ def test_cancel_ends_follow_with_3_and_logs_follow_ends(
     logs = subprocess.Popen(
         [VITQ, "logs", str(job_id), "-f"], env=service.env, stdout=subprocess.PIPE, text=True
     )
+    # A fine-tune of the running job waits for it; when that job is cancelled, the fine-tune fails.
+    finetune = write(
+        tmp_path / "finetune.yaml", f"kind: finetune\nname: cli-waits\ninit: {{from_job: {job_id}}}\n"
+    )
+    finetune_follow = subprocess.Popen(
+        [VITQ, "submit", finetune, "--follow"],
+        env=service.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: any(j["name"] == "cli-waits" for j in client.list(status="queued")["items"]))
+
     cancelled = service.cli("cancel", str(job_id))
     assert cancelled.returncode == 0 and f"job {job_id}: cancel requested" in cancelled.stdout
     assert follow.wait(60) == 3
     assert logs.wait(30) == 0
     assert "step" in (logs.stdout.read() if logs.stdout else "")
+    out, err = finetune_follow.communicate(timeout=30)
+    assert finetune_follow.returncode == 1, out + err
+    assert "failed" in out.splitlines()[-1] and f"job {job_id} was cancelled" in err
     job = client.get(job_id)
     assert job["status"] == "cancelled" and 0 < job["step"] < 100_000
     assert client.checkpoints(job_id), "a cancelled job keeps the checkpoint it saved on SIGTERM"
