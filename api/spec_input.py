@@ -80,19 +80,19 @@ def _load_yaml(body: bytes) -> Any:
 def confine_paths(spec: JobSpec, settings: Settings) -> JobSpec:
     """The spec with data.root and init.weights resolved (symlinks followed; relative to the data directory)
     and checked to lie inside the data or storage directory: no spec makes the service read elsewhere."""
-    allowed = [Path(os.path.realpath(d)) for d in (settings.resolved_data_dir, settings.resolved_storage)]
     updates: dict[str, Any] = {}
     if spec.data.root is not None:
-        root = _confined(spec.data.root, settings.resolved_data_dir, allowed, ("data", "root"))
+        root = _confined(spec.data.root, settings, ("data", "root"))
         updates["data"] = spec.data.model_copy(update={"root": root})
     if spec.init is not None and spec.init.weights is not None:
-        weights = _confined(spec.init.weights, settings.resolved_data_dir, allowed, ("init", "weights"))
+        weights = _confined(spec.init.weights, settings, ("init", "weights"))
         updates["init"] = spec.init.model_copy(update={"weights": weights})
     return spec.model_copy(update=updates) if updates else spec
 
 
-def _confined(path: str, base: Path, allowed: list[Path], loc: tuple[str, ...]) -> str:
-    resolved = Path(os.path.realpath(Path(base) / path))
+def _confined(path: str, settings: Settings, loc: tuple[str, ...]) -> str:
+    allowed = [Path(os.path.realpath(d)) for d in (settings.resolved_data_dir, settings.resolved_storage)]
+    resolved = Path(os.path.realpath(settings.resolved_data_dir / path))
     if not any(resolved.is_relative_to(directory) for directory in allowed):
         inside = " or ".join(str(d) for d in allowed)
         raise spec_error(loc, f"must be inside {inside}", "path_not_allowed")
