@@ -143,12 +143,15 @@ def bench_latency(url: str, directory: Path, runs: int) -> tuple[list[float], li
     while not server.started:
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
-    worker = subprocess.Popen([sys.executable, "-m", "worker"], env=env, stderr=subprocess.DEVNULL)
+    worker_log = directory / "worker.log"
+    with worker_log.open("wb") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "worker"], env=env, stdout=log, stderr=log)
     engine = create_engine(url)
     to_running, to_metrics = [], []
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            time.sleep(5)  # the worker is up and idle
+            while b" ready." not in worker_log.read_bytes():  # Celery's banner: consuming, idle
+                time.sleep(0.1)
             for _ in range(runs):
                 start = time.perf_counter()
                 job_id = client.post("/jobs", json=TINY_SPEC).raise_for_status().json()["id"]
