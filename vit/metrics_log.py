@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import IO
@@ -15,12 +14,9 @@ METRICS_FILE = "metrics.jsonl"
 class MetricsLog:
     """Appends {"step", "time", **metrics} lines; a disabled log (ranks other than 0) writes nothing."""
 
-    def __init__(
-        self, run_dir: Path, *, enabled: bool, total_steps: int, console: IO[str] = sys.stdout
-    ) -> None:
+    def __init__(self, run_dir: Path, *, enabled: bool, total_steps: int) -> None:
         self.enabled = enabled
         self.total_steps = total_steps
-        self.console = console
         self._file: IO[str] | None = None
         if enabled:
             self._file = open(run_dir / METRICS_FILE, "a")  # noqa: SIM115 (held open for the whole run)
@@ -34,7 +30,7 @@ class MetricsLog:
         # One write per complete line: a reader following the file never sees half a record as final.
         self._file.write(line + "\n")
         self._file.flush()
-        print(progress_line(step, self.total_steps, metrics), file=self.console, flush=True)
+        print(progress_line(step, self.total_steps, metrics), flush=True)
 
     def close(self) -> None:
         if self._file is not None:

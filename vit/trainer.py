@@ -7,11 +7,10 @@ share and then into micro batches whose gradients accumulate (DDP syncs only on 
 
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,12 +52,10 @@ class Trainer:
         ctx: DistContext,
         *,
         stop: StopRequest | None = None,
-        console: IO[str] = sys.stdout,
     ) -> None:
         self.spec = spec.resolved()
         self.run_dir = run_dir
         self.ctx = ctx
-        self.console = console
         self.total_steps = self.spec.train.steps
         self.step = 0
         # Data position: the epoch being read and the number of its batches already consumed.
@@ -118,7 +115,7 @@ class Trainer:
             if ctx.distributed
             else self.model
         )
-        self.metrics = MetricsLog(run_dir, enabled=ctx.is_main, total_steps=self.total_steps, console=console)
+        self.metrics = MetricsLog(run_dir, enabled=ctx.is_main, total_steps=self.total_steps)
         if ctx.is_main:
             checkpoint.atomic_write_text(run_dir / SPEC_FILE, self.spec.model_dump_json(indent=2) + "\n")
 
@@ -168,7 +165,7 @@ class Trainer:
 
     def _say(self, message: str) -> None:
         if self.ctx.is_main:
-            print(message, file=self.console, flush=True)
+            print(message, flush=True)
 
     # ---------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,212 @@
+"""vit.train end to end in this process: resume equals straight training, gradient accumulation equals one big
+batch, bad input exits 2 with one line, and a small ViT learns the digits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from vit.config import load_spec
+from vit.distributed import setup
+from vit.train import EXIT_BAD_INPUT, main
+from vit.trainer import StopRequest, Trainer
+
+TINY_MODEL: dict[str, Any] = {
+    "variant": "Ti/4",
+    "image_size": 16,
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "mlp_dim": 64,
+}
+SYNTHETIC: dict[str, Any] = {
+    "dataset": "synthetic",
+    "synthetic_size": 160,
+    "synthetic_classes": 4,
+    "num_workers": 0,
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def write_spec(path: Path, spec: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {line["step"]: line["loss"] for line in lines if "loss" in line}
+
+
+def _train_line(run_dir: Path) -> dict[str, Any]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return next(line for line in lines if "loss" in line)
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    name = (run_dir / "checkpoints" / "latest").read_text().strip()
+    return load_file(str(run_dir / "checkpoints" / name / "model.safetensors"))
+
+
+class _StopAtStep(StopRequest):
+    """A stop request that turns on once the trainer has done `step` steps (as SIGTERM would, but exactly)."""
+
+    def __init__(self, trainer: Trainer, step: int) -> None:
+        self.trainer = trainer
+        self.step = step
+
+    @property
+    def requested(self) -> bool:
+        return self.trainer.step >= self.step
+
+    @requested.setter
+    def requested(self, value: bool) -> None:
+        raise AssertionError("not set in this test")
+
+
+def test_resume_continues_exactly_like_straight_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Dropout and augmentation on, so the result depends on restoring the RNG and the data position.
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        {
+            "kind": "pretrain",
+            "model": {**TINY_MODEL, "drop_rate": 0.1},
+            "data": {**SYNTHETIC, "augment": True},
+            # 10 steps over 160 images in batches of 32: the resume point (step 7) is mid-epoch 2.
+            "optim": {"warmup_steps": 3},
+            "train": {"steps": 10, "batch_size": 32, "micro_batch_size": 16, "log_every": 1},
+            "resources": {"device": "cpu"},
+        },
+    )
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main([str(spec), "--out", str(straight)]) == 0
+
+    resumed.mkdir()
+    trainer = Trainer(load_spec(spec), resumed, setup("cpu"))
+    trainer.stop = _StopAtStep(trainer, 7)
+    assert trainer.train() is False
+    trainer.close()
+    assert (resumed / "checkpoints" / "latest").read_text() == "step-000007\n"
+    capsys.readouterr()
+    assert main([str(spec), "--out", str(resumed)]) == 0
+    assert "resumed from step-000007 (step 7)" in capsys.readouterr().out
+
+    expected, got = train_losses(straight), train_losses(resumed)
+    assert list(got) == list(range(1, 11)) == list(expected)
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], abs=1e-6), step
+    # Not a trivially constant run: the loss moved.
+    assert abs(expected[10] - expected[1]) > 1e-3
+    for key, value in final_weights(straight).items():
+        torch.testing.assert_close(final_weights(resumed)[key], value, rtol=0, atol=1e-6)
+
+
+def test_accumulated_micro_batches_give_the_update_of_one_batch(tmp_path: Path) -> None:
+    def run(name: str, micro: int | None) -> Path:
+        spec = {
+            "kind": "finetune",
+            "model": TINY_MODEL,
+            "data": {**SYNTHETIC, "augment": False},
+            # Plain SGD without clipping: the update is -lr times the gradient.
+            "optim": {
+                "lr": 0.5,
+                "momentum": 0.0,
+                "warmup_steps": 0,
+                "schedule": "constant",
+                "clip_grad_norm": 0,
+            },
+            "train": {"steps": 1, "batch_size": 32, "micro_batch_size": micro, "log_every": 1},
+            "resources": {"device": "cpu"},
+        }
+        assert main([str(write_spec(tmp_path / f"{name}.yaml", spec)), "--out", str(tmp_path / name)]) == 0
+        return tmp_path / name
+
+    whole, accumulated = run("whole", None), run("accumulated", 8)
+    logged = [_train_line(whole), _train_line(accumulated)]
+    assert logged[0]["grad_norm"] > 0.1  # a real update, not a no-op
+    assert logged[1]["loss"] == pytest.approx(logged[0]["loss"], abs=1e-6)
+    assert logged[1]["grad_norm"] == pytest.approx(logged[0]["grad_norm"], abs=1e-6)
+    other = final_weights(accumulated)
+    for key, value in final_weights(whole).items():
+        torch.testing.assert_close(other[key], value, rtol=0, atol=1e-6)
+
+
+def _bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str) -> str:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    assert main([str(spec), "--out", str(tmp_path / "run")]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_invalid_field_exits_2_naming_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _bad_input(tmp_path, capsys, "kind: pretrain\noptim: {lr: -1}\ntrain: {stepz: 3}\n")
+    assert "optim.lr" in err and "train.stepz" in err
+
+
+def test_not_yaml_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "not valid YAML" in _bad_input(tmp_path, capsys, "kind: [pretrain\n")
+
+
+def test_missing_spec_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path / "absent.yaml"), "--out", str(tmp_path / "run")]) == EXIT_BAD_INPUT
+    assert "absent.yaml' not found" in capsys.readouterr().err
+
+
+def test_from_job_is_rejected_outside_the_service(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _bad_input(tmp_path, capsys, "kind: finetune\ninit: {from_job: 3}\n")
+    assert "init.from_job" in err and "init.weights" in err
+
+
+def test_bad_data_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = f"kind: pretrain\ndata: {{dataset: imagefolder, root: {tmp_path / 'nowhere'}}}\nresources: {{device: cpu}}\n"
+    assert "nowhere" in _bad_input(tmp_path, capsys, text)
+
+
+def test_missing_init_weights_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = {
+        "kind": "finetune",
+        "model": TINY_MODEL,
+        "data": SYNTHETIC,
+        "init": {"weights": str(tmp_path / "no-such-run")},
+        "resources": {"device": "cpu"},
+    }
+    assert "init.weights" in _bad_input(tmp_path, capsys, yaml.safe_dump(spec))
+
+
+@pytest.mark.slow
+def test_a_small_vit_learns_the_digits(tmp_path: Path) -> None:
+    spec = {
+        "kind": "pretrain",
+        "model": {
+            "variant": "Ti/4",
+            "image_size": 16,
+            "embed_dim": 64,
+            "depth": 3,
+            "num_heads": 4,
+            "mlp_dim": 256,
+        },
+        "data": {"dataset": "digits", "num_workers": 0},
+        "optim": {"lr": 0.002, "warmup_steps": 20},
+        "train": {"steps": 400, "batch_size": 64, "log_every": 50},
+        "resources": {"device": "cpu"},
+    }
+    run_dir = tmp_path / "run"
+    assert main([str(write_spec(tmp_path / "digits.yaml", spec)), "--out", str(run_dir)]) == 0
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    final = [line for line in lines if "val_top1" in line][-1]
+    assert final["step"] == 400
+    assert final["val_top1"] >= 0.90, final
