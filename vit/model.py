@@ -86,10 +86,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
-        # (B, N, 3, heads, head_dim) -> (3, B, heads, N, head_dim): views only; SDPA takes the strides as they are.
-        q, k, v = (
-            self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        )
+        # Views only: SDPA takes these strides as they are. Unbinding dim 2 (timm permutes it to the front first)
+        # lets backward stack dq, dk, dv straight into qkv's contiguous layout: one copy fewer.
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads)  # (B, N, 3, heads, head_dim)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # 3 x (B, heads, N, head_dim)
         dropout_p = self.attn_drop_rate if self.training else 0.0
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)  # (B, heads, N, head_dim)
         x = x.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
