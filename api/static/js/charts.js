@@ -5,7 +5,7 @@ const PALETTE = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed"];
 
 export class MetricChart {
   // series: [{name: "loss", label: "train loss"}, ...]
-  constructor(container, title, series, { format = (v) => v, log = false } = {}) {
+  constructor(container, title, series, { format = (v) => v, range = null } = {}) {
     this.series = series.map((s, i) => ({ ...s, color: s.color || PALETTE[i % PALETTE.length] }));
     this.points = new Map(this.series.map((s) => [s.name, { steps: [], values: [] }]));
     this.root = document.createElement("section");
@@ -19,16 +19,16 @@ export class MetricChart {
     this.plotHolder = document.createElement("div");
     this.root.append(heading, this.plotHolder, this.empty);
     container.append(this.root);
-    this.plot = new uPlot(this.options(format, log), this.data(), this.plotHolder);
+    this.plot = new uPlot(this.options(format, range), this.data(), this.plotHolder);
     this.resizer = new ResizeObserver(() => this.fit());
     this.resizer.observe(this.root);
   }
 
-  options(format, log) {
+  options(format, range) {
     return {
       width: Math.max(this.root.clientWidth - 16, 200),
       height: 190,
-      scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
+      scales: { x: { time: false }, y: range ? { range } : {} },
       legend: { live: true },
       cursor: { drag: { x: true, y: false } },
       axes: [
@@ -48,7 +48,8 @@ export class MetricChart {
           stroke: s.color,
           width: 1.5,
           spanGaps: true,
-          points: { show: false },
+          // Dots only where a line alone would hide the data: eval series have few, sparse points.
+          points: { show: (u, i) => u.data[i].filter((v) => v != null).length <= 40, size: 5 },
           value: (u, v) => (v == null ? "–" : format(v)),
         })),
       ],

@@ -10,7 +10,12 @@ const FIRST_LOAD_POINTS = 1000; // the server downsamples longer series to this 
 
 const CHARTS = [
   { title: "Loss", series: [{ name: "loss", label: "train" }, { name: "val_loss", label: "val" }] },
-  { title: "Validation top-1", series: [{ name: "val_top1", label: "val top-1" }], format: (v) => `${(v * 100).toFixed(0)}%` },
+  {
+    title: "Validation top-1",
+    series: [{ name: "val_top1", label: "val top-1" }],
+    format: (v) => `${(v * 100).toFixed(0)}%`,
+    range: (u, lo, hi) => [Math.max(0, (lo ?? 0) - 0.05), Math.min(1, (hi ?? 1) + 0.05)], // an accuracy stays in [0, 1]
+  },
   { title: "Learning rate", series: [{ name: "lr", label: "lr" }], format: (v) => number(v, 2) },
   { title: "Throughput (img/s)", series: [{ name: "images_per_s", label: "img/s" }], format: (v) => number(v, 3) },
 ];
@@ -46,7 +51,7 @@ export function mountJob(view, id) {
     h("section", { class: "panel" }, h("h2", {}, "Log"), logs),
     h("section", { class: "panel" }, h("h2", {}, "Resolved spec"), spec),
   );
-  const charts = CHARTS.map((c) => new MetricChart(chartGrid, c.title, c.series, { format: c.format }));
+  const charts = CHARTS.map((c) => new MetricChart(chartGrid, c.title, c.series, { format: c.format, range: c.range }));
 
   let job = null;
   let cursor = null;

@@ -168,6 +168,9 @@ export function finetuneSpec(parent) {
     v !== null && !(k === "pool" && v === "cls") && !(k.endsWith("drop_rate") && v === 0)));
   const data = { dataset: s.data.dataset };
   if (s.data.root) data.root = s.data.root;
+  if (s.data.subset != null) data.subset = s.data.subset;
+  data.augment = s.data.augment;
+  data.num_workers = s.data.num_workers;
   if (s.data.dataset === "synthetic") {
     data.synthetic_size = s.data.synthetic_size;
     data.synthetic_classes = s.data.synthetic_classes;
