@@ -6,11 +6,24 @@ The worker process never imports torch's CUDA side: the launcher and the trainer
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+# Resolved in the parent: the child between fork and exec must not load libraries or take import locks.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def _term_when_worker_dies() -> None:
+    """Runs in the launcher between fork and exec: if the worker dies (even by SIGKILL), the kernel sends the
+    launcher SIGTERM, which it forwards to the trainers; they checkpoint and exit instead of running on as
+    orphans beside the job's next runner."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def trainer_command(spec_path: Path, run_dir: Path, procs_per_node: int) -> list[str]:
@@ -46,7 +59,12 @@ class Trainer:
     def __init__(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_term_when_worker_dies,
             )
 
     def poll(self) -> int | None:
