@@ -61,7 +61,11 @@ def read_spec(path: Path) -> JobSpec:
 
 
 class _StopOnSignal:
-    """SIGTERM/SIGINT ask the trainer to checkpoint and stop at the next step; a second one stops at once."""
+    """SIGTERM/SIGINT ask the trainer to checkpoint and stop at the next step boundary.
+
+    Repeats are absorbed, not escalated: under torchrun a cancel reaches each rank twice (the signal to the
+    process group, then the launcher forwarding its own), and both must end in the checkpoint.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -70,8 +74,6 @@ class _StopOnSignal:
         self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.stop.requested:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without a checkpoint")
         self.stop.requested = True
 
     def restore(self) -> None:
