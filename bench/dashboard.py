@@ -1,6 +1,6 @@
 """Dashboard speed in headless Chromium at scale (not a test; prints figures).
 
-    .venv/bin/python bench/dashboard.py [--jobs 500] [--points 100000] [--repeat 5]
+    .venv/bin/python bench/dashboard.py [--jobs 500] [--points 100000] [--repeat 5] [--postgres [ADMIN_URL]]
 
 Fills a fresh embedded database through the data layer (api.jobs / api.lifecycle): JOBS jobs in every state and
 one running job with POINTS metric points (train metrics every step, eval every 500 steps), starts
@@ -22,13 +22,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from cli.service import free_port, service_env, wait_healthy
 from playwright.sync_api import Page, sync_playwright
-from sqlalchemy import update
+from sqlalchemy import create_engine, text, update
 
 from api.db import session_scope
 from api.jobs import create_job
@@ -149,9 +152,38 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--postgres",
+        metavar="ADMIN_URL",
+        nargs="?",
+        const="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+        help="use a throwaway PostgreSQL database (default: the embedded SQLite)",
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="vitq-bench-"))
-    database_url = f"sqlite:///{home / 'vitq.db'}"
+    with database(args.postgres, home) as database_url:
+        run(args, home, database_url)
+
+
+@contextmanager
+def database(postgres_admin_url: str | None, home: Path) -> Iterator[str]:
+    """The embedded default's SQLite file, or a throwaway PostgreSQL database made with the admin URL."""
+    if postgres_admin_url is None:
+        yield f"sqlite:///{home / 'vitq.db'}"
+        return
+    name = f"vitq_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield postgres_admin_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def run(args: argparse.Namespace, home: Path, database_url: str) -> None:
     upgrade(database_url)
     start = time.perf_counter()
     big_id, last_step = seed(database_url, jobs=args.jobs, points=args.points)
@@ -161,7 +193,7 @@ def main() -> None:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = service_env(home, url)
+    env = {**service_env(home, url), "VITQ_DATABASE_URL": database_url}
     serve = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("vitq")),
@@ -214,6 +246,7 @@ def main() -> None:
     print(
         f"chart update (100 new steps, incremental fetch + redraw of 4 charts): median {median(update_ms):.0f} ms"
     )
+    print(f"database: {database_url.split(':', 1)[0]}")
     print(
         f"machine: {os.cpu_count()} CPUs, {os.uname().sysname} {os.uname().machine}, /usr/bin/chromium headless"
     )
