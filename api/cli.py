@@ -270,7 +270,12 @@ def cmd_download(args: argparse.Namespace, client: VitqClient) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitq", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="vitq",
+        description="Run the vitq service, train locally, and drive a running service from a terminal.",
+        epilog="exit codes: 0 ok (submit --follow: the job succeeded), 1 the job failed, 2 bad usage, bad spec "
+        "or a request the server refused or never got, 3 the job was cancelled, 130 Ctrl-C (the job keeps running)",
+    )
     parser.add_argument(
         "--url", default=None, help=f"service address (default: $VITQ_URL or {default_url()})"
     )
