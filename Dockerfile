@@ -28,7 +28,8 @@ COPY vit ./vit
 COPY worker ./worker
 COPY migrations ./migrations
 COPY examples ./examples
-RUN pip install --no-deps . \
+# Editable: the code runs from /app, next to migrations/ and examples/ (the dashboard offers the examples).
+RUN pip install --no-deps -e . \
     && useradd --create-home --uid 1000 vitq \
     && mkdir -p /var/lib/vitq/storage /data \
     && chown -R vitq /var/lib/vitq /data
