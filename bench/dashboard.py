@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from cli.service import free_port, service_env, wait_healthy
 from playwright.sync_api import Page, sync_playwright
-from sqlalchemy import create_engine, text, update
+from sqlalchemy import update
 
-from api.db import session_scope
+from api.db import scratch_database, session_scope
 from api.jobs import create_job
 from api.lifecycle import MetricRow, add_metric_points
 from api.migrate import upgrade
@@ -171,16 +170,8 @@ def database(postgres_admin_url: str | None, home: Path) -> Iterator[str]:
     if postgres_admin_url is None:
         yield f"sqlite:///{home / 'vitq.db'}"
         return
-    name = f"vitq_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield postgres_admin_url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(postgres_admin_url, "vitq_bench") as url:
+        yield url
 
 
 def run(args: argparse.Namespace, home: Path, database_url: str) -> None:

@@ -22,16 +22,16 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from api import lifecycle
-from api.models import Base, Job, JobStatus, MetricPoint
+from api.db import scratch_database
+from api.migrate import upgrade
+from api.models import Job, JobStatus, MetricPoint
 from api.settings import Settings
 from worker.follow import MetricsFollower
 
@@ -48,29 +48,8 @@ TINY_SPEC = {
 }
 
 
-@contextmanager
-def scratch_database() -> Iterator[str]:
-    name = f"vitq_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def create_schema(url: str) -> None:
-    try:
-        from api.migrate import upgrade
-    except ImportError:  # before the migrations exist
-        engine = create_engine(url)
-        Base.metadata.create_all(engine)
-        engine.dispose()
-    else:
-        upgrade(url)
+    upgrade(url)
 
 
 def new_job(session: Session) -> int:
@@ -183,7 +162,7 @@ def main() -> None:
     parser.add_argument("--latency-runs", type=int, default=3)
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
-    with scratch_database() as url, tempfile.TemporaryDirectory() as scratch:
+    with scratch_database(PG_ADMIN_URL, "vitq_bench") as url, tempfile.TemporaryDirectory() as scratch:
         create_schema(url)
         rate = bench_add_metric_points(url, args.points)
         print(f"add_metric_points ({BATCH}-row batches, PostgreSQL): {rate:,.0f} points/s (target >= 60,000)")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import create_engine, text
+
+from api.db import scratch_database
 
 PG_ADMIN_URL = os.environ.get("VITQ_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("VITQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -19,16 +20,8 @@ REDIS_URL = os.environ.get("VITQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for this test run."""
-    name = f"vitq_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(PG_ADMIN_URL, "vitq_test") as url:
+        yield url
 
 
 @pytest.fixture

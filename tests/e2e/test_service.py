@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import safetensors.torch
-from sqlalchemy import create_engine, text
 
+from api.db import scratch_database
 from api.settings import Settings
 from vit.model import create_model
 from vit.weights import load_pretrained
@@ -24,16 +24,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def database_url(pg_url: str) -> Iterator[str]:
     """A database of this module's own: its reaper must not see (and run) other tests' queued jobs."""
-    name = f"vitq_e2e_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield pg_url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(pg_url, "vitq_e2e") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
