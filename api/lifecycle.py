@@ -240,11 +240,26 @@ def finish_job(
 
 
 def release_job(*, session: Session, claim: Claim, error: str | None = None) -> bool:
-    """Put a held job back to queued (a retry, or a worker shutting down); the next claim resumes it."""
+    """Put a held job back to queued (a retry, or a worker shutting down); the next claim resumes it.
+    False when nothing is to be enqueued: the job was lost, or a cancel was requested meanwhile (it ends
+    cancelled here, since a queued job with a cancel request would never be claimed nor cancelled)."""
+    if _cancel_instead(session=session, where=_held_by(claim)):
+        return False
     result = session.execute(
         update(Job)
         .where(*_held_by(claim))
         .values(status=JobStatus.queued, worker=None, heartbeat_at=None, error=error)
+    )
+    session.commit()
+    return _rowcount(result) == 1
+
+
+def _cancel_instead(*, session: Session, where: tuple[Any, ...]) -> bool:
+    """End a running job cancelled if its cancel was requested (the caller was about to requeue it)."""
+    result = session.execute(
+        update(Job)
+        .where(*where, Job.cancel_requested.is_(True))
+        .values(status=JobStatus.cancelled, worker=None, heartbeat_at=None, finished_at=_now())
     )
     session.commit()
     return _rowcount(result) == 1
@@ -266,16 +281,15 @@ def requeue_stale(*, session: Session, lease_seconds: float) -> list[int]:
             values: dict[str, Any] = {"status": JobStatus.failed, "error": lost, "finished_at": _now()}
         else:
             values = {"status": JobStatus.queued, "error": lost}
-        result = session.execute(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.status == JobStatus.running,
-                Job.attempt == attempt,
-                Job.heartbeat_at < cutoff,
-            )
-            .values(worker=None, heartbeat_at=None, **values)
+        where = (
+            Job.id == job_id,
+            Job.status == JobStatus.running,
+            Job.attempt == attempt,
+            Job.heartbeat_at < cutoff,
         )
+        if _cancel_instead(session=session, where=where):
+            continue
+        result = session.execute(update(Job).where(*where).values(worker=None, heartbeat_at=None, **values))
         if _rowcount(result) == 1 and values["status"] == JobStatus.queued:
             requeued.append(job_id)
     session.commit()

@@ -166,3 +166,22 @@ def test_fine_tune_of_a_failed_parent_fails(engine: Engine) -> None:
     child = get_job(engine, child_id)
     assert child.status == JobStatus.failed
     assert child.error == f"parent job {parent_id} failed: out of memory"
+
+
+def test_a_cancel_requested_job_is_never_requeued(engine: Engine) -> None:
+    # A cancel arriving while a job runs must end it cancelled even when it leaves its runner by a retry, a
+    # worker shutdown or a dead worker: a queued job with a cancel request is never claimed again.
+    released_id, stale_id = add_job(engine), add_job(engine)
+    with Session(engine) as session:
+        released = lifecycle.claim_job(session=session, job_id=released_id, worker="w1")
+        stale = lifecycle.claim_job(session=session, job_id=stale_id, worker="dead")
+        assert released is not None and stale is not None
+        old = datetime.now(UTC) - timedelta(seconds=30)
+        session.execute(update(Job).where(Job.id == stale_id).values(heartbeat_at=old))
+        session.execute(update(Job).values(cancel_requested=True).where(Job.id.in_([released_id, stale_id])))
+        session.commit()
+        assert not lifecycle.release_job(session=session, claim=released, error="attempt 1 failed")
+        assert lifecycle.requeue_stale(session=session, lease_seconds=10) == []
+    for job_id in (released_id, stale_id):
+        job = get_job(engine, job_id)
+        assert (job.status, job.worker, job.finished_at is not None) == (JobStatus.cancelled, None, True)
