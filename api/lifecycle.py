@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+import psycopg
 from sqlalchemy import CursorResult, delete, insert, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from api.models import Checkpoint, Job, JobStatus, MetricPoint
@@ -175,15 +177,18 @@ def add_metric_points(*, session: Session, job_id: int, points: Sequence[MetricR
     if connection.dialect.name == "postgresql":
         raw = connection.connection.driver_connection
         assert raw is not None
-        with (
-            raw.cursor() as cursor,
-            cursor.copy("COPY metric_points (job_id, name, step, value, time) FROM STDIN") as copy,
-        ):
-            copy.write(
-                "".join(
-                    f"{job_id}\t{_copy_text(p.name)}\t{p.step}\t{p.value!r}\t{p.time!r}\n" for p in points
+        statement = "COPY metric_points (job_id, name, step, value, time) FROM STDIN"
+        try:
+            with raw.cursor() as cursor, cursor.copy(statement) as copy:
+                copy.write(
+                    "".join(
+                        f"{job_id}\t{_copy_text(p.name)}\t{p.step}\t{p.value!r}\t{p.time!r}\n" for p in points
+                    )
                 )
-            )
+        except psycopg.Error as error:
+            # The raw driver's errors bypass SQLAlchemy's wrapping: raise them as SQLAlchemy's, which is what
+            # callers (the supervisor's outage handling) catch.
+            raise DBAPIError(statement, None, error) from error
     else:
         session.execute(
             insert(MetricPoint),

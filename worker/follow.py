@@ -49,7 +49,7 @@ class MetricsFollower:
             return []
         self.last_step = max(self.last_step, step)
         return [
-            MetricRow(str(name)[:64], step, float(value), time)
+            MetricRow(str(name).replace("\x00", "")[:64], step, float(value), time)
             for name, value in record.items()
             if name not in RESERVED_KEYS
             and isinstance(value, int | float)

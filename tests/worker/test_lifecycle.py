@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, delete, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from api import lifecycle
@@ -185,3 +186,23 @@ def test_a_cancel_requested_job_is_never_requeued(engine: Engine) -> None:
     for job_id in (released_id, stale_id):
         job = get_job(engine, job_id)
         assert (job.status, job.worker, job.finished_at is not None) == (JobStatus.cancelled, None, True)
+
+
+def test_a_failed_metric_copy_raises_a_sqlalchemy_error(engine: Engine) -> None:
+    # The COPY goes through the raw driver; the supervisor's outage handling catches SQLAlchemy's errors only,
+    # and an escaped psycopg error used to end supervision with the trainer still running.
+    if engine.dialect.name != "postgresql":
+        pytest.skip("COPY is PostgreSQL's path")
+    job_id = add_job(engine)
+    with Session(engine) as session:
+        with pytest.raises(DBAPIError, match="COPY metric_points"):  # PostgreSQL text never holds NUL
+            lifecycle.add_metric_points(
+                session=session, job_id=job_id, points=[lifecycle.MetricRow("a\0", 1, 1, 1)]
+            )
+        session.rollback()
+        lifecycle.add_metric_points(
+            session=session, job_id=job_id, points=[lifecycle.MetricRow("a", 1, 1, 1)]
+        )
+        assert (
+            session.execute(select(MetricPoint.name).where(MetricPoint.job_id == job_id)).scalar_one() == "a"
+        )

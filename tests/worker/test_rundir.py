@@ -19,9 +19,13 @@ def test_follower_reads_only_complete_new_lines(tmp_path: Path) -> None:
     first = follower.read_new()
     assert sorted((p.name, p.step, p.value) for p in first) == [("loss", 10, 2.0), ("lr", 10, 0.1)]
     with path.open("a") as handle:
-        handle.write('ss": 1.0, "flag": true}\nnot json\n')
+        handle.write('ss": 1.0, "flag": true, "a\\u0000b": 3}\nnot json\n')
     second = follower.read_new()
-    assert [(p.name, p.step, p.value, p.time) for p in second] == [("loss", 20, 1.0, 2.5)]
+    # NUL is dropped from names: PostgreSQL text cannot hold it, and one bad name would fail the whole batch.
+    assert [(p.name, p.step, p.value, p.time) for p in second] == [
+        ("loss", 20, 1.0, 2.5),
+        ("ab", 20, 3.0, 2.5),
+    ]
     assert follower.read_new() == [] and follower.last_step == 20
 
 
