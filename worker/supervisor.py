@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5  # how often metrics, checkpoints and the cancel flag are looked at
 STOP_GRACE_SECONDS = 60.0  # time a trainer gets to save a checkpoint after SIGTERM before SIGKILL
+# A worker that cannot renew its lease for this part of it stops its trainer. Other workers requeue the job only
+# after the whole lease (timed from the heartbeat's own timestamp, on their clocks): the rest is the margin for
+# clock skew and slow database calls that keeps two runners from ever overlapping.
+SELF_FENCE_FRACTION = 0.5
 EXIT_BAD_INPUT = 2  # vit.train: bad spec or bad data; retrying cannot help
 
 # Set when the Celery worker begins a warm shutdown: the running job is checkpointed and handed back.
@@ -70,6 +74,7 @@ class Run:
     run_dir: Path = field(init=False)
     follower: MetricsFollower = field(init=False)
     checkpoints_seen: list[lifecycle.CheckpointFile] | None = None
+    pending: list[MetricRow] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.run_dir = self.settings.run_dir(self.claim.job_id)
@@ -90,7 +95,13 @@ class Run:
         log_start = self._write_log_header(log_path, resumed_from)
         procs = int(self.claim.spec["resources"]["procs_per_node"])
         trainer = Trainer(trainer_command(spec_path, self.run_dir, procs), trainer_env(procs), log_path)
-        outcome = self._watch(trainer)
+        try:
+            outcome = self._watch(trainer)
+        except BaseException:
+            # Whatever broke the loop, the trainer must not run on unsupervised: its lease would expire and a
+            # second runner would share its run directory.
+            trainer.kill()
+            raise
         if outcome == "lease lost":
             log.warning(
                 "job %s: lease lost; trainer killed, the job belongs to another worker", self.claim.job_id
@@ -158,8 +169,8 @@ class Run:
             except SQLAlchemyError:
                 log.exception("job %s: database error while supervising", self.claim.job_id)
                 self.session.rollback()
-                if time.monotonic() - last_renewed > self.settings.lease_seconds:
-                    trainer.kill()  # our lease has expired by now: someone else may run the job
+                if time.monotonic() - last_renewed > self.settings.lease_seconds * SELF_FENCE_FRACTION:
+                    trainer.kill()  # stop before the lease runs out: then someone else may run the job
                     return "lease lost"
             if exited:
                 return stopping or "exited"
@@ -174,11 +185,16 @@ class Run:
             time.sleep(POLL_SECONDS)
 
     def _ingest(self) -> None:
-        while points := self.follower.read_new():
-            self._add(points)
+        # Points read but not yet stored stay pending: a database outage delays them, it does not drop them.
+        while new := self.follower.read_new():
+            self.pending.extend(new)
+            self._store_pending()
+        self._store_pending()
 
-    def _add(self, points: list[MetricRow]) -> None:
-        lifecycle.add_metric_points(session=self.session, job_id=self.claim.job_id, points=points)
+    def _store_pending(self) -> None:
+        if self.pending:
+            lifecycle.add_metric_points(session=self.session, job_id=self.claim.job_id, points=self.pending)
+            self.pending = []
 
     def _sync(self) -> None:
         found = rundir.scan_checkpoints(self.run_dir)
