@@ -85,3 +85,32 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimSpec, total_st
     """Per-optimizer-step schedule; `scheduler.step()` after each `optimizer.step()`."""
     factor = LrFactor(optim.schedule or "constant", optim.warmup_steps or 0, total_steps)
     return LambdaLR(optimizer, lr_lambda=factor)
+
+
+def load_training_state(
+    optimizer: torch.optim.Optimizer,
+    scheduler: LambdaLR,
+    optimizer_state: dict[str, Any],
+    scheduler_state: dict[str, Any],
+) -> None:
+    """Resume from a checkpoint's optimizer moments and schedule position, with this spec's hyperparameters.
+
+    A saved state also holds the hyperparameters it ran with (lr, weight decay, betas, momentum, the schedule's
+    warmup and length). Restoring those would silently ignore a changed spec: raising train.steps to continue a
+    finished run would keep the old schedule, already decayed to lr 0. With an unchanged spec the result is the
+    saved state exactly (the lr is recomputed by the same formula LambdaLR uses).
+    """
+    hyperparameters = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(optimizer_state)
+    for group, fresh in zip(optimizer.param_groups, hyperparameters, strict=True):
+        group.update(fresh)
+    # Only the position (step count); the schedule's shape and base lrs stay the ones built from this spec.
+    position = {k: v for k, v in scheduler_state.items() if k not in ("lr_lambdas", "base_lrs", "_last_lr")}
+    scheduler.load_state_dict({**position, "lr_lambdas": [None] * len(scheduler.lr_lambdas)})
+    lrs = [
+        base * factor(scheduler.last_epoch)
+        for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+    ]
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = lrs  # what get_last_lr() reports; LambdaLR has no public way to recompute it

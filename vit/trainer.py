@@ -27,7 +27,7 @@ from vit.distributed import DistContext, all_reduce_sum, any_rank, gather_object
 from vit.evaluate import few_shot_eval, top1
 from vit.metrics_log import MetricsLog
 from vit.model import VisionTransformer, create_model
-from vit.optim import build_optimizer, build_scheduler
+from vit.optim import build_optimizer, build_scheduler, load_training_state
 from vit.weights import load_pretrained
 
 SPEC_FILE = "spec.json"
@@ -186,8 +186,7 @@ class Trainer:
                 "raise train.steps or use a new run directory"
             )
         self.epoch, self.batch = int(state["data"]["epoch"]), int(state["data"]["batch"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        load_training_state(self.optimizer, self.scheduler, state["optimizer"], state["scheduler"])
         rng_states = state["rng"]
         if self.ctx.rank < len(rng_states):
             rng.restore(rng_states[self.ctx.rank], self.ctx.device)

@@ -201,3 +201,31 @@ def test_the_digits_pretrain_example_learns(tmp_path: Path) -> None:
     evals = [line for line in lines if "val_top1" in line]
     assert [line["step"] for line in evals] == [spec["train"]["steps"]]
     assert evals[0]["val_top1"] >= 0.90, evals
+
+
+def test_resuming_with_more_steps_follows_the_new_schedule(tmp_path: Path) -> None:
+    # The common way to continue a finished run: raise train.steps and rerun into the same directory.
+    spec: dict[str, Any] = {
+        "kind": "pretrain",
+        "model": TINY_MODEL,
+        "data": SYNTHETIC,
+        "optim": {"lr": 0.001, "warmup_steps": 1, "weight_decay": 0.1},
+        "train": {"steps": 4, "batch_size": 32, "log_every": 1},
+        "resources": {"device": "cpu"},
+    }
+    run_dir = tmp_path / "run"
+    assert main([str(write_spec(tmp_path / "short.yaml", spec)), "--out", str(run_dir)]) == 0
+    spec["train"]["steps"] = 8
+    spec["optim"]["weight_decay"] = 0.05
+    assert main([str(write_spec(tmp_path / "long.yaml", spec)), "--out", str(run_dir)]) == 0
+
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lrs = {line["step"]: line["lr"] for line in lines if "lr" in line}
+    # Linear decay over the new 8 steps (warmup 1): the lr after step k is 0.001 * (1 - (k - 1) / 7), not the
+    # old 4-step schedule's 0 from step 4 on.
+    for step in range(5, 9):
+        assert lrs[step] == pytest.approx(0.001 * (1 - (step - 1) / 7)), (step, lrs)
+    optimizer = torch.load(run_dir / "checkpoints" / "step-000008" / "state.pt", weights_only=True)[
+        "optimizer"
+    ]
+    assert [group["weight_decay"] for group in optimizer["param_groups"]] == [0.05, 0.0]
