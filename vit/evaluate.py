@@ -85,15 +85,18 @@ def extract_features(
             tokens = vit.forward_features(images.to(device, non_blocking=True))
             features.append(vit.forward_head(tokens, pre_logits=True).float().cpu())
             labels.append(batch_labels.cpu())
-    local = (torch.cat(features), torch.cat(labels).long())
     if not distributed:
-        return local
+        return torch.cat(features), torch.cat(labels).long()
     if not isinstance(loader.sampler, ShardedSampler):
         raise TypeError("extract_features(distributed=True) needs a loader made by vit.data.build_loader")
+    # A split smaller than the world leaves some ranks nothing: they still take part in the gather.
+    local = (torch.cat(features), torch.cat(labels).long()) if features else None
     shares: list[object] = [None] * dist.get_world_size()
-    dist.all_gather_object(shares, (*local, torch.tensor(list(loader.sampler), dtype=torch.int64)))
-    feats, labs, indices = (torch.cat(parts) for parts in zip(*shares, strict=True))
-    order = torch.argsort(indices)
+    dist.all_gather_object(shares, (local, torch.tensor(list(loader.sampler), dtype=torch.int64)))
+    parts = [(share, indices) for share, indices in cast(list[tuple[Any, torch.Tensor]], shares) if share]
+    feats = torch.cat([share[0] for share, _ in parts])
+    labs = torch.cat([share[1] for share, _ in parts])
+    order = torch.argsort(torch.cat([indices for _, indices in parts]))
     return feats[order], labs[order]
 
 

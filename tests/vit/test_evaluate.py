@@ -152,11 +152,11 @@ def test_few_shot_eval_names_each_shot_count() -> None:
     assert results["few_shot_5"] == direct and 0.0 <= results["few_shot_1"] <= 1.0
 
 
-def _rank_main(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+def _rank_main(rank: int, world_size: int, size: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
-        model, data = _tiny_vit(), _images(11)
+        model, data = _tiny_vit(), _images(size)
         loader = build_loader(data, batch_size=4, shuffle=False, seed=0, rank=rank, world_size=world_size)
         loss, accuracy = top1(model, loader, CPU, distributed=True)
         features, labels = extract_features(model, loader, CPU, distributed=True)
@@ -165,10 +165,12 @@ def _rank_main(rank: int, world_size: int, init_file: str, out_dir: str) -> None
         dist.destroy_process_group()
 
 
-def test_distributed_evaluation_equals_single_process(tmp_path: Path) -> None:
+# 11 images: shares of 6 and 5. One image: rank 1 has nothing to evaluate, yet must join the gather.
+@pytest.mark.parametrize("size", [11, 1])
+def test_distributed_evaluation_equals_single_process(tmp_path: Path, size: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    model, data = _tiny_vit(), _images(11)
+    mp.spawn(_rank_main, args=(2, size, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    model, data = _tiny_vit(), _images(size)
     single = DataLoader(data, batch_size=4)
     expected_top1 = top1(model, single, CPU)
     expected_features, expected_labels = extract_features(model, single, CPU)
