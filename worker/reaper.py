@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from api import lifecycle
@@ -69,7 +68,9 @@ class Reaper:
         while not stop.wait(interval):
             try:
                 self.run_once()
-            except (SQLAlchemyError, OSError):
+            except Exception:
+                # The database or the broker (kombu's errors are no OSError) may be down: a dead reaper thread
+                # would leave every stale job running forever, so log and try again.
                 log.exception("reaper: pass failed; trying again in %.0f s", interval)
 
     def start(self, stop: threading.Event) -> threading.Thread:
