@@ -244,16 +244,21 @@ def finish_job(
     return _rowcount(result) == 1
 
 
-def release_job(*, session: Session, claim: Claim, error: str | None = None) -> bool:
+def release_job(
+    *, session: Session, claim: Claim, error: str | None = None, count_attempt: bool = True
+) -> bool:
     """Put a held job back to queued (a retry, or a worker shutting down); the next claim resumes it.
-    False when nothing is to be enqueued: the job was lost, or a cancel was requested meanwhile (it ends
-    cancelled here, since a queued job with a cancel request would never be claimed nor cancelled)."""
+    `count_attempt=False` gives the attempt back (a worker shutting down did not fail it: deploys and restarts
+    must not use up a job's retries). False when nothing is to be enqueued: the job was lost, or a cancel was
+    requested meanwhile (it ends cancelled here, since a queued job with a cancel request would never be
+    claimed nor cancelled)."""
     if _cancel_instead(session=session, where=_held_by(claim)):
         return False
+    attempt = claim.attempt if count_attempt else claim.attempt - 1
     result = session.execute(
         update(Job)
         .where(*_held_by(claim))
-        .values(status=JobStatus.queued, worker=None, heartbeat_at=None, error=error)
+        .values(status=JobStatus.queued, worker=None, heartbeat_at=None, error=error, attempt=attempt)
     )
     session.commit()
     return _rowcount(result) == 1

@@ -112,7 +112,7 @@ class Run:
         if outcome == "cancelled":
             self._finish(JobStatus.cancelled)
         elif outcome == "shutdown":
-            if lifecycle.release_job(session=self.session, claim=self.claim, error=None):
+            if lifecycle.release_job(session=self.session, claim=self.claim, error=None, count_attempt=False):
                 self.enqueue(self.claim.job_id)
         elif exit_code == 0:
             self._finish(JobStatus.succeeded)

@@ -206,3 +206,16 @@ def test_a_failed_metric_copy_raises_a_sqlalchemy_error(engine: Engine) -> None:
         assert (
             session.execute(select(MetricPoint.name).where(MetricPoint.job_id == job_id)).scalar_one() == "a"
         )
+
+
+def test_a_shutdown_release_gives_the_attempt_back_and_a_retry_keeps_it(engine: Engine) -> None:
+    job_id = add_job(engine, max_attempts=2)
+    with Session(engine) as session:
+        first = lifecycle.claim_job(session=session, job_id=job_id, worker="w1")
+        assert first is not None and first.attempt == 1
+        assert lifecycle.release_job(session=session, claim=first, count_attempt=False)  # worker shut down
+        again = lifecycle.claim_job(session=session, job_id=job_id, worker="w2")
+        assert again is not None and again.attempt == 1
+        assert lifecycle.release_job(session=session, claim=again, error="trainer exited with code 1")
+        last = lifecycle.claim_job(session=session, job_id=job_id, worker="w3")
+    assert last is not None and last.attempt == 2
