@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,13 @@ from typing import Any
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 import yaml
 from safetensors.torch import load_file
+
+from vit.config import JobSpec
+from vit.distributed import setup, teardown
+from vit.trainer import Trainer
 
 SPEC = {
     "kind": "pretrain",
@@ -95,3 +101,60 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     w2 = load_file(str(double / "checkpoints" / "step-000008" / "model.safetensors"))
     for key, value in w1.items():
         torch.testing.assert_close(w2[key], value, rtol=0, atol=TOLERANCE)
+
+
+EVAL_SPEC = {
+    **SPEC,
+    "train": {"steps": 1, "batch_size": 32},
+    "eval": {"few_shot": [1, 2], "batch_size": 8},
+}
+
+
+def _evaluate_on_rank(rank: int, world_size: int, port: int, run_dir: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    ctx = setup("cpu")
+    try:
+        trainer = Trainer(JobSpec.model_validate(EVAL_SPEC), Path(run_dir), ctx)
+        results = trainer.evaluate()
+        shares = {"val": len(trainer.val_loader.sampler), "few_shot": len(trainer.few_shot_loader.sampler)}  # type: ignore[arg-type,union-attr]
+        trainer.close()
+        Path(run_dir, f"rank{rank}.json").write_text(json.dumps({"results": results, "shares": shares}))
+    finally:
+        teardown(ctx)
+
+
+@pytest.mark.timeout(120)
+def test_ranks_share_the_evaluation_and_all_get_the_result(tmp_path: Path) -> None:
+    # Rank 0 evaluating alone left the others blocked in the next all-reduce for as long as it took, past the
+    # process group's timeout on a large split; each rank evaluates its share and the figures are reduced.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    double = tmp_path / "double"
+    double.mkdir()
+    mp.spawn(_evaluate_on_rank, args=(2, port, str(double)), nprocs=2, join=True)
+
+    single = tmp_path / "single"
+    single.mkdir()
+    trainer = Trainer(JobSpec.model_validate(EVAL_SPEC), single, setup("cpu"))
+    expected = trainer.evaluate()
+    trainer.close()
+    assert sorted(expected) == ["few_shot_1", "few_shot_2", "val_loss", "val_top1"]
+    ranks = [json.loads((double / f"rank{rank}.json").read_text()) for rank in range(2)]
+    for rank in ranks:
+        assert sorted(rank["results"]) == sorted(expected)
+        for key, value in expected.items():
+            assert rank["results"][key] == pytest.approx(value, abs=TOLERANCE), key
+    # 24 validation images (6 of each class's 64) and 4 classes x 2 shots of support: half each.
+    assert [rank["shares"] for rank in ranks] == [{"val": 12, "few_shot": 4}] * 2
+    # Only rank 0 wrote the run directory's files.
+    assert len(records(double)) == 1
+    assert sorted(p.name for p in double.iterdir()) == [
+        "metrics.jsonl",
+        "rank0.json",
+        "rank1.json",
+        "spec.json",
+    ]
