@@ -136,3 +136,26 @@ def test_finetune_from_this_then_cancel_it_from_its_page(
     expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
     expect(page.locator(".badge")).to_have_text("cancelled")
     assert client.get(finetune_id)["status"] == "cancelled"
+
+
+def test_chart_appends_new_steps_and_asks_for_a_reload_when_history_rewinds(
+    page: Page, service: Service
+) -> None:
+    # A resumed attempt re-ingests its history with new ids: the `since` cursor then hands the page steps it has
+    # already drawn, which must trigger a whole reload, never duplicate or out-of-order x values in uPlot.
+    page.goto(f"{service.url}/#/")
+    page.locator("#view[data-loaded=true]").wait_for()
+    result = page.evaluate(
+        """async () => {
+          const { MetricChart } = await import("/static/js/charts.js");
+          const holder = document.body.appendChild(document.createElement("div"));
+          const chart = new MetricChart(holder, "t", [{ name: "loss", label: "loss" }]);
+          const series = (steps) => ({ loss: { steps, values: steps.map((s) => 1 / s) } });
+          const answers = [chart.update(series([1, 2, 3]), { replace: true }), chart.update(series([4, 5]))];
+          answers.push(chart.update(series([1, 2])));  // the history was written again from step 1
+          const steps = [...chart.plot.data[0]];
+          answers.push(chart.update(series([1, 2]), { replace: true }));
+          return { answers, steps, after: [...chart.plot.data[0]] };
+        }"""
+    )
+    assert result == {"answers": [True, True, False, True], "steps": [1, 2, 3, 4, 5], "after": [1, 2]}

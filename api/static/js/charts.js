@@ -62,7 +62,12 @@ export class MetricChart {
   }
 
   // Replace (first load) or append (incremental) points; `series` is the API's {name: {steps, values}}.
+  // Returns false, changing nothing, when new points go back to steps already drawn: the job resumed from a
+  // checkpoint and its history was written again, so the caller must reload the series whole.
   update(series, { replace = false } = {}) {
+    const lastStep = (target) => (target.steps.length ? target.steps[target.steps.length - 1] : -Infinity);
+    if (!replace && [...this.points].some(([name, target]) => series[name]?.steps.length
+      && series[name].steps[0] <= lastStep(target))) return false;
     let changed = false;
     for (const [name, target] of this.points) {
       const incoming = series[name];
@@ -71,14 +76,13 @@ export class MetricChart {
         target.values = incoming ? incoming.values.slice() : [];
         changed = true;
       } else if (incoming && incoming.steps.length) {
-        const last = target.steps.length ? target.steps[target.steps.length - 1] : -Infinity;
-        incoming.steps.forEach((step, i) => {
-          if (step > last) { target.steps.push(step); target.values.push(incoming.values[i]); }
-        });
+        target.steps.push(...incoming.steps);
+        target.values.push(...incoming.values);
         changed = true;
       }
     }
     if (changed) this.plot.setData(this.data());
+    return true;
   }
 
   // uPlot wants one shared x array: merge the series' steps, null where a series has no point.

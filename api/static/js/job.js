@@ -120,7 +120,12 @@ export function mountJob(view, id) {
   async function loadMetrics() {
     const query = cursor === null ? `max_points=${FIRST_LOAD_POINTS}` : `since=${cursor}`;
     const result = await api(`/jobs/${id}/metrics?${query}`);
-    for (const chart of charts) chart.update(result.series, { replace: cursor === null });
+    const replace = cursor === null;
+    const appended = charts.map((chart) => chart.update(result.series, { replace }));
+    if (!appended.every(Boolean)) { // a resumed attempt rewrote the history: load it whole again
+      cursor = null;
+      return loadMetrics();
+    }
     if (result.cursor != null) cursor = result.cursor;
     else if (cursor === null) cursor = 0;
     view.dataset.metricsLoaded = "true";
