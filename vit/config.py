@@ -15,6 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 VARIANT_PATTERN = re.compile(r"^(Ti|S|B|L|H)/([1-9][0-9]*)$")
+# Width and heads of each preset (vit.model.PRESETS, paper Table 1), here so that a spec overriding only one of
+# them is checked on submission without importing torch.
+PRESET_WIDTH_AND_HEADS = {"Ti": (192, 3), "S": (384, 6), "B": (768, 12), "L": (1024, 16), "H": (1280, 16)}
 DATASETS = ("synthetic", "digits", "cifar10", "cifar100", "pets", "flowers102", "imagefolder")
 # Datasets that read files: they need `data.root` (the embedded ones are built in memory).
 FILE_DATASETS = ("cifar10", "cifar100", "pets", "flowers102", "imagefolder")
@@ -50,8 +53,14 @@ class ModelSpec(_Strict):
         patch = self.patch_size or int(match.group(2))
         if self.image_size % patch:
             raise ValueError(f"image_size {self.image_size} is not a multiple of the patch size {patch}")
-        if self.embed_dim is not None and self.num_heads is not None and self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        preset_width, preset_heads = PRESET_WIDTH_AND_HEADS[match.group(1)]
+        width, heads = self.embed_dim or preset_width, self.num_heads or preset_heads
+        if width % heads:
+            raise ValueError(
+                f"embed_dim {width} is not divisible by num_heads {heads} "
+                f"({'set' if self.embed_dim else match.group(1) + ' preset'} width, "
+                f"{'set' if self.num_heads else match.group(1) + ' preset'} heads)"
+            )
         return self
 
     def create_kwargs(self) -> dict[str, Any]:
