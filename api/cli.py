@@ -44,12 +44,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from api.app import create_app
     from api.migrate import upgrade
     from api.settings import get_settings
+    from worker.launch import term_when_parent_dies
 
     settings = get_settings()
     for directory in (settings.home, settings.resolved_storage, settings.resolved_data_dir):
         directory.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
-    worker = None if args.no_worker else subprocess.Popen([sys.executable, "-m", "worker"])
+    # The worker stops with serve, even when serve is killed and cannot stop it (parent-death signal).
+    worker = (
+        None
+        if args.no_worker
+        else subprocess.Popen([sys.executable, "-m", "worker"], preexec_fn=term_when_parent_dies)
+    )
     # uvicorn handles SIGINT; SIGTERM must end it the same way so the worker below is always stopped.
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     print(f"vitq: serving http://{args.host}:{args.port}/ (data in {settings.home})", flush=True)

@@ -19,10 +19,10 @@ PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
 
-def _term_when_worker_dies() -> None:
-    """Runs in the launcher between fork and exec: if the worker dies (even by SIGKILL), the kernel sends the
-    launcher SIGTERM, which it forwards to the trainers; they checkpoint and exit instead of running on as
-    orphans beside the job's next runner."""
+def term_when_parent_dies() -> None:
+    """A `preexec_fn`: runs in the child between fork and exec. If the parent dies (even by SIGKILL), the
+    kernel sends the child SIGTERM. The launcher forwards it to the trainers, which checkpoint and exit instead
+    of running on as orphans beside the job's next runner; `vitq serve`'s worker shuts down."""
     if _prctl is not None:
         _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -66,7 +66,7 @@ class Trainer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_term_when_worker_dies,
+                preexec_fn=term_when_parent_dies,
             )
 
     def poll(self) -> int | None:
