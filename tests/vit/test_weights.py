@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 from vit.model import VisionTransformer, create_model
@@ -161,6 +162,21 @@ def test_position_embeddings_are_resampled_to_the_new_grid(tmp_path: Path) -> No
     # Upsampling keeps the grid's per-channel mean: the patch slots come from the checkpoint, not from init.
     old, new = source.pos_embed[0, 1:], target.pos_embed[0, 1:]
     assert torch.allclose(old.mean(0), new.mean(0), atol=0.01)
+
+
+def test_resampling_keeps_rows_and_columns_apart() -> None:
+    # Channel 0 holds each patch's row, channel 1 its column (timm's row-major order): a transposed or
+    # mis-reshaped grid would mix them; the patch part must equal a 2D bicubic resize of the (D, h, w) grid.
+    rows, cols = torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij")
+    grid = torch.stack([rows, cols])  # (2, 4, 4)
+    pos = torch.cat([torch.full((1, 1, 2), 7.0), grid.flatten(1).T.unsqueeze(0)], dim=1)  # (1, 17, 2)
+    resized = resize_pos_embed(pos, (6, 10))  # another aspect ratio: rows and columns resample differently
+    expected = F.interpolate(grid.unsqueeze(0), size=(6, 10), mode="bicubic", align_corners=False)
+    assert torch.equal(resized[0, 0], pos[0, 0])
+    patches = resized[0, 1:].T.reshape(2, 6, 10)
+    torch.testing.assert_close(patches, expected[0])
+    assert torch.all(patches[0].diff(dim=1).abs() < 1e-5) and torch.all(patches[0].diff(dim=0) > 0)
+    assert torch.all(patches[1].diff(dim=0).abs() < 1e-5) and torch.all(patches[1].diff(dim=1) > 0)
 
 
 def test_resizing_to_the_same_grid_is_the_identity() -> None:
