@@ -2,8 +2,8 @@
 
 Single process by default. Under torch.distributed, pass `distributed=True` on every rank with each rank's
 loader sharded (vit.data.build_loader with rank/world_size): top-1 counts are all-reduced and features are
-gathered, so every rank returns the global figure. With the default, a rank evaluates only its own loader (the
-trainer evaluates on rank 0 alone, and an all-reduce there would wait forever for the other ranks).
+gathered, so every rank returns the global figure (the trainer evaluates this way). With the default, a process
+evaluates only its own loader and communicates with no one.
 """
 
 from __future__ import annotations
