@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from kombu import Connection
 from sqlalchemy import update
 
 from api.app import create_app
@@ -174,3 +175,22 @@ def test_job_is_stored_and_201_when_the_broker_is_down(api: Api) -> None:
     assert response.status_code == 201
     assert response.json()["status"] == "queued"
     assert api.stored_job_count() == 1  # the reaper re-enqueues it once the broker is back
+
+
+def test_message_is_a_celery_protocol_2_task(api: Api) -> None:
+    job = submit(api)
+    with Connection(api.settings.resolved_broker_url) as connection:
+        queue = connection.SimpleQueue(api.settings.queue)
+        try:
+            message = queue.get(timeout=5)
+            message.ack()
+        finally:
+            queue.close()
+    args, kwargs, embed = message.decode()
+    assert (args, kwargs) == ([job["id"]], {})
+    assert embed == {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    headers = message.headers
+    assert headers["task"] == "vitq.run_job" and headers["lang"] == "py"
+    assert headers["id"] == headers["root_id"] == message.properties["correlation_id"]
+    assert headers["argsrepr"] == f"[{job['id']}]"
+    assert message.delivery_info["routing_key"] == api.settings.queue
