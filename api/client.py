@@ -167,6 +167,9 @@ class VitqClient:
         except httpx.TransportError as exc:
             partial.unlink(missing_ok=True)
             raise VitqError(f"cannot reach the vitq server at {self.url} ({exc})") from exc
+        except OSError as exc:  # a missing directory, no permission, a full disk
+            partial.unlink(missing_ok=True)
+            raise VitqError(f"cannot write {path}: {exc.strerror or exc}") from exc
         partial.replace(path)
         return path
 

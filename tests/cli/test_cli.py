@@ -71,6 +71,11 @@ def test_submit_follow_succeeds_then_inspect_and_download(service: Service, tmp_
     )
     report = load_pretrained(model, out)
     assert not report.missing and not report.unexpected and not report.head_reset
+    nowhere = tmp_path / "missing-dir" / "weights.safetensors"
+    unwritable = service.cli("download", str(job_id), "-o", str(nowhere))
+    assert unwritable.returncode == 2 and one_line_error(unwritable).startswith(
+        f"vitq: cannot write {nowhere}"
+    )
 
 
 def test_cancel_exits_3_its_waiting_finetune_fails_with_1_and_logs_follow_ends(
