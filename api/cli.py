@@ -67,7 +67,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _stop(process: subprocess.Popen[bytes], grace_seconds: float = 15.0) -> None:
+# More than the worker gives its trainer to save a checkpoint after SIGTERM (worker.supervisor's
+# STOP_GRACE_SECONDS): killed sooner, the worker could not hand its job back, which would wait out a lease.
+WORKER_STOP_GRACE_SECONDS = 90.0
+
+
+def _stop(process: subprocess.Popen[bytes], grace_seconds: float = WORKER_STOP_GRACE_SECONDS) -> None:
     if process.poll() is None:
         process.terminate()
         try:
