@@ -53,7 +53,9 @@ class Reaper:
         queued_before = datetime.now(UTC) - timedelta(seconds=lease)
         candidates = lifecycle.runnable_queued_jobs(session=session, queued_before=queued_before)
         now = time.monotonic()
-        candidates = [j for j in candidates if now - self.enqueued_at.get(j, -lease) >= lease]
+        # Forget sends older than a lease: they no longer hold a resend back, and the map must not grow forever.
+        self.enqueued_at = {j: at for j, at in self.enqueued_at.items() if now - at < lease}
+        candidates = [j for j in candidates if j not in self.enqueued_at]
         if candidates and self.queue_size() == 0:
             for job_id in candidates:
                 log.info("job %s: queued with no message in the broker; enqueued again", job_id)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import redis
 from celery import Celery
+from kombu import Queue
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
@@ -18,6 +21,49 @@ from api.models import Job, JobStatus
 from api.settings import Settings
 from vit.config import JobSpec
 from worker.reaper import Reaper
+
+
+def add_job(settings: Settings, **values: object) -> int:
+    spec = JobSpec.model_validate({"kind": "pretrain", "train": {"steps": 30}}).resolved()
+    engine = make_engine(settings.resolved_database_url)
+    with Session(engine) as session:
+        job = Job(
+            name="reaper-test", kind=spec.kind, spec=spec.model_dump(mode="json"), total_steps=30, **values
+        )
+        session.add(job)
+        session.commit()
+        job_id = job.id
+    engine.dispose()
+    return job_id
+
+
+def test_a_lost_message_is_sent_again_once_a_lease(tmp_path: Path, redis_url: str, unique_queue: str) -> None:
+    settings = Settings(home=tmp_path, lease_seconds=2.0)
+    upgrade(settings.resolved_database_url)
+    long_ago = datetime.now(UTC) - timedelta(seconds=30)
+    lost = add_job(settings, created_at=long_ago)
+    add_job(settings, created_at=long_ago, wait_reason="waiting for job 1 (running) to finish")
+    fresh = add_job(settings)  # just posted: its message may still be on its way
+    broker = Celery("reaper-test", broker=redis_url)
+    broker.conf.update(task_queues=[Queue(unique_queue)])
+    messages = redis.Redis.from_url(redis_url)
+
+    def sent() -> list[str]:
+        return [json.loads(m)["headers"]["argsrepr"] for m in messages.lrange(unique_queue, 0, -1)]
+
+    reaper = Reaper(
+        settings=settings,
+        enqueue=lambda job_id: broker.send_task("vitq.run_job", args=[job_id], queue=unique_queue),
+        queue_size=lambda: int(messages.llen(unique_queue)),
+    )
+    reaper.run_once()
+    assert sent() == [f"[{lost}]"]
+    messages.delete(unique_queue)  # a worker took it and died before it could claim the job
+    reaper.run_once()
+    assert sent() == []  # sent less than a lease ago: it may still be on its way
+    time.sleep(settings.lease_seconds)
+    reaper.run_once()  # a lease later both runnable jobs count as lost; the waiting one is never sent
+    assert sorted(sent()) == sorted([f"[{lost}]", f"[{fresh}]"])
 
 
 def test_reaper_survives_a_broker_it_cannot_reach(tmp_path: Path) -> None:
