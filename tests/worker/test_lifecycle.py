@@ -50,6 +50,13 @@ def get_job(engine: Engine, job_id: int) -> Job:
         return job
 
 
+def expire_lease(session: Session, job_id: int) -> None:
+    """Age a running job's heartbeat past a 10 s lease, as if its worker had died 30 s ago."""
+    old = datetime.now(UTC) - timedelta(seconds=30)
+    session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=old))
+    session.commit()
+
+
 def test_second_claim_claims_nothing(engine: Engine) -> None:
     job_id = add_job(engine)
     with Session(engine) as session:
@@ -90,9 +97,7 @@ def test_requeue_stale_requeues_then_next_claim_is_attempt_two(engine: Engine) -
         dead = lifecycle.claim_job(session=session, job_id=job_id, worker="dead")
         alive = lifecycle.claim_job(session=session, job_id=fresh_id, worker="alive")
         assert dead is not None and alive is not None
-        old = datetime.now(UTC) - timedelta(seconds=30)
-        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=old))
-        session.commit()
+        expire_lease(session, job_id)
         assert lifecycle.requeue_stale(session=session, lease_seconds=10) == [job_id]
         # The dead worker, should it come back, no longer holds the job.
         assert not lifecycle.heartbeat(session=session, claim=dead, step=1)
@@ -106,9 +111,7 @@ def test_requeue_stale_fails_a_job_out_of_attempts(engine: Engine) -> None:
     job_id = add_job(engine, max_attempts=1)
     with Session(engine) as session:
         assert lifecycle.claim_job(session=session, job_id=job_id, worker="dead") is not None
-        old = datetime.now(UTC) - timedelta(seconds=30)
-        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=old))
-        session.commit()
+        expire_lease(session, job_id)
         assert lifecycle.requeue_stale(session=session, lease_seconds=10) == []
     job = get_job(engine, job_id)
     assert job.status == JobStatus.failed and "attempt 1 of 1" in (job.error or "")
@@ -177,8 +180,7 @@ def test_a_cancel_requested_job_is_never_requeued(engine: Engine) -> None:
         released = lifecycle.claim_job(session=session, job_id=released_id, worker="w1")
         stale = lifecycle.claim_job(session=session, job_id=stale_id, worker="dead")
         assert released is not None and stale is not None
-        old = datetime.now(UTC) - timedelta(seconds=30)
-        session.execute(update(Job).where(Job.id == stale_id).values(heartbeat_at=old))
+        expire_lease(session, stale_id)
         session.execute(update(Job).values(cancel_requested=True).where(Job.id.in_([released_id, stale_id])))
         session.commit()
         assert not lifecycle.release_job(session=session, claim=released, error="attempt 1 failed")
