@@ -21,8 +21,20 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    # JIT compilation costs tens of milliseconds on short queries whose cost the planner overestimates.
-    connect_args = {"options": "-c jit=off"} if url.startswith("postgresql") else {}
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        connect_args = {
+            # JIT compilation costs tens of milliseconds on short queries whose cost the planner overestimates.
+            "options": "-c jit=off",
+            # A dead server or network must raise, not hang: the supervisor stops its trainer when it cannot
+            # renew its lease, and a call that never returns would never get there.
+            "connect_timeout": 10,
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 30_000,
+        }
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args)
 
 
