@@ -14,10 +14,16 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-VARIANT_PATTERN = re.compile(r"^(Ti|S|B|L|H)/([1-9][0-9]*)$")
-# Width and heads of each preset (vit.model.PRESETS, paper Table 1), here so that a spec overriding only one of
-# them is checked on submission without importing torch.
-PRESET_WIDTH_AND_HEADS = {"Ti": (192, 3), "S": (384, 6), "B": (768, 12), "L": (1024, 16), "H": (1280, 16)}
+# Paper Table 1 (Ti and S from the reference configs): variant -> (depth, embed_dim, mlp_dim, num_heads).
+# Kept here, free of torch, so that the API checks a spec's shapes on submission; vit.model builds from it.
+PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "Ti": (12, 192, 768, 3),
+    "S": (12, 384, 1536, 6),
+    "B": (12, 768, 3072, 12),
+    "L": (24, 1024, 4096, 16),
+    "H": (32, 1280, 5120, 16),
+}
+VARIANT_PATTERN = re.compile(rf"^({'|'.join(PRESETS)})/([1-9][0-9]*)$")
 DATASETS = ("synthetic", "digits", "cifar10", "cifar100", "pets", "flowers102", "imagefolder")
 # Datasets that read files: they need `data.root` (the embedded ones are built in memory).
 FILE_DATASETS = ("cifar10", "cifar100", "pets", "flowers102", "imagefolder")
@@ -53,7 +59,7 @@ class ModelSpec(_Strict):
         patch = self.patch_size or int(match.group(2))
         if self.image_size % patch:
             raise ValueError(f"image_size {self.image_size} is not a multiple of the patch size {patch}")
-        preset_width, preset_heads = PRESET_WIDTH_AND_HEADS[match.group(1)]
+        _, preset_width, _, preset_heads = PRESETS[match.group(1)]
         width, heads = self.embed_dim or preset_width, self.num_heads or preset_heads
         if width % heads:
             raise ValueError(

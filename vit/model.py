@@ -8,13 +8,14 @@ load into timm.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vit.config import PRESETS, VARIANT_PATTERN
 
 
 @dataclass(frozen=True)
@@ -61,15 +62,6 @@ class ViTConfig:
         return self.grid_size**2 + 1  # patches + the class token
 
 
-# Paper Table 1 (Ti and S from the reference configs): variant -> (depth, embed_dim, mlp_dim, num_heads).
-PRESETS: dict[str, tuple[int, int, int, int]] = {
-    "Ti": (12, 192, 768, 3),
-    "S": (12, 384, 1536, 6),
-    "B": (12, 768, 3072, 12),
-    "L": (24, 1024, 4096, 16),
-    "H": (32, 1280, 5120, 16),
-}
-_VARIANT = re.compile(r"^(Ti|S|B|L|H)/([1-9][0-9]*)$")
 OVERRIDES = frozenset(
     {"patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "pool", "drop_rate", "attn_drop_rate"}
 )
@@ -200,7 +192,7 @@ class VisionTransformer(nn.Module):
 
 def model_config(variant: str, *, num_classes: int, image_size: int, **overrides: Any) -> ViTConfig:
     """The config for a named variant ("B/16", "Ti/4"), with overrides of the preset."""
-    match = _VARIANT.match(variant)
+    match = VARIANT_PATTERN.match(variant)
     if match is None:
         raise ValueError(
             f'variant must look like "B/16" (one of {", ".join(PRESETS)}, "/", a patch size), got {variant!r}'

@@ -15,17 +15,17 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from vit.config import OptimSpec
 
-NO_DECAY_NAMES = ("pos_embed", "cls_token")
-
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two groups: decayed matrices and non-decayed vectors/embeddings (empty groups left out)."""
+    """Two groups: decayed matrices, and non-decayed biases, norms and the embeddings the model names in
+    `no_weight_decay()` (pos_embed, cls_token); empty groups are left out."""
+    no_decay_names: set[str] = set(getattr(model, "no_weight_decay", set)())
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim <= 1 or name.split(".")[-1] in NO_DECAY_NAMES:
+        if param.ndim <= 1 or name.removeprefix("module.") in no_decay_names:
             no_decay.append(param)
         else:
             decay.append(param)

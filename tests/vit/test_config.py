@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from vit.config import PRESET_WIDTH_AND_HEADS, JobSpec, parse_spec_text
+from vit.config import JobSpec, parse_spec_text
 
 
 def test_pretrain_defaults_follow_the_paper() -> None:
@@ -73,9 +73,3 @@ def test_bad_specs_name_the_field_and_the_problem(spec: dict, path: tuple[str, .
 def test_a_spec_must_be_a_mapping() -> None:
     with pytest.raises(ValueError, match="mapping"):
         parse_spec_text("- just\n- a list\n")
-
-
-def test_preset_shapes_agree_with_the_model() -> None:
-    from vit.model import PRESETS  # torch: imported here only, the spec itself must stay torch-free
-
-    assert {name: (width, heads) for name, (_, width, _, heads) in PRESETS.items()} == PRESET_WIDTH_AND_HEADS
