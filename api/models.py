@@ -72,7 +72,8 @@ class MetricPoint(Base):
     time: Mapped[float] = mapped_column(Float)  # unix seconds, as the trainer wrote it
 
     __table_args__ = (
-        Index("ix_metric_points_job_name_step", "job_id", "name", "step"),
+        # Covering on PostgreSQL: downsampling reads a whole series from the index alone (no heap visits).
+        Index("ix_metric_points_job_name_step", "job_id", "name", "step", postgresql_include=["value", "id"]),
         # The API's `since` cursor: a poll reads only the points newer than the last one it saw.
         Index("ix_metric_points_job_id_id", "job_id", "id"),
     )

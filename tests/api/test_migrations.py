@@ -36,6 +36,10 @@ def test_upgrade_matches_the_models_and_downgrade_removes_everything(empty_datab
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
             assert {"jobs", "metric_points", "checkpoints"} <= set(inspect(connection).get_table_names())
+            if connection.dialect.name == "postgresql":  # compare_metadata does not look at INCLUDE
+                indexes = {i["name"]: i for i in inspect(connection).get_indexes("metric_points")}
+                covering = indexes["ix_metric_points_job_name_step"]
+                assert covering["dialect_options"]["postgresql_include"] == ["value", "id"]
         downgrade(empty_database)
         with engine.connect() as connection:
             assert set(inspect(connection).get_table_names()) <= {"alembic_version"}
