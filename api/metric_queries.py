@@ -3,7 +3,8 @@ database so a 100k-point series never crosses the wire whole.
 
 The queries lean on two indexes of metric_points: (job_id, name, step) finds a series' names, step range and
 latest value in a few index probes (a "skip scan" written as a recursive CTE, since neither PostgreSQL nor SQLite
-skips by itself), and (job_id, id) serves the `since` cursor.
+skips by itself), and (job_id, id) serves the `since` cursor. On PostgreSQL the first one also holds value and
+id, so downsampling a series reads the index alone.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.orm import Session
 
 from api.models import MetricPoint
@@ -57,24 +58,36 @@ WHERE m.job_id IN :job_ids AND m.name = :best_name GROUP BY m.job_id, m.name
 """
 ).bindparams(bindparam("job_ids", expanding=True))
 
+# The job's cursor (a row only when the job exists: name NULL), then each series' step range. One round trip,
+# and one snapshot: every range is consistent with the cursor.
 _RANGES_SQL = text(
     _SERIES_CTE
     + """
+SELECT NULL AS name, NULL AS first_step, NULL AS last_step,
+    (SELECT coalesce(max(m.id), 0) FROM metric_points m WHERE m.job_id = j.id) AS cursor
+FROM jobs j WHERE j.id IN :job_ids
+UNION ALL
 SELECT s.name,
     (SELECT min(m.step) FROM metric_points m WHERE m.job_id = s.job_id AND m.name = s.name) AS first_step,
-    (SELECT max(m.step) FROM metric_points m WHERE m.job_id = s.job_id AND m.name = s.name) AS last_step
+    (SELECT max(m.step) FROM metric_points m WHERE m.job_id = s.job_id AND m.name = s.name) AS last_step,
+    NULL
 FROM series s WHERE s.name IS NOT NULL
 """
 ).bindparams(bindparam("job_ids", expanding=True))
 
 # One pass over the series: per bucket of steps, the points holding the lowest and the highest value (so spikes
-# and dips survive downsampling). PostgreSQL: min/max over (value, step) arrays give both at once.
+# and dips survive downsampling). PostgreSQL: min/max over (value, step) arrays give both at once; OFFSET 0 keeps
+# the subquery from being flattened, so each row builds its array once rather than once per aggregate.
 _BUCKETS_POSTGRES = text(
     """
-SELECT min(ARRAY[value, step::float8]) AS low, max(ARRAY[value, step::float8]) AS high
-FROM metric_points
-WHERE job_id = :job_id AND name = :name AND id <= :cursor
-GROUP BY (step - :first_step) / :width
+SELECT min(point) AS low, max(point) AS high
+FROM (
+    SELECT ARRAY[value, step::float8] AS point, (step - :first_step) / :width AS bucket
+    FROM metric_points
+    WHERE job_id = :job_id AND name = :name AND id <= :cursor
+    OFFSET 0
+) AS points
+GROUP BY bucket
 """
 )
 # SQLite: a bare column next to min() or max() comes from the row holding that min or max.
@@ -104,22 +117,24 @@ def summarize_metrics(*, session: Session, job_ids: Sequence[int]) -> dict[int, 
     return summaries
 
 
-def latest_point_id(*, session: Session, job_id: int) -> int:
-    return session.scalar(select(func.max(MetricPoint.id)).where(MetricPoint.job_id == job_id)) or 0
-
-
 def query_metrics(
     *, session: Session, job_id: int, names: Sequence[str] | None, since: int | None, max_points: int
-) -> MetricsOut:
-    """Series by name. With `since`, every point newer than that cursor; without, each whole series, reduced
-    to about max_points points when it spans more steps than that."""
-    cursor = latest_point_id(session=session, job_id=job_id)
+) -> MetricsOut | None:
+    """Series by name (None when the job does not exist). With `since`, every point newer than that cursor;
+    without, each whole series, reduced to about max_points points when it spans more steps than that."""
+    rows = session.execute(_RANGES_SQL, {"job_ids": [job_id]}).all()
+    cursor = next((row.cursor for row in rows if row.name is None), None)
+    if cursor is None:
+        return None
     # Every query below stops at this id, so points written meanwhile come with the next poll, not never.
     if since is not None:
         series = _points_since(session=session, job_id=job_id, names=names, since=since, cursor=cursor)
         return MetricsOut(series=series, cursor=max(cursor, since))
-    ranges = session.execute(_RANGES_SQL, {"job_ids": [job_id]}).all()
-    wanted = [(name, first, last) for name, first, last in ranges if names is None or name in names]
+    wanted = [
+        (row.name, row.first_step, row.last_step)
+        for row in rows
+        if row.name is not None and (names is None or row.name in names)
+    ]
     whole = [name for name, first, last in wanted if last - first + 1 <= max_points]
     series = (
         _points_since(session=session, job_id=job_id, names=whole, since=0, cursor=cursor) if whole else {}

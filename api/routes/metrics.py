@@ -24,9 +24,9 @@ def get_metrics(
     ] = None,
     max_points: Annotated[int, Query(ge=10, le=1_000_000, description="Point budget per series.")] = 1000,
 ) -> Response:
-    if jobs.find_job(session=session, job_id=job_id) is None:
-        raise jobs.JobNotFoundError(job_id)
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
     out = query_metrics(session=session, job_id=job_id, names=wanted, since=since, max_points=max_points)
+    if out is None:
+        raise jobs.JobNotFoundError(job_id)
     # Serialized by pydantic-core straight to JSON: ~10x faster than the generic encoder on 100k floats.
     return Response(out.model_dump_json(), media_type="application/json")
