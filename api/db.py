@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -35,7 +37,33 @@ def make_engine(url: str) -> Engine:
             "keepalives_count": 3,
             "tcp_user_timeout": 30_000,
         }
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args)
+    engine = create_engine(url, pool_size=10, max_overflow=20, connect_args=connect_args)
+    event.listen(engine, "checkin", _note_checkin)
+    event.listen(engine, "checkout", _ping_if_idle)
+    return engine
+
+
+# A connection that sat idle may have been dropped (server restart, failover); one in steady use has just proven
+# itself. Pinging only the idle ones keeps pool_pre_ping's safety without its round trip on every request.
+IDLE_PING_SECONDS = 1.0
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    record.info["checked_in_at"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    checked_in_at = record.info.get("checked_in_at")
+    if checked_in_at is None or time.monotonic() - checked_in_at < IDLE_PING_SECONDS:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SELECT 1")
+        cursor.close()
+        dbapi_connection.rollback()
+    except Exception as error:
+        # The pool discards this connection and checks out a fresh one.
+        raise DisconnectionError(str(error)) from error
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
