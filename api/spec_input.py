@@ -45,13 +45,17 @@ def parse_spec(body: bytes, content_type: str) -> JobSpec:
     if not isinstance(data, dict):
         raise spec_error((), "a spec is a mapping with at least `kind: pretrain` or `kind: finetune`")
     try:
-        return JobSpec.model_validate(data)
+        spec = JobSpec.model_validate(data)
     except ValidationError as error:
         # Through JSON so that ctx values (exceptions raised by validators) become plain strings.
         details = json.loads(error.json(include_url=False))
         for detail in details:
             detail["loc"] = ["body", *detail["loc"]]
         raise RequestValidationError(details) from None
+    if spec.resources.nodes != 1:
+        # Refused here rather than failed later: the workers launch every job on one node.
+        raise spec_error(("resources", "nodes"), "multi-node jobs are not supported yet: set nodes to 1")
+    return spec
 
 
 def _load_json(body: bytes) -> Any:
