@@ -17,6 +17,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from sqlalchemy.orm import Session
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from api.db import scratch_database  # noqa: E402
 from api.lifecycle import MetricRow, add_metric_points  # noqa: E402
 from api.migrate import upgrade  # noqa: E402
 from api.models import Job, JobStatus  # noqa: E402
@@ -184,41 +186,34 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
 
-    name = f"vitq_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    database_url = PG_SERVER.rsplit("/", 1)[0] + "/" + name
     queue = f"vitq-bench-{uuid.uuid4().hex[:8]}"
-    home = Path(f"/tmp/{name}")
-    env = {
-        "VITQ_DATABASE_URL": database_url,
-        "VITQ_BROKER_URL": REDIS_URL,
-        "VITQ_QUEUE": queue,
-        "VITQ_HOME": str(home),
-    }
-    try:
-        upgrade(database_url)
-        rows: list[tuple[str, int, dict[str, float], dict[str, float]]] = []
-        with (
-            server("api.app:create_app", 18731, env) as api,
-            server("bench.service:floor_app", 18732, env) as floor,
-        ):
-            for method in ("POST", "GET"):
-                for clients in levels:
-                    results = {}
-                    for label, url in (("floor", floor), ("api", api)):
-                        ids: list[int] = []
-                        if method == "GET":
-                            ids = [httpx.post(url + "/jobs", json=SPEC).json()["id"] for _ in range(20)]
-                        results[label] = asyncio.run(load(url, method, clients, args.seconds, ids))
-                    rows.append((method, clients, results["api"], results["floor"]))
-            metrics = bench_metrics(api, database_url, args.points)
-        report(rows, metrics)
-    finally:
-        redis.Redis.from_url(REDIS_URL).delete(queue)
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_database(PG_SERVER, "vitq_bench") as database_url, tempfile.TemporaryDirectory() as home:
+        env = {
+            "VITQ_DATABASE_URL": database_url,
+            "VITQ_BROKER_URL": REDIS_URL,
+            "VITQ_QUEUE": queue,
+            "VITQ_HOME": home,
+        }
+        try:
+            upgrade(database_url)
+            rows: list[tuple[str, int, dict[str, float], dict[str, float]]] = []
+            with (
+                server("api.app:create_app", 18731, env) as api,
+                server("bench.service:floor_app", 18732, env) as floor,
+            ):
+                for method in ("POST", "GET"):
+                    for clients in levels:
+                        results = {}
+                        for label, url in (("floor", floor), ("api", api)):
+                            ids: list[int] = []
+                            if method == "GET":
+                                ids = [httpx.post(url + "/jobs", json=SPEC).json()["id"] for _ in range(20)]
+                            results[label] = asyncio.run(load(url, method, clients, args.seconds, ids))
+                        rows.append((method, clients, results["api"], results["floor"]))
+                metrics = bench_metrics(api, database_url, args.points)
+            report(rows, metrics)
+        finally:
+            redis.Redis.from_url(REDIS_URL).delete(queue)
 
 
 def bench_metrics(api: str, database_url: str, points: int) -> dict[str, float]:

@@ -3,7 +3,6 @@ sqla+sqlite broker. Messages the API sends are read back from the broker with ko
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +12,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from kombu import Connection
-from sqlalchemy import Engine, create_engine, delete, text
+from sqlalchemy import Engine, delete
 from sqlalchemy.orm import Session
 
 from api.app import create_app
-from api.db import make_engine
+from api.db import make_engine, scratch_database
 from api.migrate import upgrade
 from api.models import Job
 from api.settings import Settings
@@ -30,31 +29,13 @@ TINY_SPEC: dict[str, Any] = {
 }
 
 
-def create_database(server_url: str, prefix: str) -> str:
-    """A new empty database on the server of `server_url`; returns its URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return server_url.rsplit("/", 1)[0] + "/" + name
-
-
-def drop_database(server_url: str, url: str) -> None:
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
-    admin.dispose()
-
-
 @pytest.fixture(scope="session")
 def api_pg_url(pg_url: str) -> Iterator[str]:
     """A PostgreSQL database of the API tests' own (the run's shared one is set up with create_all by other
     tests), migrated once; each test empties it afterwards."""
-    url = create_database(pg_url, "vitq_api")
-    upgrade(url)
-    yield url
-    drop_database(pg_url, url)
+    with scratch_database(pg_url, "vitq_api") as url:
+        upgrade(url)
+        yield url
 
 
 @dataclass

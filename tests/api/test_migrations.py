@@ -11,10 +11,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
+from api.db import scratch_database
 from api.migrate import downgrade, upgrade
 from api.models import Base
-
-from .conftest import create_database, drop_database
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -23,9 +22,8 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
     server = request.getfixturevalue("pg_url")
-    url = create_database(server, "vitq_migrate")
-    yield url
-    drop_database(server, url)
+    with scratch_database(server, "vitq_migrate") as url:
+        yield url
 
 
 def test_upgrade_matches_the_models_and_downgrade_removes_everything(empty_database: str) -> None:
