@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -75,6 +76,22 @@ class Stack:
                 os.kill(pid, signal.SIGKILL)
         worker.wait()
 
+    def kill_trainer(self, job_id: int) -> int:
+        """kill -9 only the job's training process, as the kernel's OOM killer would: its worker lives on.
+        Returns once the process is dead (gone, or a zombie its worker has yet to reap), so nothing it writes
+        lands after the caller reads the run directory. The pid is returned."""
+        out = str(self.settings.run_dir(job_id))
+        live = [w.pid for w in self.workers if w.poll() is None]
+        pids = [pid for worker in live for pid in descendants(worker) if _runs_trainer(pid, out)]
+        assert len(pids) == 1, f"job {job_id}: expected one training process below the workers, found {pids}"
+        [pid] = pids
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _process_state(pid) not in (None, "Z"):
+            assert time.monotonic() < deadline, f"trainer {pid} still alive after SIGKILL"
+            time.sleep(0.02)
+        return pid
+
     def post(self, spec: dict[str, Any]) -> dict[str, Any]:
         response = self.client.post("/jobs", json=spec)
         assert response.status_code == 201, response.text
@@ -107,6 +124,23 @@ class Stack:
         response = self.client.get(f"/jobs/{job_id}/metrics", params={"names": name, "max_points": 100_000})
         series = response.raise_for_status().json()["series"]
         return list(series[name]["steps"]) if name in series else []
+
+
+def _runs_trainer(pid: int, out: str) -> bool:
+    """`python -m vit.train SPEC --out OUT` (see worker.launch.trainer_command)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "vit.train" in args and out in args
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter from /proc/PID/stat (R, S, Z, ...), None once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
 
 
 @contextmanager
