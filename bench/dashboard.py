@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from browser.conftest import CHROMIUM, CHROMIUM_ARGS  # the browser tests' Chromium, launched the same way
 from cli.service import free_port, service_env, wait_healthy
 from playwright.sync_api import Page, sync_playwright
 from sqlalchemy import update
@@ -39,17 +40,6 @@ from api.migrate import upgrade
 from api.models import Job, JobStatus, utcnow
 from vit.config import parse_spec_text
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TRAIN_METRICS = ("loss", "lr", "grad_norm", "images_per_s")
 STATUSES = list(JobStatus)
 
@@ -200,7 +190,7 @@ def run(args: argparse.Namespace, home: Path, database_url: str) -> None:
     try:
         wait_healthy(url, serve, home / "serve.log")
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             timed(page, f"{url}/", "#view[data-loaded=true]")  # warm the server and the browser cache
             list_ms = [timed(page, f"{url}/", "#view[data-loaded=true]") for _ in range(args.repeat)]
@@ -238,9 +228,7 @@ def run(args: argparse.Namespace, home: Path, database_url: str) -> None:
         f"chart update (100 new steps, incremental fetch + redraw of 4 charts): median {median(update_ms):.0f} ms"
     )
     print(f"database: {database_url.split(':', 1)[0]}")
-    print(
-        f"machine: {os.cpu_count()} CPUs, {os.uname().sysname} {os.uname().machine}, /usr/bin/chromium headless"
-    )
+    print(f"machine: {os.cpu_count()} CPUs, {os.uname().sysname} {os.uname().machine}, {CHROMIUM} headless")
 
 
 if __name__ == "__main__":
