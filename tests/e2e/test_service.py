@@ -115,19 +115,20 @@ def test_failing_trainer_fails_the_job_with_its_log_tail(stack: Stack) -> None:
 
 def test_killed_trainer_is_retried_from_its_latest_checkpoint(stack: Stack) -> None:
     # The trainer alone dies (an OOM kill): its worker sees the non-zero exit and queues the job again.
-    job = stack.post(tiny_spec(steps=150, checkpoint_every=25))
+    # 400 steps: seconds of margin between the first checkpoint and the end, for the kill to land in.
+    job = stack.post(tiny_spec(steps=400, checkpoint_every=25))
     stack.wait_for(job["id"], lambda j: bool(stack.checkpoints(j["id"])), what="a first checkpoint")
     stack.kill_trainer(job["id"])
     resume_step = rundir.latest_checkpoint_step(stack.settings.run_dir(job["id"]))
-    assert resume_step is not None and resume_step < 150
+    assert resume_step is not None and resume_step < 400
 
     retried = stack.wait_for(job["id"], lambda j: j["attempt"] == 2, timeout=30, what="attempt 2")
     assert retried["status"] in ("queued", "running")
     assert retried["error"].startswith("trainer exited with code -9 (attempt 1 of 3)")  # SIGKILL
-    done = stack.wait_status(job["id"], "succeeded", timeout=60)
+    done = stack.wait_status(job["id"], "succeeded", timeout=120)
     assert done["attempt"] == 2 and done["resumed_from_step"] == resume_step and done["error"] is None
     steps = stack.metric_steps(job["id"], "loss")
-    assert steps == sorted(set(steps)) and steps[-1] == 150  # continued from the checkpoint, no repeats
+    assert steps == sorted(set(steps)) and steps[-1] == 400  # continued from the checkpoint, no repeats
     log = (stack.settings.run_dir(job["id"]) / "train.log").read_text()
     assert "attempt 2 on " in log and f"resuming from step {resume_step}" in log
 
