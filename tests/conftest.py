@@ -1,5 +1,6 @@
 """Shared fixtures: each test run creates its own PostgreSQL database (dropped at the end) and its own queue
-name on Redis, so runs never share state. Override the servers with VITQ_TEST_PG_ADMIN_URL / VITQ_TEST_REDIS_URL."""
+name on Redis, so runs never share state. Override the servers with VITQ_TEST_PG_ADMIN_URL / VITQ_TEST_REDIS_URL.
+The CLI and browser modules share one embedded service fixture (tests/cli/service.py starts it)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from cli.service import Service, running_service
 
+from api.client import VitqClient
 from api.db import scratch_database
 
 PG_ADMIN_URL = os.environ.get("VITQ_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -43,3 +46,17 @@ def unique_queue(redis_url: str) -> Iterator[str]:
     client = redis.Redis.from_url(redis_url)
     for key in client.scan_iter(f"*{queue}*"):
         client.delete(key)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Service]:
+    """The real embedded service (`vitq serve`: SQLite, serverless broker, one worker), one per test module."""
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    with running_service(tmp_path_factory.mktemp(f"vitq-{module}")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(service: Service) -> Iterator[VitqClient]:
+    with VitqClient(service.url) as vitq:
+        yield vitq

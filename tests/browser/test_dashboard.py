@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from cli.service import Service, running_service, tiny_spec, wait_for
+from cli.service import Service, tiny_spec, wait_for
 from playwright.sync_api import Browser, Page, expect
 
 from api.client import VitqClient
@@ -15,18 +13,6 @@ from .conftest import ARTIFACTS
 pytestmark = pytest.mark.browser
 TRAINING_TIMEOUT_MS = 120_000
 LOSS_COLOR = (37, 99, 235)  # the train-loss stroke, #2563eb
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with running_service(tmp_path_factory.mktemp("vitq-browser")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(service: Service) -> Iterator[VitqClient]:
-    with VitqClient(service.url) as vitq:
-        yield vitq
 
 
 def submit_through_form(page: Page, spec: str) -> None:

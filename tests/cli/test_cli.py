@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from api.client import VitqClient, VitqError
-from cli.service import VITQ, Service, free_port, running_service, service_env, tiny_spec, wait_for
+from cli.service import VITQ, Service, free_port, service_env, tiny_spec, wait_for
 
 # Submodules, not `vit`: under pytest, tests/vit/ (no __init__.py) can shadow the package's __init__.
 from vit.model import create_model
 from vit.weights import load_pretrained
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with running_service(tmp_path_factory.mktemp("vitq-cli")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(service: Service) -> Iterator[VitqClient]:
-    with VitqClient(service.url) as vitq:
-        yield vitq
 
 
 def write(path: Path, text: str) -> str:
