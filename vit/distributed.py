@@ -16,6 +16,9 @@ class DistContext:
     world_size: int
     local_rank: int
     device: torch.device
+    # Under nccl, a gloo group for the per-step stop check: a CPU collective that never makes the host wait for
+    # the GPU, where an nccl all-reduce read back with .item() would sync every step.
+    control_group: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -58,7 +61,8 @@ def setup(device_preference: str) -> DistContext:
         # Passing the device id binds NCCL's communicator eagerly to this rank's GPU.
         device_id = device if device.type == "cuda" else None
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size, device_id=device_id)
-    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+    control_group = dist.new_group(backend="gloo") if world_size > 1 and device.type == "cuda" else None
+    return DistContext(rank, world_size, local_rank, device, control_group)
 
 
 def teardown(ctx: DistContext, *, wait_for_others: bool = True) -> None:
@@ -82,8 +86,9 @@ def any_rank(ctx: DistContext, flag: bool) -> bool:
     """True on every rank when it is true on at least one (e.g. a stop request seen by some ranks)."""
     if not ctx.distributed:
         return flag
-    tensor = torch.tensor([1 if flag else 0], dtype=torch.int32, device=ctx.device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    on_host = ctx.control_group is not None or ctx.device.type == "cpu"
+    tensor = torch.tensor([1 if flag else 0], dtype=torch.int32, device="cpu" if on_host else ctx.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=ctx.control_group)
     return bool(tensor.item())
 
 
