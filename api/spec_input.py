@@ -71,9 +71,21 @@ def _load_json(body: bytes) -> Any:
         raise spec_error((), "the body is not UTF-8 text", "json_invalid") from None
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """Safe YAML without aliases: `*name` shares one object many times over, so a few hundred bytes can stand for
+    billions of values that validation and the error report would then walk (a "billion laughs" body)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a spec", self.peek_event().start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def _load_yaml(body: bytes) -> Any:
     try:
-        return yaml.safe_load(body)
+        return yaml.load(body, Loader=_SpecLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""

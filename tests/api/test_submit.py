@@ -203,3 +203,18 @@ def test_message_is_a_celery_protocol_2_task(api: Api) -> None:
     assert headers["id"] == headers["root_id"] == message.properties["correlation_id"]
     assert headers["argsrepr"] == f"[{job['id']}]"
     assert message.delivery_info["routing_key"] == api.settings.queue
+
+
+def test_yaml_aliases_are_refused_before_they_expand(api: Api) -> None:
+    # Four levels of ten references (10**4 values once expanded) keep this test quick even without the check;
+    # each further level multiplies validation time and the 422 body by ten.
+    levels = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 4)]
+    body = "kind: pretrain\nbomb:\n" + "".join(f"  {line}\n" for line in levels)
+    response = _post(api, body, "application/yaml")
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body"]
+    assert error["msg"].startswith("invalid YAML at line 4 column ")
+    assert error["msg"].endswith("aliases (*name) are not allowed in a spec")
+    _assert_nothing_stored(api)
