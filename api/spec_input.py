@@ -107,6 +107,8 @@ def confine_paths(spec: JobSpec, settings: Settings) -> JobSpec:
 
 
 def _confined(path: str, settings: Settings, loc: tuple[str, ...]) -> str:
+    if "\0" in path:  # no file name holds one; os.path.realpath would raise ValueError (a 500)
+        raise spec_error(loc, "must not contain a NUL character", "path_not_allowed")
     allowed = [Path(os.path.realpath(d)) for d in (settings.resolved_data_dir, settings.resolved_storage)]
     resolved = Path(os.path.realpath(settings.resolved_data_dir / path))
     if not any(resolved.is_relative_to(directory) for directory in allowed):

@@ -168,6 +168,14 @@ def test_symlink_out_of_the_data_dir_is_rejected(api: Api) -> None:
     _assert_nothing_stored(api)
 
 
+def test_path_with_a_nul_character_is_422(api: Api) -> None:
+    response = _post(api, json.dumps({"kind": "finetune", "init": {"weights": "w\u0000.safetensors"}}))
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert (error["loc"], error["msg"]) == (["body", "init", "weights"], "must not contain a NUL character")
+    _assert_nothing_stored(api)
+
+
 def test_paths_inside_the_data_and_storage_dirs_are_stored_resolved(api: Api) -> None:
     (api.settings.resolved_data_dir / "images").mkdir()
     job = submit(api, data={"dataset": "imagefolder", "root": "images"})
