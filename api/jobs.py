@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from api.metric_queries import MetricSummary, summarize_metrics
-from api.models import Checkpoint, Job, JobStatus, utcnow
+from api.models import MAX_ID, Checkpoint, Job, JobStatus, utcnow
 from api.schemas import JobOut
 from vit.config import JobSpec
 
@@ -57,6 +57,8 @@ def get_job(*, session: Session, job_id: int) -> Job:
 
 
 def find_job(*, session: Session, job_id: int) -> Job | None:
+    if job_id > MAX_ID:  # no such row, and the driver could not even send the number
+        return None
     return session.get(Job, job_id)
 
 

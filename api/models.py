@@ -9,6 +9,9 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, DateTime, Enum, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# The largest id SQLite's INTEGER and PostgreSQL's bigint hold (SQLite's driver cannot even send a larger one).
+MAX_ID = 2**63 - 1
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)

@@ -7,7 +7,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 
 from api import jobs
-from api.deps import SessionDep, SettingsDep
+from api.deps import JobId, SessionDep, SettingsDep
 from api.schemas import CheckpointList, CheckpointOut
 
 router = APIRouter(tags=["checkpoints"])
@@ -15,7 +15,7 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 @router.get("/jobs/{job_id}/checkpoints", responses={404: {}})
-def list_checkpoints(job_id: int, session: SessionDep) -> CheckpointList:
+def list_checkpoints(job_id: JobId, session: SessionDep) -> CheckpointList:
     jobs.get_job(session=session, job_id=job_id)
     rows = jobs.list_checkpoints(session=session, job_id=job_id)
     return CheckpointList(
@@ -37,7 +37,7 @@ def list_checkpoints(job_id: int, session: SessionDep) -> CheckpointList:
     response_class=FileResponse,
     responses={200: {"content": {"application/octet-stream": {}}}, 404: {}},
 )
-def download_checkpoint(job_id: int, name: str, session: SessionDep, settings: SettingsDep) -> FileResponse:
+def download_checkpoint(job_id: JobId, name: str, session: SessionDep, settings: SettingsDep) -> FileResponse:
     """The checkpoint's weights (timm key names): loadable by `vit.load_pretrained` and by timm."""
     jobs.get_job(session=session, job_id=job_id)
     checkpoint = jobs.find_checkpoint(session=session, job_id=job_id, name=name)

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api import jobs
-from api.deps import SessionDep
+from api.deps import JobId, SessionDep
 from api.metric_queries import summarize_metrics
 from api.models import Job, JobStatus
 from api.queue import JobQueue
@@ -96,7 +96,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses={404: {"description": "Unknown job"}})
-def get_job(job_id: int, session: SessionDep) -> Response:
+def get_job(job_id: JobId, session: SessionDep) -> Response:
     job = jobs.get_job(session=session, job_id=job_id)
     return json_response(jobs.job_out(job, summarize_metrics(session=session, job_ids=[job_id]).get(job_id)))
 
@@ -104,7 +104,7 @@ def get_job(job_id: int, session: SessionDep) -> Response:
 @router.post(
     "/{job_id}/cancel", status_code=202, responses={404: {}, 409: {"description": "Already finished"}}
 )
-def cancel_job(job_id: int, session: SessionDep) -> JobOut:
+def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
     """A queued job is cancelled at once; a running one stops within seconds (it checkpoints first)."""
     job = jobs.request_cancel(session=session, job_id=job_id)
     return jobs.job_out(job, summarize_metrics(session=session, job_ids=[job_id]).get(job_id))

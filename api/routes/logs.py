@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 
 from api import jobs
-from api.deps import SessionDep, SettingsDep
+from api.deps import JobId, SessionDep, SettingsDep
 
 router = APIRouter(tags=["logs"])
 LOG_FILE = "train.log"
@@ -19,7 +19,7 @@ BLOCK_BYTES = 64 * 1024
 
 @router.get("/jobs/{job_id}/logs", response_class=PlainTextResponse, responses={404: {}})
 def get_logs(
-    job_id: int,
+    job_id: JobId,
     session: SessionDep,
     settings: SettingsDep,
     tail: Annotated[int, Query(ge=1, le=100_000, description="How many of the last lines.")] = 200,

@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from api import jobs
-from api.deps import SessionDep
+from api.deps import JobId, SessionDep
 from api.metric_queries import query_metrics
+from api.models import MAX_ID
 from api.schemas import MetricsOut
 
 router = APIRouter(tags=["metrics"])
@@ -16,11 +17,11 @@ router = APIRouter(tags=["metrics"])
 
 @router.get("/jobs/{job_id}/metrics", response_model=MetricsOut, responses={404: {}})
 def get_metrics(
-    job_id: int,
+    job_id: JobId,
     session: SessionDep,
     names: Annotated[str | None, Query(description="Comma-separated metric names; default all.")] = None,
     since: Annotated[
-        int | None, Query(ge=0, description="A previous answer's cursor: only newer points.")
+        int | None, Query(ge=0, le=MAX_ID, description="A previous answer's cursor: only newer points.")
     ] = None,
     max_points: Annotated[int, Query(ge=10, le=1_000_000, description="Point budget per series.")] = 1000,
 ) -> Response:

@@ -111,3 +111,17 @@ def test_cancel_a_finished_job_is_409(api: Api, status: JobStatus) -> None:
     response = api.client.post(f"/jobs/{job['id']}/cancel")
     assert response.status_code == 409
     assert response.json() == {"detail": f"job {job['id']} is {status}; it cannot be cancelled"}
+
+
+def test_ids_beyond_64_bits_are_refused_not_a_server_error(api: Api) -> None:
+    too_big = 2**64
+    for path in ("", "/metrics", "/checkpoints", "/checkpoints/step-000010", "/logs"):
+        response = api.client.get(f"/jobs/{too_big}{path}")
+        assert response.status_code == 422, path
+        assert response.json()["detail"][0]["loc"] == ["path", "job_id"]
+    assert api.client.post(f"/jobs/{too_big}/cancel").status_code == 422
+    job_id = submit(api)["id"]
+    assert api.client.get(f"/jobs/{job_id}/metrics", params={"since": too_big}).status_code == 422
+    response = api.client.post("/jobs", json={"kind": "finetune", "init": {"from_job": too_big}})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["msg"] == f"job {too_big} does not exist"
