@@ -95,10 +95,11 @@ def _load_yaml(body: bytes) -> Any:
 
 def confine_paths(spec: JobSpec, settings: Settings) -> JobSpec:
     """The spec with data.root and init.weights resolved (symlinks followed; relative to the data directory)
-    and checked to lie inside the data or storage directory: no spec makes the service read elsewhere."""
+    and checked: datasets inside the data directory (a dataset with download: true writes there, never into
+    run directories), weights inside the data or storage directory. No spec makes the service read elsewhere."""
     updates: dict[str, Any] = {}
     if spec.data.root is not None:
-        root = _confined(spec.data.root, settings, ("data", "root"))
+        root = _confined(spec.data.root, settings, ("data", "root"), storage_too=False)
         updates["data"] = spec.data.model_copy(update={"root": root})
     if spec.init is not None and spec.init.weights is not None:
         weights = _confined(spec.init.weights, settings, ("init", "weights"))
@@ -106,10 +107,11 @@ def confine_paths(spec: JobSpec, settings: Settings) -> JobSpec:
     return spec.model_copy(update=updates) if updates else spec
 
 
-def _confined(path: str, settings: Settings, loc: tuple[str, ...]) -> str:
+def _confined(path: str, settings: Settings, loc: tuple[str, ...], *, storage_too: bool = True) -> str:
     if "\0" in path:  # no file name holds one; os.path.realpath would raise ValueError (a 500)
         raise spec_error(loc, "must not contain a NUL character", "path_not_allowed")
-    allowed = [Path(os.path.realpath(d)) for d in (settings.resolved_data_dir, settings.resolved_storage)]
+    directories = [settings.resolved_data_dir, settings.resolved_storage][: 2 if storage_too else 1]
+    allowed = [Path(os.path.realpath(d)) for d in directories]
     resolved = Path(os.path.realpath(settings.resolved_data_dir / path))
     if not any(resolved.is_relative_to(directory) for directory in allowed):
         inside = " or ".join(str(d) for d in allowed)

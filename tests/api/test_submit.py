@@ -168,6 +168,17 @@ def test_symlink_out_of_the_data_dir_is_rejected(api: Api) -> None:
     _assert_nothing_stored(api)
 
 
+def test_dataset_root_in_the_run_storage_is_rejected(api: Api) -> None:
+    # Weights may come from run directories; datasets (which download: true writes into) may not.
+    spec = {**TINY_SPEC, "data": {"dataset": "imagefolder", "root": str(api.settings.resolved_storage)}}
+    response = _post(api, json.dumps(spec))
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "data", "root"]
+    assert error["msg"] == f"must be inside {os.path.realpath(api.settings.resolved_data_dir)}"
+    _assert_nothing_stored(api)
+
+
 def test_path_with_a_nul_character_is_422(api: Api) -> None:
     response = _post(api, json.dumps({"kind": "finetune", "init": {"weights": "w\u0000.safetensors"}}))
     assert response.status_code == 422
