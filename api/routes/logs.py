@@ -15,6 +15,7 @@ from api.deps import JobId, SessionDep, SettingsDep
 router = APIRouter(tags=["logs"])
 LOG_FILE = "train.log"
 BLOCK_BYTES = 64 * 1024
+MAX_TAIL_BYTES = 16 * 1024 * 1024
 
 
 @router.get("/jobs/{job_id}/logs", response_class=PlainTextResponse, responses={404: {}})
@@ -31,15 +32,21 @@ def get_logs(
 
 
 def tail_lines(path: Path, count: int) -> str:
-    """The last `count` lines, read backwards block by block: a long log is never read whole."""
+    """The last `count` lines, read backwards block by block: a long log is never read whole, and a log without
+    newlines (a runaway progress bar) is cut at MAX_TAIL_BYTES."""
+    blocks: list[bytes] = []
+    newlines = read = 0
     with path.open("rb") as file:
-        end = file.seek(0, os.SEEK_END)
-        position, data = end, b""
+        position = file.seek(0, os.SEEK_END)
         # count + 1 newlines guarantee `count` whole lines (the last line may lack its newline).
-        while position > 0 and data.count(b"\n") <= count:
+        while position > 0 and newlines <= count and read < MAX_TAIL_BYTES:
             size = min(BLOCK_BYTES, position)
             position -= size
             file.seek(position)
-            data = file.read(size) + data
+            block = file.read(size)
+            blocks.append(block)
+            newlines += block.count(b"\n")
+            read += size
+    data = b"".join(reversed(blocks))
     lines = data.splitlines(keepends=True)[-count:]
     return b"".join(lines).decode("utf-8", errors="replace")
