@@ -79,6 +79,16 @@ def _parent_of(spec: JobSpec, *, session: Session) -> Job | None:
             f"job {parent_id} is {parent.status}; a fine-tune starts from a job that succeeded or may still succeed",
             "job_not_usable",
         )
+    wanted = spec.init.checkpoint
+    if wanted is not None and parent.status == JobStatus.succeeded:
+        # A finished job's checkpoints are final: a name it never saved can only fail later, in the worker.
+        names = [c.name for c in jobs.list_checkpoints(session=session, job_id=parent_id)]
+        if wanted not in names:
+            raise spec_error(
+                ("init", "checkpoint"),
+                f"job {parent_id} has no checkpoint {wanted!r}; it has {', '.join(names) or 'none'}",
+                "checkpoint_not_found",
+            )
     return parent
 
 

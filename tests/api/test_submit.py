@@ -14,7 +14,7 @@ from kombu import Connection
 from sqlalchemy import update
 
 from api.app import create_app
-from api.models import Job, JobStatus
+from api.models import Checkpoint, Job, JobStatus
 from vit.config import JobSpec
 
 from .conftest import TINY_SPEC, Api, submit
@@ -128,6 +128,24 @@ def test_finetune_of_a_succeeded_parent_is_enqueued_at_once(api: Api) -> None:
     child = submit(api, {"kind": "finetune", "init": {"from_job": parent["id"]}})
     assert child["wait_reason"] is None
     assert api.sent_job_ids() == [parent["id"], child["id"]]
+
+
+def test_unknown_checkpoint_of_a_succeeded_parent_is_rejected(api: Api) -> None:
+    parent = submit(api)
+    with api.session() as session:
+        session.execute(update(Job).where(Job.id == parent["id"]).values(status=JobStatus.succeeded))
+        session.add(Checkpoint(job_id=parent["id"], name="step-000040", step=40, size_bytes=1))
+        session.commit()
+    api.sent_job_ids()
+    spec = {"kind": "finetune", "init": {"from_job": parent["id"], "checkpoint": "step-000010"}}
+    response = _post(api, json.dumps(spec))
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "init", "checkpoint"]
+    assert error["msg"] == f"job {parent['id']} has no checkpoint 'step-000010'; it has step-000040"
+    assert api.stored_job_count() == 1
+    spec["init"]["checkpoint"] = "step-000040"
+    assert _post(api, json.dumps(spec)).status_code == 201
 
 
 @pytest.mark.parametrize("status", [JobStatus.failed, JobStatus.cancelled])
