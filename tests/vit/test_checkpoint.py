@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer as TimmViT
+from tiny_specs import TINY_MODEL
 
 from vit import checkpoint
 from vit.model import create_model
 from vit.train import main
 from vit.weights import load_pretrained
-
-TINY: dict[str, Any] = {
-    "variant": "Ti/4",
-    "image_size": 16,
-    "embed_dim": 32,
-    "depth": 2,
-    "num_heads": 2,
-    "mlp_dim": 64,
-}
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +87,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
     spec = {
         "kind": "pretrain",
-        "model": TINY,
+        "model": TINY_MODEL,
         "data": {"dataset": "synthetic", "synthetic_size": 128, "synthetic_classes": 4, "num_workers": 0},
         "train": {"steps": 6, "batch_size": 16, "checkpoint_every": 2, "keep_checkpoints": 2, "log_every": 2},
         "resources": {"device": "cpu"},
@@ -122,7 +113,7 @@ def test_trainer_checkpoints_follow_the_layout(trained_run: Path) -> None:
 
 def test_trainer_weights_load_into_vit_and_timm(trained_run: Path) -> None:
     weights = trained_run / "checkpoints" / "step-000006" / "model.safetensors"
-    ours = create_model(num_classes=4, **TINY)
+    ours = create_model(num_classes=4, **TINY_MODEL)
     report = load_pretrained(ours, trained_run)  # a run directory resolves to its latest checkpoint
     assert report.source == weights and not report.head_reset and not report.resized
     timm = TimmViT(

@@ -15,6 +15,7 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 from safetensors.torch import load_file
+from tiny_specs import SYNTHETIC, TINY_MODEL
 
 from vit.config import JobSpec
 from vit.distributed import setup, teardown
@@ -22,22 +23,9 @@ from vit.trainer import Trainer
 
 SPEC = {
     "kind": "pretrain",
-    "model": {
-        "variant": "Ti/4",
-        "image_size": 16,
-        "embed_dim": 32,
-        "depth": 2,
-        "num_heads": 2,
-        "mlp_dim": 64,
-    },
+    "model": TINY_MODEL,
     # No augmentation and no dropout: the runs differ only in how the arithmetic is split across processes.
-    "data": {
-        "dataset": "synthetic",
-        "synthetic_size": 256,
-        "synthetic_classes": 4,
-        "augment": False,
-        "num_workers": 0,
-    },
+    "data": {**SYNTHETIC, "synthetic_size": 256, "augment": False},
     "optim": {"warmup_steps": 2},
     "train": {"steps": 8, "batch_size": 32, "log_every": 1, "eval_every": 4, "checkpoint_every": 4},
     "resources": {"device": "cpu"},

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from tiny_specs import SYNTHETIC, TINY_MODEL
 
 from vit.config import load_spec
 from vit.distributed import setup
@@ -18,20 +19,6 @@ from vit.train import EXIT_BAD_INPUT, main
 from vit.trainer import StopRequest, Trainer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-TINY_MODEL: dict[str, Any] = {
-    "variant": "Ti/4",
-    "image_size": 16,
-    "embed_dim": 32,
-    "depth": 2,
-    "num_heads": 2,
-    "mlp_dim": 64,
-}
-SYNTHETIC: dict[str, Any] = {
-    "dataset": "synthetic",
-    "synthetic_size": 160,
-    "synthetic_classes": 4,
-    "num_workers": 0,
-}
 
 
 @pytest.fixture(autouse=True)

@@ -10,20 +10,14 @@ import sys
 from pathlib import Path
 
 import yaml
+from tiny_specs import SYNTHETIC, TINY_MODEL
 
 from vit.train import EXIT_INTERRUPTED
 
 SPEC = {
     "kind": "pretrain",
-    "model": {
-        "variant": "Ti/4",
-        "image_size": 16,
-        "embed_dim": 32,
-        "depth": 2,
-        "num_heads": 2,
-        "mlp_dim": 64,
-    },
-    "data": {"dataset": "synthetic", "synthetic_size": 160, "synthetic_classes": 4, "num_workers": 0},
+    "model": TINY_MODEL,
+    "data": SYNTHETIC,
     # Far more steps than the test waits for: it is always stopped mid-run.
     "train": {"steps": 100000, "batch_size": 16, "log_every": 1},
     "resources": {"device": "cpu"},
