@@ -138,7 +138,7 @@ class Trainer:
         """Training images without augmentation, at most max(few_shot) per class (the probe's support set)."""
         plain = self.spec.data.model_copy(update={"augment": False})
         train = build_datasets(plain, image_size=self.spec.model.image_size, seed=self.spec.train.seed).train
-        labels: torch.Tensor = train.labels  # type: ignore[attr-defined,unused-ignore]  # every vit.data dataset has one
+        labels = train.labels
         support = subset_indices(labels, max(self.spec.eval.few_shot), self.spec.train.seed)
         return self._eval_loader(Subset(train, support.tolist()))
 
