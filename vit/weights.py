@@ -236,12 +236,20 @@ def _resize_position_embedding(state: StateDict, model: VisionTransformer, repor
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """(1, 1 + h*w, D) with a square h*w grid -> (1, 1 + grid[0]*grid[1], D), bicubic in 2D; cls slot kept."""
+    """(1, 1 + h*w, D) with a square h*w grid -> (1, 1 + grid[0]*grid[1], D), bicubic in 2D; cls slot kept.
+
+    The same numbers as timm's `resample_abs_pos_embed` (bicubic with antialias), so a fine-tune from timm
+    weights starts where timm's own would."""
     cls, patches = pos_embed[:, :1], pos_embed[:, 1:]
     old = math.isqrt(patches.shape[1])
+    if (old, old) == tuple(grid):
+        return pos_embed
     dim = patches.shape[-1]
     image = patches.reshape(1, old, old, dim).permute(0, 3, 1, 2).float()  # (1, D, h, w)
-    # size=, not scale_factor: a fractional factor rounds to a wrong output size.
-    image = F.interpolate(image, size=grid, mode="bicubic", align_corners=False)  # (1, D, H, W)
+    # size=, not scale_factor: a fractional factor rounds to a wrong output size. antialias selects PIL's cubic
+    # kernel (a = -0.5) even when upsampling, where plain bicubic uses a = -0.75: timm passes it, so do we.
+    image = F.interpolate(
+        image, size=grid, mode="bicubic", align_corners=False, antialias=True
+    )  # (1, D, H, W)
     patches = image.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim).to(pos_embed.dtype)
     return torch.cat((cls, patches), dim=1)
