@@ -30,10 +30,10 @@ def waiting_reason(parent_id: int) -> str:
 
 
 def create_job(*, session: Session, spec: JobSpec, max_attempts: int, parent: Job | None) -> Job:
-    """Add a queued job holding the resolved spec (not committed). A job whose parent has not succeeded yet
+    """Add a queued job holding the resolved spec (not committed). A job whose parent has not finished yet
     waits: the worker enqueues it when the parent succeeds."""
     resolved = spec.resolved()
-    waits = parent is not None and parent.status != JobStatus.succeeded
+    waits = parent is not None and not JobStatus(parent.status).finished
     job = Job(
         name=resolved.name,
         kind=resolved.kind,
@@ -63,19 +63,34 @@ def find_job(*, session: Session, job_id: int) -> Job | None:
 
 
 def list_jobs(
-    *, session: Session, status: JobStatus | None, kind: str | None, limit: int, offset: int
+    *,
+    session: Session,
+    status: JobStatus | None,
+    kind: str | None,
+    limit: int,
+    offset: int,
+    parent: int | None = None,
+    name: str | None = None,
 ) -> tuple[list[Job], int]:
-    """Newest first, and the total number of jobs that match the filters."""
+    """Newest first, and the total number of jobs that match the filters (`name`: a case-blind substring)."""
     filters: list[Any] = []
     if status is not None:
         filters.append(Job.status == status)
     if kind is not None:
         filters.append(Job.kind == kind)
+    if parent is not None:
+        filters.append(Job.parent_job_id == parent)
+    if name:
+        filters.append(Job.name.ilike(f"%{_escape_like(name)}%", escape="\\"))
     total = session.scalar(select(func.count()).select_from(Job).where(*filters)) or 0
     rows = session.scalars(
         select(Job).where(*filters).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
     ).all()
     return list(rows), total
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def request_cancel(*, session: Session, job_id: int) -> Job:

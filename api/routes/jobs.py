@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from api import jobs
 from api.deps import JobId, SessionDep
 from api.metric_queries import summarize_metrics
-from api.models import Job, JobStatus
+from api.models import MAX_ID, Job, JobStatus
 from api.queue import JobQueue
 from api.schemas import JobList, JobOut, json_response
 from api.settings import Settings
@@ -73,17 +73,18 @@ def _parent_of(spec: JobSpec, *, session: Session) -> Job | None:
     parent = jobs.find_job(session=session, job_id=parent_id)
     if parent is None:
         raise spec_error(("init", "from_job"), f"job {parent_id} does not exist", "job_not_found")
-    if parent.status in (JobStatus.failed, JobStatus.cancelled):
-        raise spec_error(
-            ("init", "from_job"),
-            f"job {parent_id} is {parent.status}; a fine-tune starts from a job that succeeded or may still succeed",
-            "job_not_usable",
-        )
     wanted = spec.init.checkpoint
-    if wanted is not None and parent.status == JobStatus.succeeded:
-        # A finished job's checkpoints are final: a name it never saved can only fail later, in the worker.
+    if JobStatus(parent.status).finished:
+        # A finished job's checkpoints are final: a name it never saved can only fail later, in the worker. A
+        # cancelled or failed job is a fine starting point when it kept a checkpoint (a stopped long pretrain).
         names = [c.name for c in jobs.list_checkpoints(session=session, job_id=parent_id)]
-        if wanted not in names:
+        if not names and parent.status != JobStatus.succeeded:
+            raise spec_error(
+                ("init", "from_job"),
+                f"job {parent_id} is {parent.status} and kept no checkpoint to start from",
+                "job_not_usable",
+            )
+        if wanted is not None and wanted not in names:
             raise spec_error(
                 ("init", "checkpoint"),
                 f"job {parent_id} has no checkpoint {wanted!r}; it has {', '.join(names) or 'none'}",
@@ -97,11 +98,17 @@ def list_jobs(
     session: SessionDep,
     status: JobStatus | None = None,
     kind: Literal["pretrain", "finetune"] | None = None,
+    parent: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="Only the fine-tunes of this job.")
+    ] = None,
+    q: Annotated[str | None, Query(max_length=200, description="Only names containing this text.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobList:
     """Jobs, newest first, and how many match the filters in all."""
-    rows, total = jobs.list_jobs(session=session, status=status, kind=kind, limit=limit, offset=offset)
+    rows, total = jobs.list_jobs(
+        session=session, status=status, kind=kind, parent=parent, name=q, limit=limit, offset=offset
+    )
     return JobList(items=jobs.jobs_out(session=session, jobs=rows), total=total)
 
 

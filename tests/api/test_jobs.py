@@ -38,6 +38,19 @@ def test_list_filters_and_paginates_newest_first(api: Api) -> None:
     both = api.client.get("/jobs", params={"kind": "pretrain", "status": "queued"}).json()
     assert both["total"] == 4
 
+    children = api.client.get("/jobs", params={"parent": ids[0]}).json()
+    assert (children["total"], [j["id"] for j in children["items"]]) == (1, [finetune])
+    assert api.client.get("/jobs", params={"parent": ids[1]}).json()["total"] == 0
+
+
+def test_list_searches_names_literally(api: Api) -> None:
+    ids = [submit(api, name=name)["id"] for name in ("lr-sweep-3e-4", "LR_sweep_1e-3", "baseline")]
+    found = api.client.get("/jobs", params={"q": "lr"}).json()
+    assert [j["id"] for j in found["items"]] == [ids[1], ids[0]]  # case-blind
+    # `_` and `%` are literal characters, not LIKE wildcards.
+    assert [j["id"] for j in api.client.get("/jobs", params={"q": "r_s"}).json()["items"]] == [ids[1]]
+    assert api.client.get("/jobs", params={"q": "%"}).json()["total"] == 0
+
 
 @pytest.mark.parametrize("params", [{"limit": 501}, {"limit": 0}, {"offset": -1}, {"status": "sleeping"}])
 def test_list_rejects_bad_parameters(api: Api, params: dict[str, int | str]) -> None:

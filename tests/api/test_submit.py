@@ -149,7 +149,7 @@ def test_unknown_checkpoint_of_a_succeeded_parent_is_rejected(api: Api) -> None:
 
 
 @pytest.mark.parametrize("status", [JobStatus.failed, JobStatus.cancelled])
-def test_finetune_of_a_failed_or_cancelled_parent_is_rejected(api: Api, status: JobStatus) -> None:
+def test_finetune_of_a_failed_or_cancelled_parent_needs_a_checkpoint(api: Api, status: JobStatus) -> None:
     parent = submit(api)
     api.sent_job_ids()
     with api.session() as session:
@@ -159,9 +159,17 @@ def test_finetune_of_a_failed_or_cancelled_parent_is_rejected(api: Api, status: 
     assert response.status_code == 422
     (error,) = response.json()["detail"]
     assert error["loc"] == ["body", "init", "from_job"]
-    assert f"is {status}" in error["msg"]
+    assert error["msg"] == f"job {parent['id']} is {status} and kept no checkpoint to start from"
     assert api.stored_job_count() == 1
     assert api.sent_job_ids() == []
+
+    # A stopped run that kept a checkpoint is a starting point: the fine-tune is queued at once, not waiting.
+    with api.session() as session:
+        session.add(Checkpoint(job_id=parent["id"], name="step-000020", step=20, size_bytes=1))
+        session.commit()
+    child = submit(api, {"kind": "finetune", "init": {"from_job": parent["id"], "checkpoint": "step-000020"}})
+    assert child["wait_reason"] is None and child["parent_job_id"] == parent["id"]
+    assert api.sent_job_ids() == [child["id"]]
 
 
 def test_dataset_root_escaping_the_data_dir_is_rejected(api: Api) -> None:
