@@ -26,10 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's api/vit and its tests package
 
-from browser.conftest import CHROMIUM, CHROMIUM_ARGS  # the browser tests' Chromium, launched the same way
-from cli.service import free_port, service_env, wait_healthy
 from playwright.sync_api import Page, sync_playwright
 from sqlalchemy import update
 
@@ -38,6 +36,8 @@ from api.jobs import create_job
 from api.lifecycle import MetricRow, add_metric_points
 from api.migrate import upgrade
 from api.models import Job, JobStatus, utcnow
+from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS  # launched as the browser tests launch it
+from tests.cli.service import free_port, service_env, wait_healthy
 from vit.config import parse_spec_text
 
 TRAIN_METRICS = ("loss", "lr", "grad_norm", "images_per_s")

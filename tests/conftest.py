@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from cli.service import Service, running_service
 
 from api.client import VitqClient
 from api.db import scratch_database
+from tests.cli.service import Service, running_service
 
 PG_ADMIN_URL = os.environ.get("VITQ_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("VITQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

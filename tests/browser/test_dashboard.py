@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from cli.service import Service, tiny_spec, wait_for
 from playwright.sync_api import Browser, Page, expect
 
 from api.client import VitqClient
+from tests.cli.service import Service, tiny_spec, wait_for
 
 from .conftest import ARTIFACTS
 

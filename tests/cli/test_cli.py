@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from api.client import VitqClient, VitqError
-from cli.service import VITQ, Service, free_port, service_env, tiny_spec, wait_for
+from tests.cli.service import VITQ, Service, free_port, service_env, tiny_spec, wait_for
 
 # Submodules, not `vit`: under pytest, tests/vit/ (no __init__.py) can shadow the package's __init__.
 from vit.model import create_model

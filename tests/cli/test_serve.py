@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.service import VITQ, free_port, service_env, wait_for, wait_healthy
+from tests.cli.service import VITQ, free_port, service_env, wait_for, wait_healthy
 from worker.launch import descendants
 
 

@@ -10,8 +10,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer as TimmViT
-from tiny_specs import TINY_MODEL
 
+from tests.vit.tiny_specs import TINY_MODEL
 from vit import checkpoint
 from vit.model import create_model
 from vit.train import main

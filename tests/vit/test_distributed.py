@@ -15,8 +15,8 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 from safetensors.torch import load_file
-from tiny_specs import SYNTHETIC, TINY_MODEL
 
+from tests.vit.tiny_specs import SYNTHETIC, TINY_MODEL
 from vit.config import JobSpec
 from vit.distributed import setup, teardown
 from vit.trainer import Trainer

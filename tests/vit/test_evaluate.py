@@ -18,8 +18,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from vit.data import build_loader
 from vit.data.splits import subset_indices
 from vit.evaluate import extract_features, few_shot_eval, few_shot_linear_accuracy, fit_ridge, top1
-
-# vit.model, not vit: pytest puts tests/ on sys.path, where the folder tests/vit shadows the package vit.
 from vit.model import VisionTransformer, create_model
 
 CPU = torch.device("cpu")

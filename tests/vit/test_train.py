@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from tiny_specs import SYNTHETIC, TINY_MODEL
 
+from tests.vit.tiny_specs import SYNTHETIC, TINY_MODEL
 from vit.config import load_spec
 from vit.distributed import setup
 from vit.train import EXIT_BAD_INPUT, main

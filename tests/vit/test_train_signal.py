@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import yaml
-from tiny_specs import SYNTHETIC, TINY_MODEL
 
+from tests.vit.tiny_specs import SYNTHETIC, TINY_MODEL
 from vit.train import EXIT_INTERRUPTED
 
 SPEC = {
