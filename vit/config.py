@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Paper Table 1 (Ti and S from the reference configs): variant -> (depth, embed_dim, mlp_dim, num_heads).
 # Kept here, free of torch, so that the API checks a spec's shapes on submission; vit.model builds from it.
@@ -49,13 +49,20 @@ class ModelSpec(_Strict):
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
     attn_drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
 
+    @field_validator("variant")
+    @classmethod
+    def _check_variant(cls, variant: str) -> str:
+        # A field validator, so that the error's location is model.variant (the dashboard marks that line).
+        if VARIANT_PATTERN.match(variant) is None:
+            raise ValueError(
+                f'must look like "B/16" (one of Ti, S, B, L, H and a patch size), got {variant!r}'
+            )
+        return variant
+
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelSpec:
         match = VARIANT_PATTERN.match(self.variant)
-        if match is None:
-            raise ValueError(
-                f'variant must look like "B/16" (one of Ti, S, B, L, H and a patch size), got {self.variant!r}'
-            )
+        assert match is not None  # checked by _check_variant
         patch = self.patch_size or int(match.group(2))
         if self.image_size % patch:
             raise ValueError(f"image_size {self.image_size} is not a multiple of the patch size {patch}")

@@ -44,7 +44,7 @@ def test_yaml_and_json_parse_the_same() -> None:
     [
         ({"kind": "pretrain", "optim": {"lr": -1}}, ("optim", "lr"), "greater than 0"),
         ({"kind": "pretrain", "optim": {"lerning_rate": 1}}, ("optim", "lerning_rate"), "Extra inputs"),
-        ({"kind": "pretrain", "model": {"variant": "X/16"}}, ("model",), 'look like "B/16"'),
+        ({"kind": "pretrain", "model": {"variant": "X/16"}}, ("model", "variant"), 'look like "B/16"'),
         ({"kind": "pretrain", "model": {"variant": "B/16", "image_size": 100}}, ("model",), "multiple"),
         (
             {"kind": "pretrain", "model": {"variant": "B/16", "num_heads": 5}},
