@@ -10,19 +10,23 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import sessionmaker
 
 from api.db import make_engine
 from api.jobs import JobNotFoundError, JobStateError
+from api.prometheus import JobCollector, LatencyMiddleware, request_latency
 from api.queue import JobQueue
-from api.routes import checkpoints, dashboard, health, jobs, logs, metrics
+from api.routes import checkpoints, dashboard, health, jobs, logs, metrics, prometheus
 from api.settings import Settings, get_settings
+from api.unavailable import DATABASE_UNAVAILABLE, ResponseDeadline, database_unavailable
 from vit.config import JobSpec
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    engine = make_engine(settings.resolved_database_url)
+    # A request waits at most a few seconds for a connection: past that it is a 503 the client may retry.
+    engine = make_engine(settings.resolved_database_url, connect_timeout_s=3, pool_timeout_s=3.0)
     queue = JobQueue(settings)
 
     @asynccontextmanager
@@ -37,10 +41,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # expire_on_commit=False: a committed job is returned as is, without a reload round trip.
     app.state.sessions = sessionmaker(engine, expire_on_commit=False)
     app.state.queue = queue
+    app.state.prometheus = CollectorRegistry()
+    app.state.prometheus.register(JobCollector(app.state.sessions))
+    app.add_middleware(LatencyMiddleware, histogram=request_latency(app.state.prometheus))
 
     app.add_exception_handler(JobNotFoundError, _not_found)
     app.add_exception_handler(JobStateError, _conflict)
-    for module in (jobs, metrics, checkpoints, logs, health, dashboard):
+    for error in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(error, database_unavailable)
+    app.add_middleware(ResponseDeadline)
+    for module in (jobs, metrics, checkpoints, logs, health, prometheus, dashboard):
         app.include_router(module.router)
     app.openapi = lambda: _openapi_with_spec(app)  # type: ignore[method-assign]
     return app

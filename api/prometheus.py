@@ -1,0 +1,159 @@
+"""Prometheus metrics for GET /metrics, built with prometheus-client.
+
+Job and queue figures are read from the database (the record of truth) at scrape time by a custom collector,
+so every API replica reports the same numbers and nothing is lost across restarts. Request latency is measured
+in this process by an ASGI middleware, labelled by route template (`/jobs/{job_id}`), never by raw path, so the
+label set stays bounded. Each app gets its own registry: several apps in one process (the tests) do not clash.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.models import Job, JobStatus, MetricPoint
+
+# Jobs carry no pool yet: every queue figure is for this one.
+POOL = "default"
+THROUGHPUT_METRIC = "images_per_s"  # what the trainer logs (vit.trainer)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class JobCollector(Collector):
+    """Jobs by status, queue depth and oldest queued age, running jobs' heartbeat age and images/s, and the
+    metric points ingested so far; one short read transaction per scrape."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        now = datetime.now(UTC)
+        with self._sessions() as session:
+            by_status = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+            oldest_queued = session.scalar(
+                select(func.min(Job.created_at)).where(Job.status == JobStatus.queued)
+            )
+            running = session.execute(
+                select(Job.id, Job.heartbeat_at).where(Job.status == JobStatus.running)
+            ).all()
+            throughput = _latest_values(session, [job_id for job_id, _ in running], THROUGHPUT_METRIC)
+            # Point ids only grow (a sequence): the highest is the count ingested, without counting a big table.
+            ingested = session.scalar(select(func.max(MetricPoint.id))) or 0
+
+        jobs = GaugeMetricFamily("vitq_jobs", "Jobs by status.", labels=["status"])
+        for status in JobStatus:
+            jobs.add_metric([status.value], by_status.get(status, 0))
+        yield jobs
+
+        depth = GaugeMetricFamily("vitq_queue_depth", "Queued jobs, per pool.", labels=["pool"])
+        depth.add_metric([POOL], by_status.get(JobStatus.queued, 0))
+        yield depth
+
+        oldest = GaugeMetricFamily(
+            "vitq_queue_oldest_job_age_seconds",
+            "Age of the oldest queued job (0: none queued).",
+            labels=["pool"],
+        )
+        oldest.add_metric([POOL], _age(now, oldest_queued))
+        yield oldest
+
+        heartbeat = GaugeMetricFamily(
+            "vitq_job_heartbeat_age_seconds",
+            "Seconds since each running job's last heartbeat.",
+            labels=["job_id"],
+        )
+        for job_id, heartbeat_at in running:
+            heartbeat.add_metric([str(job_id)], _age(now, heartbeat_at))
+        yield heartbeat
+
+        speed = GaugeMetricFamily(
+            "vitq_job_images_per_second", "Each running job's latest logged images/s.", labels=["job_id"]
+        )
+        for job_id, value in throughput.items():
+            speed.add_metric([str(job_id)], value)
+        yield speed
+
+        yield CounterMetricFamily(
+            "vitq_metric_points_ingested", "Training metric points stored (all jobs).", value=ingested
+        )
+
+
+def _age(now: datetime, then: datetime | None) -> float:
+    if then is None:
+        return 0.0
+    if then.tzinfo is None:  # SQLite returns naive datetimes; they were written in UTC
+        then = then.replace(tzinfo=UTC)
+    return max((now - then).total_seconds(), 0.0)
+
+
+def _latest_values(session: Session, job_ids: list[int], name: str) -> dict[int, float]:
+    """The newest point of one series for each job (by step), in one query on the (job_id, name, step) index."""
+    if not job_ids:
+        return {}
+    latest = (
+        select(MetricPoint.job_id, func.max(MetricPoint.step).label("step"))
+        .where(MetricPoint.job_id.in_(job_ids), MetricPoint.name == name)
+        .group_by(MetricPoint.job_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(MetricPoint.job_id, MetricPoint.value).join(
+            latest,
+            (MetricPoint.job_id == latest.c.job_id)
+            & (MetricPoint.step == latest.c.step)
+            & (MetricPoint.name == name),
+        )
+    ).all()
+    return {job_id: value for job_id, value in rows}
+
+
+def request_latency(registry: CollectorRegistry) -> Histogram:
+    return Histogram(
+        "vitq_http_request_duration_seconds",
+        "HTTP request latency, by method, route template and status.",
+        labelnames=["method", "route", "status"],
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
+
+
+class LatencyMiddleware:
+    """Times each HTTP request to its last body byte. Pure ASGI (no BaseHTTPMiddleware): streamed responses
+    are not buffered, and the route the router matched is read back from the scope it filled in."""
+
+    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
+        self.app = app
+        self.histogram = histogram
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # an exception before the response started is answered with a 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")
+            if route is not None:
+                template = route.path
+            elif scope.get("root_path"):  # inside a Mount (the dashboard's static files): its prefix
+                template = scope["root_path"] + "/{path}"
+            else:
+                template = "unmatched"
+            self.histogram.labels(scope["method"], template, str(status)).observe(time.perf_counter() - start)
