@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # Paper Table 1 (Ti and S from the reference configs): variant -> (depth, embed_dim, mlp_dim, num_heads).
 # Kept here, free of torch, so that the API checks a spec's shapes on submission; vit.model builds from it.
@@ -82,6 +82,38 @@ class ModelSpec(_Strict):
         return overrides
 
 
+class AugmentSpec(_Strict):
+    """Random resized crop (area kept, as fractions of the image) and an optional horizontal flip."""
+
+    crop_scale: tuple[float, float] = Field(description="[min, max] share of the image's area a crop keeps.")
+    flip: bool = Field(description="Mirror half the images: only where a mirrored image keeps its label.")
+
+    @model_validator(mode="after")
+    def _check(self) -> AugmentSpec:
+        low, high = self.crop_scale
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"crop_scale [{low}, {high}] must satisfy 0 < min <= max <= 1")
+        return self
+
+
+# Named augmentations for `data.augment`, besides "none".
+AUGMENT_PRESETS: dict[str, AugmentSpec] = {
+    # Natural photos at full resolution: the reference code's inception crop, area 5%..100%, and mirror flips.
+    "photo": AugmentSpec(crop_scale=(0.05, 1.0), flip=True),
+    # Small or tightly framed photos: a 5% crop of a 32-px image is a 7-px patch with nothing left to recognise.
+    "light": AugmentSpec(crop_scale=(0.5, 1.0), flip=True),
+    # Symbols (digits, letters, icons) that fill their frame: deep crops cut the strokes that tell 7 from 1,
+    # and a mirrored symbol is another one, so no flip.
+    "symbol": AugmentSpec(crop_scale=(0.8, 1.0), flip=False),
+}
+AugmentPreset = Literal["photo", "light", "symbol", "none"]
+AUGMENT_HELP = (
+    "true (the dataset's default), false, a preset ("
+    + ", ".join([*AUGMENT_PRESETS, "none"])
+    + ") or {crop_scale: [min, max], flip: true|false}"
+)
+
+
 class DataSpec(_Strict):
     dataset: Literal["synthetic", "digits", "cifar10", "cifar100", "pets", "flowers102", "imagefolder"] = (
         "synthetic"
@@ -96,11 +128,32 @@ class DataSpec(_Strict):
     subset: float | int | None = Field(
         None, description="Training subset: a fraction in (0, 1] or a number of images per class."
     )
-    augment: bool = Field(True, description="Random resized crop and flip on training images.")
+    augment: bool | AugmentPreset | AugmentSpec = Field(
+        True, description="Training augmentation: " + AUGMENT_HELP
+    )
     num_workers: int = Field(2, ge=0, le=64)
     # synthetic only: size of the generated dataset and its number of classes.
     synthetic_size: int = Field(2048, ge=16, le=1_000_000)
     synthetic_classes: int = Field(10, ge=2, le=10_000)
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _known_augment(cls, value: object) -> object:
+        # Checked here so that a typo reads as one sentence, not as one failure per member of the union.
+        if isinstance(value, bool | AugmentSpec) or (
+            isinstance(value, str) and value in (*AUGMENT_PRESETS, "none")
+        ):
+            return value
+        if isinstance(value, dict):
+            try:
+                return AugmentSpec.model_validate(value)
+            except ValidationError as error:
+                problems = "; ".join(
+                    ": ".join([*(str(p) for p in item["loc"]), item["msg"].removeprefix("Value error, ")])
+                    for item in error.errors()
+                )
+                raise ValueError(f"{problems} (augment is {AUGMENT_HELP})") from None
+        raise ValueError(f"augment is {AUGMENT_HELP}, got {value!r}")
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from vit.config import JobSpec, parse_spec_text
@@ -73,3 +74,26 @@ def test_bad_specs_name_the_field_and_the_problem(spec: dict, path: tuple[str, .
 def test_a_spec_must_be_a_mapping() -> None:
     with pytest.raises(ValueError, match="mapping"):
         parse_spec_text("- just\n- a list\n")
+
+
+@pytest.mark.parametrize(
+    ("augment", "words"),
+    [
+        ("fotos", "a preset (photo, light, symbol, none)"),
+        ({"crop_scale": [0.3, 1.2], "flip": False}, "0 < min <= max <= 1"),
+        ({"crop_scale": [0.3, 1.0]}, "flip: Field required"),
+        ({"crop": 0.5, "flip": True}, "crop: Extra inputs"),
+        (3, "got 3"),
+    ],
+)
+def test_bad_augment_is_one_clear_error(augment: object, words: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        JobSpec.model_validate({"kind": "pretrain", "data": {"augment": augment}})
+    [error] = caught.value.errors()
+    assert error["loc"] == ("data", "augment") and words in error["msg"], error["msg"]
+
+
+def test_augment_round_trips_through_yaml() -> None:
+    spec = parse_spec_text("kind: pretrain\ndata: {augment: {crop_scale: [0.3, 1], flip: false}}\n")
+    assert parse_spec_text(yaml.safe_dump(spec.model_dump(mode="json"))) == spec
+    assert parse_spec_text("kind: pretrain\ndata: {augment: light}\n").data.augment == "light"

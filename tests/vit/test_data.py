@@ -9,8 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from vit.config import DataSpec
-from vit.data import DataError, Datasets, ShardedSampler, build_datasets, build_loader, set_epoch
+from vit.config import AUGMENT_PRESETS, AugmentSpec, DataSpec
+from vit.data import (
+    DataError,
+    Datasets,
+    ShardedSampler,
+    build_datasets,
+    build_loader,
+    set_epoch,
+    training_augmentation,
+)
 from vit.data.files import ImageFiles
 from vit.data.splits import stratified_split, subset_indices
 
@@ -79,6 +87,41 @@ def test_augment_false_gives_the_stored_images() -> None:
     torch.manual_seed(0)
     draws = [augmented.train[5][0] for _ in range(5)]
     assert any(not torch.equal(draws[0], d) for d in draws[1:])
+
+
+def test_augment_presets_and_explicit_values() -> None:
+    def chosen(**fields: object) -> AugmentSpec | None:
+        return training_augmentation(DataSpec.model_validate(fields))
+
+    # true keeps each dataset's default: photo crops and flips for a user's folder, none of that for digits.
+    assert chosen(dataset="imagefolder", root="x") == AUGMENT_PRESETS["photo"]
+    assert chosen(dataset="digits") == AUGMENT_PRESETS["symbol"]
+    assert chosen(dataset="imagefolder", root="x", augment="light") == AugmentSpec(
+        crop_scale=(0.5, 1), flip=True
+    )
+    assert chosen(dataset="imagefolder", root="x", augment="none") is None
+    assert chosen(dataset="digits", augment=False) is None
+    explicit = {"crop_scale": [0.3, 0.9], "flip": False}
+    assert chosen(dataset="imagefolder", root="x", augment=explicit) == AugmentSpec(
+        crop_scale=(0.3, 0.9), flip=False
+    )
+
+
+def test_explicit_augment_is_what_the_images_get() -> None:
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:  # the transforms scale in another order: 1 ulp apart
+        return torch.allclose(a, b, rtol=0, atol=1e-6)
+
+    image = _build(dataset="digits", augment="none").train[5][0]
+    # A crop of the whole image is the stored image; with flips on, some draws are its mirror image.
+    whole = _build(dataset="digits", augment={"crop_scale": [1.0, 1.0], "flip": False})
+    torch.manual_seed(0)
+    assert all(same(whole.train[5][0], image) for _ in range(5))
+    flipped = _build(dataset="digits", augment={"crop_scale": [1.0, 1.0], "flip": True})
+    draws = [flipped.train[5][0] for _ in range(20)]
+    assert any(same(d, image.flip(-1)) for d in draws) and any(same(d, image) for d in draws)
+    # A deep crop changes the image.
+    cropped = _build(dataset="digits", augment={"crop_scale": [0.2, 0.2], "flip": False})
+    assert not same(cropped.train[5][0], image)
 
 
 # --- splits and subsets --------------------------------------------------------------------------------------

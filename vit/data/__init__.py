@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vit.config import DataSpec
+from vit.config import AUGMENT_PRESETS, AugmentSpec, DataSpec
 from vit.data.errors import DataError
 from vit.data.files import ImageFiles, Selection, existing_root, folder_with_split, torchvision_splits
 from vit.data.loader import ShardedSampler, build_loader, set_epoch
@@ -24,7 +24,6 @@ from vit.data.transforms import (
     SMALL_PHOTO,
     STD,
     SYNTHETIC,
-    Augmentation,
     eval_transform,
     train_transform,
 )
@@ -41,7 +40,8 @@ __all__ = [
     "set_epoch",
 ]
 
-AUGMENTATIONS: dict[str, Augmentation] = {
+# What `data.augment: true` means for each dataset.
+DEFAULT_AUGMENTATIONS: dict[str, AugmentSpec] = {
     "synthetic": SYNTHETIC,
     "digits": DIGITS,
     "cifar10": SMALL_PHOTO,
@@ -50,6 +50,15 @@ AUGMENTATIONS: dict[str, Augmentation] = {
     "flowers102": PHOTO,
     "imagefolder": PHOTO,
 }
+
+
+def training_augmentation(data: DataSpec) -> AugmentSpec | None:
+    """The augmentation `data.augment` asks for (None: the images as they are)."""
+    if isinstance(data.augment, AugmentSpec):
+        return data.augment
+    if isinstance(data.augment, str):
+        return None if data.augment == "none" else AUGMENT_PRESETS[data.augment]
+    return DEFAULT_AUGMENTATIONS[data.dataset] if data.augment else None
 
 
 # Every kind is a torch Dataset of (image, label) with len() and a `labels` tensor.
@@ -70,7 +79,7 @@ def build_datasets(data: DataSpec, *, image_size: int, seed: int) -> Datasets:
     Held-out splits (datasets without one) and `data.subset` (applied to the training split only) are
     class-stratified and fixed by `seed`, so every rank and every resumed run sees the same images.
     """
-    augmentation = AUGMENTATIONS[data.dataset] if data.augment else None
+    augmentation = training_augmentation(data)
     train_tf, eval_tf = train_transform(image_size, augmentation), eval_transform(image_size)
     train: ImageDataset
     val: ImageDataset

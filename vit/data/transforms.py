@@ -8,10 +8,11 @@ so pretrained weights from it and from timm's ViT ports see the input range they
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torchvision.transforms import v2
+
+from vit.config import AUGMENT_PRESETS, AugmentSpec
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
@@ -19,27 +20,15 @@ STD = (0.5, 0.5, 0.5)
 Transform = Callable[[object], torch.Tensor]
 
 
-@dataclass(frozen=True)
-class Augmentation:
-    """How a dataset's training images may be varied without changing their label."""
-
-    # Random-resized-crop area range, as a fraction of the source image.
-    crop_scale: tuple[float, float]
-    # Whether a mirror image has the same label.
-    flip: bool
-
-
-# Natural photos at full resolution (Pets, Flowers, user folders): the reference code's inception crop, area
-# 5%..100% (vit_jax input_pipeline), and mirror flips.
-PHOTO = Augmentation(crop_scale=(0.05, 1.0), flip=True)
-# 32-px photos (CIFAR): a 5% crop of a 32-px image is a 7-px patch with nothing left to recognise; keeping at
-# least half the area is close to the usual pad-4-and-crop recipe for CIFAR trained at its own size.
-SMALL_PHOTO = Augmentation(crop_scale=(0.5, 1.0), flip=True)
-# 8-px digits fill their frame: a crop much below the full image cuts strokes that tell 7 from 1, and a
-# mirrored digit is a different symbol (or none), so no flip.
-DIGITS = Augmentation(crop_scale=(0.8, 1.0), flip=False)
+# The preset names of `data.augment` (vit.config, free of torch, so that the API validates them).
+PHOTO = AUGMENT_PRESETS["photo"]
+# 32-px photos (CIFAR): keeping at least half the area is close to the usual pad-4-and-crop recipe for CIFAR
+# trained at its own size.
+SMALL_PHOTO = AUGMENT_PRESETS["light"]
+# 8-px digits fill their frame.
+DIGITS = AUGMENT_PRESETS["symbol"]
 # Synthetic class patterns are spatial layouts: mirroring one makes a different pattern, so no flip.
-SYNTHETIC = Augmentation(crop_scale=(0.5, 1.0), flip=False)
+SYNTHETIC = AugmentSpec(crop_scale=(0.5, 1.0), flip=False)
 
 
 def _to_unit_float() -> list[v2.Transform]:
@@ -52,7 +41,7 @@ def normalize_uint8(image: torch.Tensor) -> torch.Tensor:
     return image.to(torch.float32).sub_(127.5).div_(127.5)
 
 
-def train_transform(image_size: int, augmentation: Augmentation | None) -> Transform:
+def train_transform(image_size: int, augmentation: AugmentSpec | None) -> Transform:
     """Random resized crop (+ flip) to image_size; None: the evaluation transform (no augmentation)."""
     if augmentation is None:
         return eval_transform(image_size)
