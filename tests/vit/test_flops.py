@@ -1,0 +1,47 @@
+"""The MFU numerator (model FLOPs per image) against a count by hand, and the peak it is divided by."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vit.flops import datasheet_bf16_tflops, device_peak, forward_flops, training_flops_per_image
+from vit.model import model_config
+
+
+def test_ti16_at_224_matches_a_hand_count() -> None:
+    # Ti/16 @ 224 px, 1000 classes: N = 14·14 + 1 = 197 tokens, D = 192, MLP 768, 12 blocks, 2 FLOPs per MAC.
+    qkv = 2 * 197 * 192 * 576  # 43,573,248
+    proj = 2 * 197 * 192 * 192  # 14,524,416
+    fc1 = fc2 = 2 * 197 * 192 * 768  # 58,097,664 each
+    scores = mix = 2 * 197 * 197 * 192  # QK^T and AV: 14,902,656 each
+    block = qkv + proj + fc1 + fc2 + scores + mix  # 204,098,304
+    patch_embed = 2 * 196 * (3 * 16 * 16) * 192  # 57,802,752
+    head = 2 * 192 * 1000  # 384,000
+    by_hand = 12 * block + patch_embed + head
+    assert by_hand == 2_507_366_400  # ~1.25 GMACs, timm's published figure for vit_tiny_patch16_224
+
+    cfg = model_config("Ti/16", num_classes=1000, image_size=224)
+    assert forward_flops(cfg) == by_hand
+    assert training_flops_per_image(cfg) == 3 * by_hand
+
+
+def test_b16_needs_about_105_gflop_per_training_image() -> None:
+    cfg = model_config("B/16", num_classes=1000, image_size=224)
+    assert training_flops_per_image(cfg) / 1e9 == pytest.approx(105.4, abs=0.1)
+
+
+def test_a_gpu_name_finds_its_datasheet_row_specific_names_first() -> None:
+    assert datasheet_bf16_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert datasheet_bf16_tflops("NVIDIA H100 PCIe") == 756.0
+    assert datasheet_bf16_tflops("NVIDIA H200") == 989.0
+    assert datasheet_bf16_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert datasheet_bf16_tflops("NVIDIA L40S") == 362.0
+    assert datasheet_bf16_tflops("Tesla V100-SXM2-16GB") is None  # no bf16: measured instead
+
+
+def test_the_cpu_peak_is_a_measured_fp32_matmul() -> None:
+    peak = device_peak(torch.device("cpu"))
+    assert peak.source.startswith("measured fp32 matmul, CPU")
+    # Any CPU this runs on does between 1 GFLOP/s and 100 TFLOP/s of fp32 matmul.
+    assert 1e9 < peak.flops_per_s < 1e14
