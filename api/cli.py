@@ -42,10 +42,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.logging_setup import configure_logging, json_requested
     from api.migrate import upgrade
     from api.settings import get_settings
     from worker.launch import term_when_parent_dies
 
+    configure_logging(args.log_level)
     settings = get_settings()
     for directory in (settings.home, settings.resolved_storage, settings.resolved_data_dir):
         directory.mkdir(parents=True, exist_ok=True)
@@ -60,7 +62,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     print(f"vitq: serving http://{args.host}:{args.port}/ (data in {settings.home})", flush=True)
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+        # JSON: uvicorn's own loggers go through the root handler too (log_config=None leaves them alone).
+        log_config = None if json_requested() else uvicorn.config.LOGGING_CONFIG
+        uvicorn.run(
+            create_app(settings),
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            log_config=log_config,
+        )
     finally:
         if worker is not None:
             _stop(worker)

@@ -77,7 +77,13 @@ class JobQueue:
                     retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
                 )
         except Exception as error:
-            log.error("could not enqueue job %s on queue %s (%s); it stays queued", job_id, self.queue, error)
+            log.error(
+                "could not enqueue job %s on queue %s (%s); it stays queued",
+                job_id,
+                self.queue,
+                error,
+                extra={"job_id": job_id},
+            )
             return False
         return True
 
