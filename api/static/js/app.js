@@ -1,5 +1,7 @@
-// Hash routes (GET /jobs/{id} is the JSON API, so pages live under #/): #/ list, #/jobs/ID, #/submit.
+// Hash routes (GET /jobs/{id} is the JSON API, so pages live under #/): #/ list, #/jobs/ID, #/submit,
+// #/compare?ids=1,2,3.
 
+import { mountCompare } from "./compare.js";
 import { mountJob } from "./job.js";
 import { mountList } from "./list.js";
 import { mountSubmit } from "./submit.js";
@@ -17,6 +19,9 @@ function route() {
   if (job) {
     view.className = "job-view";
     current = mountJob(view, Number(job[1]));
+  } else if (path === "/compare") {
+    view.className = "compare-view";
+    current = mountCompare(view, params);
   } else if (path === "/submit") {
     view.className = "submit-view";
     current = mountSubmit(view, params);

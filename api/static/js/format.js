@@ -41,6 +41,43 @@ export function percent(value) {
   return value == null ? "" : `${(value * 100).toFixed(1)}%`;
 }
 
+// A reading of a measured value: 5 significant digits ("1.0036", not "1.0036273002624512").
+export function significant(value, digits = 5) {
+  if (value == null || !isFinite(value)) return "";
+  const abs = Math.abs(value);
+  if (abs !== 0 && (abs < 1e-4 || abs >= 1e7)) return value.toExponential(digits - 1);
+  return Number(value.toPrecision(digits)).toString();
+}
+
+// Decimals needed to write `step` (a tick increment) exactly: 2.5 -> 1, 0.05 -> 2, 100 -> 0.
+export function decimalsOf(step) {
+  for (let d = 0; d < 8; d++) {
+    const scaled = Math.abs(step) * 10 ** d;
+    if (Math.abs(scaled - Math.round(scaled)) < 1e-6 * Math.max(scaled, 1)) return d;
+  }
+  return 8;
+}
+
+// An axis tick: as many decimals as the tick spacing needs, so 92.5 % is not rounded to 93 %.
+export function tick(value, increment, { asPercent = false } = {}) {
+  if (value == null) return "";
+  if (asPercent) return `${(value * 100).toFixed(decimalsOf(increment * 100))}%`;
+  // Ticks spaced below 1e-3 or above 1e6 (a learning rate, images seen) read better as powers of ten: "2.5e-4".
+  const spacing = Math.abs(increment);
+  if (spacing && (spacing < 1e-3 || spacing >= 1e6)) return value === 0 ? "0" : Number(value.toPrecision(4)).toExponential();
+  return value.toFixed(decimalsOf(increment));
+}
+
+// Large counts compactly: 12,800 -> "12.8k", 3,200,000 -> "3.2M".
+export function compact(value) {
+  if (value == null || !isFinite(value)) return "";
+  const abs = Math.abs(value);
+  for (const [limit, suffix] of [[1e9, "G"], [1e6, "M"], [1e3, "k"]]) {
+    if (abs >= limit) return `${Number((value / limit).toPrecision(3))}${suffix}`;
+  }
+  return String(Math.round(value * 100) / 100);
+}
+
 export function bytes(n) {
   if (n == null) return "";
   const units = ["B", "KB", "MB", "GB"];

@@ -1,29 +1,18 @@
-// One job: status, live curves, few-shot results, checkpoints, log tail, resolved spec, and actions.
+// One job: status, live curves, few-shot results, checkpoints, lineage, log tail, resolved spec, and actions.
 
 import { api } from "./api.js";
-import { MetricChart } from "./charts.js";
+import { Board } from "./charts.js";
 import { bytes, duration, h, jobDuration, localTime, number, percent, poll, progressText, setText, statusBadge } from "./format.js";
 import { dumpYaml } from "./yaml.js";
 
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 const FIRST_LOAD_POINTS = 1000; // the server downsamples longer series to this budget
 
-const CHARTS = [
-  { title: "Loss", series: [{ name: "loss", label: "train" }, { name: "val_loss", label: "val" }] },
-  {
-    title: "Validation top-1",
-    series: [{ name: "val_top1", label: "val top-1" }],
-    format: (v) => `${(v * 100).toFixed(0)}%`,
-    range: (u, lo, hi) => [Math.max(0, (lo ?? 0) - 0.05), Math.min(1, (hi ?? 1) + 0.05)], // an accuracy stays in [0, 1]
-  },
-  { title: "Learning rate", series: [{ name: "lr", label: "lr" }], format: (v) => number(v, 2) },
-  { title: "Throughput (img/s)", series: [{ name: "images_per_s", label: "img/s" }], format: (v) => number(v, 3) },
-];
-
 export function mountJob(view, id) {
   const title = h("h1", {}, `Job ${id}`);
   const badgeHolder = h("span");
   const meta = h("span", { class: "muted" });
+  const parentLink = h("a", { class: "parent-link", hidden: true });
   const cancel = h("button", { type: "button", class: "danger", hidden: true, onclick: onCancel }, "Cancel");
   const finetune = h("a", { class: "button primary", hidden: true, href: `#/submit?from_job=${id}` }, "Fine-tune from this");
   const copy = h("a", { class: "button", href: `#/submit?copy=${id}` }, "Edit as new");
@@ -31,27 +20,31 @@ export function mountJob(view, id) {
   const progressLabel = h("span", { class: "bar-label" });
   const summary = h("dl", { class: "summary" });
   const errorBox = h("pre", { class: "error-box", hidden: true });
-  const chartGrid = h("div", { class: "charts" });
+  const chartGrid = h("div");
   const fewShot = h("div");
   const checkpoints = h("div");
+  const children = h("div");
+  const childrenPanel = h("section", { class: "panel", hidden: true }, h("h2", {}, "Fine-tunes of this job"), children);
   const logs = h("pre", { class: "logs", "data-testid": "logs" }, "(no log yet)");
   const spec = h("pre", { class: "spec" });
 
   view.append(
     h("div", { class: "job-head" },
       h("a", { href: "#/", class: "back" }, "← Jobs"),
-      title, badgeHolder, meta, h("span", { class: "spacer" }), copy, finetune, cancel),
+      title, badgeHolder, meta, parentLink, h("span", { class: "spacer" }), copy, finetune, cancel),
     h("div", { class: "job-progress" }, h("div", { class: "bar wide" }, fill), progressLabel),
     errorBox,
     summary,
     chartGrid,
+    childrenPanel,
     h("div", { class: "columns" },
       h("section", { class: "panel" }, h("h2", {}, "Few-shot linear accuracy"), fewShot),
       h("section", { class: "panel" }, h("h2", {}, "Checkpoints"), checkpoints)),
     h("section", { class: "panel" }, h("h2", {}, "Log"), logs),
     h("section", { class: "panel" }, h("h2", {}, "Resolved spec"), spec),
   );
-  const charts = CHARTS.map((c) => new MetricChart(chartGrid, c.title, c.series, { format: c.format, range: c.range }));
+  const board = new Board(chartGrid, { fileName: `job${id}` });
+  board.addRun({ id, name: `job ${id}`, batchSize: 0 });
 
   let job = null;
   let cursor = null;
@@ -72,10 +65,15 @@ export function mountJob(view, id) {
     job = next;
     setText(title, `#${job.id} ${job.name}`);
     badgeHolder.replaceChildren(statusBadge(job.status, job.cancel_requested));
-    const parent = job.parent_job_id ? ` · from job #${job.parent_job_id}` : "";
-    setText(meta, `${job.kind}${parent}`);
+    setText(meta, job.kind);
+    parentLink.hidden = !job.parent_job_id;
+    if (job.parent_job_id) {
+      parentLink.href = `#/jobs/${job.parent_job_id}`;
+      const checkpoint = job.spec.init?.checkpoint;
+      setText(parentLink, `from job #${job.parent_job_id}${checkpoint ? ` (${checkpoint})` : ""}`);
+    }
+    Object.assign(board.runs[0], { name: job.name, batchSize: job.spec.train.batch_size });
     cancel.hidden = FINISHED.has(job.status) || job.cancel_requested;
-    finetune.hidden = !(job.kind === "pretrain" && job.status === "succeeded");
     fill.style.width = `${Math.round((job.progress || 0) * 100)}%`;
     setText(progressLabel, progressText(job));
     errorBox.hidden = !job.error;
@@ -121,20 +119,24 @@ export function mountJob(view, id) {
     const query = cursor === null ? `max_points=${FIRST_LOAD_POINTS}` : `since=${cursor}`;
     const result = await api(`/jobs/${id}/metrics?${query}`);
     const replace = cursor === null;
-    const appended = charts.map((chart) => chart.update(result.series, { replace }));
-    if (!appended.every(Boolean)) { // a resumed attempt rewrote the history: load it whole again
+    if (!board.setPoints(id, result.series, { replace })) { // a resumed attempt rewrote the history: load it whole again
       cursor = null;
       return loadMetrics();
     }
+    board.render();
     if (result.cursor != null) cursor = result.cursor;
     else if (cursor === null) cursor = 0;
     view.dataset.metricsLoaded = "true";
   }
 
+  // Any job that kept a checkpoint can be fine-tuned from, a cancelled or failed one included: the button
+  // starts from the latest, each checkpoint's row from that one.
   async function loadCheckpoints() {
     if (lastCheckpointStep === job.step && !FINISHED.has(job.status)) return;
     lastCheckpointStep = job.step;
     const { items } = await api(`/jobs/${id}/checkpoints`);
+    finetune.hidden = !items.length;
+    const finetuneFrom = (c) => `#/submit?from_job=${id}&checkpoint=${encodeURIComponent(c.name)}`;
     checkpoints.replaceChildren(items.length
       ? h("table", { class: "small" },
         h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", { class: "num" }, "Step"),
@@ -142,8 +144,20 @@ export function mountJob(view, id) {
         h("tbody", {}, items.map((c) => h("tr", {},
           h("td", {}, h("code", {}, c.name)), h("td", { class: "num" }, String(c.step)),
           h("td", { class: "num" }, bytes(c.size_bytes)), h("td", {}, localTime(c.created_at)),
-          h("td", {}, h("a", { href: c.url, download: `job${id}-${c.name}.safetensors` }, "download"))))))
+          h("td", { class: "actions" },
+            h("a", { href: c.url, download: `job${id}-${c.name}.safetensors` }, "download"),
+            h("a", { href: finetuneFrom(c), "data-checkpoint": c.name }, "fine-tune"))))))
       : h("p", { class: "muted" }, "None yet."));
+  }
+
+  async function loadChildren() {
+    const { items, total } = await api(`/jobs?parent=${id}&limit=100`);
+    childrenPanel.hidden = !items.length;
+    children.replaceChildren(h("ul", { class: "children" }, items.map((child) => h("li", { "data-job-id": child.id },
+      h("a", { href: `#/jobs/${child.id}` }, `#${child.id} ${child.name}`), " ", statusBadge(child.status, child.cancel_requested),
+      child.best_val_top1 == null ? "" : h("span", { class: "muted" }, ` best val top-1 ${percent(child.best_val_top1)}`),
+      child.spec.init?.checkpoint ? h("span", { class: "muted" }, ` from ${child.spec.init.checkpoint}`) : ""))),
+    total > items.length ? h("p", { class: "muted" }, `and ${total - items.length} more`) : "");
   }
 
   async function loadLogs() {
@@ -165,7 +179,7 @@ export function mountJob(view, id) {
       view.replaceChildren(h("p", { class: "empty" }, `Job ${id} not found.`));
       return false;
     }
-    await Promise.all([firstLoad ? null : loadMetrics(), loadCheckpoints(), loadLogs()]);
+    await Promise.all([firstLoad ? null : loadMetrics(), loadCheckpoints(), loadLogs(), loadChildren()]);
     return !FINISHED.has(job.status); // a finished job cannot change any more: stop polling
 
   }
@@ -175,7 +189,7 @@ export function mountJob(view, id) {
   return {
     destroy() {
       stop();
-      for (const chart of charts) chart.destroy();
+      board.destroy();
     },
   };
 }

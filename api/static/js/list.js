@@ -1,20 +1,69 @@
-// The job list: filters, pagination and a table refreshed every 2 s. Rows are keyed by job id and only the
-// cells whose text changed are touched, so polling never rebuilds the table.
+// The job list: filters, name search, pagination, hyper-parameter columns, sorting, and tick boxes that open a
+// comparison. Refreshed every 2 s: rows are keyed by job id and only the cells whose text changed are touched,
+// so polling never rebuilds the table. Under 760 px wide the rows are laid out as cards (app.css).
 
 import { api } from "./api.js";
-import { h, jobDuration, localTime, number, percent, poll, progressText, relativeTime, setText } from "./format.js";
+import { h, jobDuration, localTime, number, percent, poll, progressText, relativeTime, setText, significant } from "./format.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
 const PAGE_SIZE = 50;
-const COLUMNS = ["id", "name", "kind", "status", "progress", "throughput", "val", "created", "duration"];
+const SELECTION_KEY = "vitq-selected-jobs"; // the ticked jobs survive paging, filtering and reloads
+
+// key, header, how a job reads in the cell (text) and sorts (sort; default: the text). `num`: right-aligned.
+const COLUMNS = [
+  { key: "select", label: "", special: true },
+  { key: "id", label: "#", num: true, text: (j) => String(j.id), sort: (j) => j.id },
+  { key: "name", label: "Name", special: true, text: (j) => j.name, sort: (j) => j.name.toLowerCase() },
+  { key: "kind", label: "Kind", text: (j) => j.kind },
+  { key: "status", label: "Status", special: true, text: displayStatus },
+  { key: "progress", label: "Progress", special: true, text: progressText, sort: (j) => j.progress },
+  { key: "variant", label: "Variant", text: (j) => j.spec.model.variant },
+  { key: "image", label: "Image", num: true, text: (j) => `${j.spec.model.image_size}px`, sort: (j) => j.spec.model.image_size },
+  { key: "lr", label: "LR", num: true, text: (j) => significant(j.spec.optim.lr, 3), sort: (j) => j.spec.optim.lr },
+  { key: "batch", label: "Batch", num: true, text: (j) => String(j.spec.train.batch_size), sort: (j) => j.spec.train.batch_size },
+  { key: "steps", label: "Steps", num: true, text: (j) => String(j.spec.train.steps), sort: (j) => j.spec.train.steps },
+  { key: "dataset", label: "Dataset", text: (j) => j.spec.data.dataset },
+  { key: "subset", label: "Subset", num: true, text: (j) => (j.spec.data.subset == null ? "all" : String(j.spec.data.subset)), sort: (j) => j.spec.data.subset ?? Infinity },
+  { key: "val", label: "Best val top-1", num: true, text: (j) => percent(j.best_val_top1), sort: (j) => j.best_val_top1 },
+  { key: "fewshot", label: "Few-shot", num: true, text: (j) => fewShot(j)?.text ?? "", sort: (j) => fewShot(j)?.value },
+  { key: "throughput", label: "img/s", num: true, text: (j) => (j.images_per_s == null ? "" : number(j.images_per_s, 3)), sort: (j) => j.images_per_s },
+  { key: "created", label: "Created", special: true, text: (j) => relativeTime(j.created_at), sort: (j) => Date.parse(j.created_at) },
+  { key: "duration", label: "Duration", num: true, text: jobDuration, sort: (j) => (j.started_at ? (j.finished_at ? Date.parse(j.finished_at) : Date.now()) - Date.parse(j.started_at) : null) },
+];
+
+function displayStatus(job) {
+  return job.cancel_requested && job.status === "running" ? "cancelling" : job.status;
+}
+
+// The most-shot few-shot accuracy measured, e.g. {text: "10-shot 85.1%", value: 0.851}.
+function fewShot(job) {
+  const shots = [...(job.spec.eval?.few_shot || [])].sort((a, b) => b - a);
+  const n = shots.find((k) => job.latest_metrics?.[`few_shot_${k}`] != null);
+  if (n == null) return null;
+  const value = job.latest_metrics[`few_shot_${n}`];
+  return { text: `${n}-shot ${percent(value)}`, value };
+}
+
+function loadSelection() {
+  try {
+    return new Set(JSON.parse(sessionStorage.getItem(SELECTION_KEY) || "[]").map(Number));
+  } catch {
+    return new Set();
+  }
+}
 
 export function mountList(view, params) {
   const state = {
     status: params.get("status") || "",
     kind: params.get("kind") || "",
+    q: params.get("q") || "",
+    sort: params.get("sort") || "",
+    dir: params.get("dir") === "asc" ? "asc" : "desc",
     page: Math.max(Number(params.get("page")) || 1, 1),
   };
-  const rows = new Map(); // job id -> {tr, cells, values}
+  const selected = loadSelection();
+  const rows = new Map(); // job id -> {tr, cells, values, checkbox, link, badge, fill, label}
+  let items = []; // the current page, in the server's order
 
   const statusButtons = ["", ...STATUSES].map((status) =>
     h("button", { type: "button", class: "segment", "data-filter-status": status, onclick: () => setFilter({ status }) },
@@ -24,9 +73,29 @@ export function mountList(view, params) {
     h("option", { value: "" }, "all kinds"), h("option", { value: "pretrain" }, "pretrain"),
     h("option", { value: "finetune" }, "finetune"));
   kindSelect.value = state.kind;
+  let searchTimer = null;
+  const search = h("input", {
+    type: "search", placeholder: "Search names…", "aria-label": "search", value: state.q, class: "search",
+    oninput: (e) => {
+      clearTimeout(searchTimer);
+      searchTimer = setTimeout(() => setFilter({ q: e.target.value.trim() }), 250);
+    },
+  });
+  const compare = h("button", { type: "button", class: "primary", onclick: openCompare }, "Compare");
+  const clear = h("button", { type: "button", onclick: () => { selected.clear(); saveSelection(); } }, "Clear");
   const count = h("span", { class: "muted count" });
   const prev = h("button", { type: "button", onclick: () => setFilter({ page: state.page - 1 }) }, "‹ Newer");
   const next = h("button", { type: "button", onclick: () => setFilter({ page: state.page + 1 }) }, "Older ›");
+  const headers = COLUMNS.map((column) => {
+    const th = h("th", { class: column.num ? "num" : null, "data-col": column.key }, column.label);
+    if (column.key !== "select") {
+      th.classList.add("sortable");
+      th.tabIndex = 0;
+      th.addEventListener("click", () => sortBy(column.key));
+      th.addEventListener("keydown", (e) => { if (e.key === "Enter") sortBy(column.key); });
+    }
+    return th;
+  });
   const tbody = h("tbody");
   const emptyRow = h("p", { class: "empty", hidden: true });
 
@@ -34,36 +103,78 @@ export function mountList(view, params) {
     h("div", { class: "toolbar" },
       h("h1", {}, "Jobs"),
       h("div", { class: "segments", role: "group", "aria-label": "status" }, statusButtons),
-      kindSelect,
+      kindSelect, search,
       h("span", { class: "spacer" }),
-      count, prev, next),
-    h("table", { class: "jobs" },
-      h("thead", {}, h("tr", {},
-        h("th", { class: "num" }, "#"), h("th", {}, "Name"), h("th", {}, "Kind"), h("th", {}, "Status"),
-        h("th", { class: "progress-col" }, "Progress"), h("th", { class: "num" }, "img/s"),
-        h("th", { class: "num" }, "Best val top-1"), h("th", {}, "Created"), h("th", { class: "num" }, "Duration"))),
-      tbody),
+      compare, clear),
+    h("div", { class: "table-scroll" }, h("table", { class: "jobs" }, h("thead", {}, h("tr", {}, headers)), tbody)),
     emptyRow,
+    h("div", { class: "pager" }, count, h("span", { class: "spacer" }), prev, next),
   );
+
+  function saveSelection() {
+    sessionStorage.setItem(SELECTION_KEY, JSON.stringify([...selected]));
+    for (const [id, row] of rows) row.checkbox.checked = selected.has(id);
+    setText(compare, `Compare (${selected.size})`);
+    compare.disabled = selected.size < 2;
+    compare.title = selected.size < 2 ? "tick two jobs or more" : "";
+    clear.hidden = selected.size === 0;
+  }
+
+  function openCompare() {
+    location.hash = `#/compare?ids=${[...selected].sort((a, b) => a - b).join(",")}`;
+  }
+
+  function writeUrl() {
+    const query = new URLSearchParams();
+    if (state.status) query.set("status", state.status);
+    if (state.kind) query.set("kind", state.kind);
+    if (state.q) query.set("q", state.q);
+    if (state.sort) { query.set("sort", state.sort); query.set("dir", state.dir); }
+    if (state.page > 1) query.set("page", state.page);
+    history.replaceState(null, "", `#/${query.toString() ? "?" + query : ""}`); // no hashchange: the view stays
+  }
 
   function setFilter(change) {
     Object.assign(state, change);
     if (!("page" in change)) state.page = 1;
-    const query = new URLSearchParams();
-    if (state.status) query.set("status", state.status);
-    if (state.kind) query.set("kind", state.kind);
-    if (state.page > 1) query.set("page", state.page);
-    const hash = `#/${query.toString() ? "?" + query : ""}`;
-    history.replaceState(null, "", hash); // no hashchange: the view stays mounted
+    writeUrl();
     for (const { tr } of rows.values()) tr.remove();
     rows.clear();
     refresh();
   }
 
+  // A header click sorts this page by that column; a second click reverses; a third restores the newest-first order.
+  function sortBy(key) {
+    if (state.sort !== key) Object.assign(state, { sort: key, dir: "desc" });
+    else if (state.dir === "desc") state.dir = "asc";
+    else state.sort = "";
+    writeUrl();
+    layout();
+  }
+
+  function ordered() {
+    const column = COLUMNS.find((c) => c.key === state.sort);
+    if (!column) return items;
+    const key = column.sort || column.text;
+    const sign = state.dir === "asc" ? 1 : -1;
+    const missing = (v) => v == null || v === "" || (typeof v === "number" && isNaN(v));
+    return items.map((job) => ({ job, value: key(job) })).sort((a, b) => {
+      if (missing(a.value) || missing(b.value)) return missing(a.value) - missing(b.value); // blanks last
+      return a.value < b.value ? -sign : a.value > b.value ? sign : b.job.id - a.job.id;
+    }).map((entry) => entry.job);
+  }
+
   function buildRow(job) {
-    const cells = Object.fromEntries(COLUMNS.map((c) => [c, h("td")]));
-    cells.id.className = "num muted";
-    cells.throughput.className = cells.val.className = cells.duration.className = "num";
+    const cells = Object.fromEntries(COLUMNS.map((c) => [c.key, h("td", { "data-label": c.label, "data-col": c.key })]));
+    for (const column of COLUMNS) if (column.num) cells[column.key].classList.add("num");
+    cells.id.classList.add("muted");
+    const checkbox = h("input", { type: "checkbox", "aria-label": `select job ${job.id}` });
+    checkbox.checked = selected.has(job.id);
+    checkbox.addEventListener("change", () => {
+      if (checkbox.checked) selected.add(job.id); else selected.delete(job.id);
+      saveSelection();
+    });
+    cells.select.append(checkbox);
     const link = h("a", { href: `#/jobs/${job.id}` });
     cells.name.append(link);
     const badge = h("span", { class: "badge" });
@@ -71,51 +182,57 @@ export function mountList(view, params) {
     const bar = h("div", { class: "bar" }, h("div", { class: "fill" }));
     const label = h("span", { class: "bar-label" });
     cells.progress.append(bar, label);
-    const tr = h("tr", { "data-job-id": job.id }, COLUMNS.map((c) => cells[c]));
+    const tr = h("tr", { "data-job-id": job.id }, COLUMNS.map((c) => cells[c.key]));
     tr.addEventListener("click", (e) => {
-      if (!e.target.closest("a")) location.hash = `#/jobs/${job.id}`;
+      if (!e.target.closest("a, input, td[data-col=select]")) location.hash = `#/jobs/${job.id}`;
     });
-    return { tr, cells, link, badge, fill: bar.firstChild, label, values: {} };
+    return { tr, cells, checkbox, link, badge, fill: bar.firstChild, label, values: {} };
   }
 
   function updateRow(row, job) {
-    const status = job.cancel_requested && job.status === "running" ? "cancelling" : job.status;
-    const values = {
-      id: String(job.id),
-      name: job.name,
-      kind: job.kind,
-      status,
-      progress: progressText(job),
-      width: `${Math.round((job.progress || 0) * 100)}%`,
-      throughput: job.images_per_s == null ? "" : number(job.images_per_s, 3),
-      val: percent(job.best_val_top1),
-      created: relativeTime(job.created_at),
-      createdTitle: localTime(job.created_at),
-      duration: jobDuration(job),
-    };
+    const values = Object.fromEntries(COLUMNS.filter((c) => c.text).map((c) => [c.key, c.text(job)]));
+    values.width = `${Math.round((job.progress || 0) * 100)}%`;
+    values.createdTitle = localTime(job.created_at);
     const old = row.values;
-    if (old.id !== values.id) setText(row.cells.id, values.id);
+    for (const column of COLUMNS) {
+      if (column.special || !column.text || old[column.key] === values[column.key]) continue;
+      setText(row.cells[column.key], values[column.key]);
+    }
     if (old.name !== values.name) setText(row.link, values.name);
-    if (old.kind !== values.kind) setText(row.cells.kind, values.kind);
     if (old.status !== values.status) {
-      setText(row.badge, status);
+      setText(row.badge, values.status);
       row.badge.className = `badge ${job.status}`;
       row.badge.dataset.status = job.status;
     }
     if (old.progress !== values.progress) setText(row.label, values.progress);
     if (old.width !== values.width) row.fill.style.width = values.width;
-    if (old.throughput !== values.throughput) setText(row.cells.throughput, values.throughput);
-    if (old.val !== values.val) setText(row.cells.val, values.val);
     if (old.created !== values.created) setText(row.cells.created, values.created);
     if (old.createdTitle !== values.createdTitle) row.cells.created.title = values.createdTitle;
-    if (old.duration !== values.duration) setText(row.cells.duration, values.duration);
     row.values = values;
+  }
+
+  // Keep the DOM in the displayed order, moving only the rows that are out of place.
+  function layout() {
+    let previous = null;
+    for (const job of ordered()) {
+      const row = rows.get(job.id);
+      const expected = previous ? previous.nextSibling : tbody.firstChild;
+      if (expected !== row.tr) tbody.insertBefore(row.tr, expected);
+      previous = row.tr;
+    }
+    for (const th of headers) {
+      const sorted = th.dataset.col === state.sort;
+      th.classList.toggle("sorted", sorted);
+      if (sorted) th.setAttribute("aria-sort", state.dir === "asc" ? "ascending" : "descending");
+      else th.removeAttribute("aria-sort");
+    }
   }
 
   function currentQuery() {
     const query = new URLSearchParams({ limit: PAGE_SIZE, offset: (state.page - 1) * PAGE_SIZE });
     if (state.status) query.set("status", state.status);
     if (state.kind) query.set("kind", state.kind);
+    if (state.q) query.set("q", state.q);
     return query.toString();
   }
 
@@ -123,33 +240,32 @@ export function mountList(view, params) {
     const query = currentQuery();
     const page = await api(`/jobs?${query}`);
     if (query !== currentQuery()) return; // the filters changed while this request was in flight
+    items = page.items;
     const seen = new Set();
-    let previous = null;
-    for (const job of page.items) {
+    for (const job of items) {
       seen.add(job.id);
       let row = rows.get(job.id);
       if (!row) { row = buildRow(job); rows.set(job.id, row); }
       updateRow(row, job);
-      // Keep DOM order equal to the server's order, moving only rows that are out of place.
-      const expected = previous ? previous.nextSibling : tbody.firstChild;
-      if (expected !== row.tr) tbody.insertBefore(row.tr, expected);
-      previous = row.tr;
     }
     for (const [id, row] of rows) {
       if (!seen.has(id)) { row.tr.remove(); rows.delete(id); }
     }
+    layout();
     const first = page.total ? (state.page - 1) * PAGE_SIZE + 1 : 0;
-    setText(count, `${first}–${(state.page - 1) * PAGE_SIZE + page.items.length} of ${page.total}`);
+    setText(count, `${first}–${(state.page - 1) * PAGE_SIZE + items.length} of ${page.total}`);
     prev.disabled = state.page <= 1;
     next.disabled = state.page * PAGE_SIZE >= page.total;
-    emptyRow.hidden = page.items.length > 0;
-    setText(emptyRow, state.status || state.kind ? "No jobs match these filters." : "No jobs yet. Submit one with “New job”.");
+    emptyRow.hidden = items.length > 0;
+    const filtered = state.status || state.kind || state.q;
+    setText(emptyRow, filtered ? "No jobs match these filters." : "No jobs yet. Submit one with “New job”.");
     for (const button of statusButtons) {
       button.classList.toggle("active", button.dataset.filterStatus === state.status);
     }
     view.dataset.loaded = "true";
   }
 
+  saveSelection();
   const stop = poll(refresh, 2000);
-  return { destroy: stop };
+  return { destroy: () => { stop(); clearTimeout(searchTimer); } };
 }

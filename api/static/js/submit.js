@@ -7,6 +7,7 @@ import { dumpYaml, findKeyLine } from "./yaml.js";
 
 const LINE_HEIGHT = 20; // px; must match .editor textarea in app.css
 const PADDING = 8;
+const FINETUNE_SHARE = 4; // a fine-tune's default steps: the pretrain's over this
 
 export function mountSubmit(view, params) {
   const textarea = h("textarea", { spellcheck: "false", wrap: "off", "aria-label": "spec", name: "spec" });
@@ -16,6 +17,8 @@ export function mountSubmit(view, params) {
   const upload = h("input", { type: "file", accept: ".yaml,.yml,.json,application/json,text/yaml", onchange: onUpload, hidden: true });
   const submit = h("button", { type: "submit", class: "primary" }, "Submit");
   const errors = h("div", { class: "errors", role: "alert", "data-testid": "errors" });
+  const checkpointPicker = h("select", { "aria-label": "checkpoint", onchange: onCheckpoint });
+  const checkpointField = h("label", { class: "field", hidden: true }, "Start from checkpoint", checkpointPicker);
   const heading = h("h1", {}, "New job");
   let fieldErrors = []; // [{loc: [...], msg}] from the last 422
   let exampleList = [];
@@ -26,6 +29,7 @@ export function mountSubmit(view, params) {
         h("button", { type: "button", onclick: () => upload.click() }, "Upload file…"), upload),
       h("div", { class: "editor" }, gutter, h("div", { class: "editor-body" }, marks, textarea))),
     h("aside", { class: "side" },
+      checkpointField,
       submit,
       errors,
       h("p", { class: "muted help" },
@@ -56,10 +60,14 @@ export function mountSubmit(view, params) {
     syncScroll();
   }
 
-  // Each error: a tinted band on its line and the message right after the line's text.
+  // Each error: a tinted band on its line and the message right after the line's text. A field error's line is
+  // found from its path in the current text; a syntax error names its line in the message.
   function renderMarks() {
     const lines = textarea.value.split("\n");
-    for (const error of fieldErrors) error.line = findKeyLine(textarea.value, error.loc);
+    for (const error of fieldErrors) {
+      error.line = error.syntaxLine ?? findKeyLine(textarea.value, error.loc);
+      if (error.line >= lines.length) error.line = lines.length - 1;
+    }
     marks.replaceChildren(...fieldErrors.filter((e) => e.line >= 0).flatMap((e) => {
       const top = `${PADDING + e.line * LINE_HEIGHT}px`;
       const left = `calc(${PADDING}px + ${lines[e.line].length + 3}ch)`;
@@ -81,7 +89,10 @@ export function mountSubmit(view, params) {
     if (err instanceof ApiError && Array.isArray(err.detail)) {
       fieldErrors = err.detail.map((d) => {
         const loc = (d.loc || []).filter((part, i) => !(i === 0 && part === "body"));
-        return { loc, field: loc.join(".") || "spec", msg: String(d.msg).replace(/^Value error, /, ""), line: -1 };
+        const msg = String(d.msg).replace(/^Value error, /, "");
+        const syntax = /^(yaml|json)_invalid$/.test(d.type) ? msg.match(/ at line (\d+)/) : null;
+        return { loc: syntax ? [] : loc, field: syntax ? "syntax" : loc.join(".") || "spec", msg, line: -1,
+          syntaxLine: syntax ? Number(syntax[1]) - 1 : null };
       });
       renderMarks();
       errors.replaceChildren(
@@ -129,6 +140,31 @@ export function mountSubmit(view, params) {
     if (example) setText(example.text);
   }
 
+  // The checkpoint to start from, written into the spec's `init:` line (which the form owns for a fine-tune).
+  function onCheckpoint() {
+    const fromJob = params.get("from_job");
+    const chosen = checkpointPicker.value;
+    const init = `init: {from_job: ${fromJob}${chosen ? `, checkpoint: ${chosen}` : ""}}`;
+    const text = textarea.value;
+    textarea.value = /^init:.*$/m.test(text) ? text.replace(/^init:.*$/m, init) : `${text.trimEnd()}\n${init}\n`;
+    renderGutter();
+    renderMarks();
+  }
+
+  async function loadCheckpoints(fromJob) {
+    const { items } = await api(`/jobs/${fromJob}/checkpoints`);
+    const latest = items.reduce((best, c) => (best && best.step >= c.step ? best : c), null);
+    checkpointPicker.replaceChildren(
+      h("option", { value: "" }, latest ? `latest (${latest.name})` : "latest"),
+      ...[...items].sort((a, b) => b.step - a.step).map((c) => h("option", { value: c.name }, `${c.name} · step ${c.step}`)));
+    checkpointField.hidden = false;
+    const wanted = params.get("checkpoint");
+    if (wanted && items.some((c) => c.name === wanted)) {
+      checkpointPicker.value = wanted;
+      onCheckpoint();
+    }
+  }
+
   async function onUpload() {
     const file = upload.files[0];
     if (file) setText(await file.text());
@@ -144,6 +180,7 @@ export function mountSubmit(view, params) {
       if (fromJob) {
         setText(finetuneSpec(await api(`/jobs/${fromJob}`)));
         heading.textContent = `Fine-tune job ${fromJob}`;
+        await loadCheckpoints(fromJob);
       } else if (copyOf) {
         const job = await api(`/jobs/${copyOf}`);
         setText(`# a copy of job ${copyOf}'s resolved spec\n${dumpYaml(job.spec)}\n`);
@@ -175,15 +212,21 @@ export function finetuneSpec(parent) {
     data.synthetic_size = s.data.synthetic_size;
     data.synthetic_classes = s.data.synthetic_classes;
   }
+  // A fine-tune is short next to its pretrain: a quarter of its steps (the digits examples: 400, then 100), with
+  // evaluations and checkpoints as often relative to the run.
+  const steps = Math.max(Math.round(s.train.steps / FINETUNE_SHARE), 1);
+  const scaled = (every) => (every ? Math.max(Math.round(every / FINETUNE_SHARE), 1) : 0);
   const train = {
-    steps: s.train.steps,
+    steps,
     batch_size: s.train.batch_size,
-    eval_every: s.train.eval_every,
-    checkpoint_every: s.train.checkpoint_every,
+    log_every: Math.min(s.train.log_every, steps),
+    eval_every: scaled(s.train.eval_every),
+    checkpoint_every: scaled(s.train.checkpoint_every),
   };
   const spec = { kind: "finetune", name: `${parent.name}-finetune`, model, data, train };
   if (s.eval.few_shot.length) spec.eval = { few_shot: s.eval.few_shot };
   spec.resources = s.resources;
-  return `# Fine-tune from job ${parent.id} (${parent.name}): its latest checkpoint is loaded, with a new head.\n`
+  return `# Fine-tune from job ${parent.id} (${parent.name}) with a new head; train.steps is a quarter of the\n`
+    + `# pretrain's ${s.train.steps}. The optimizer gets the fine-tune defaults (SGD, momentum 0.9, cosine).\n`
     + `${dumpYaml(spec)}\ninit: {from_job: ${parent.id}}\n`;
 }
