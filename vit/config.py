@@ -131,7 +131,13 @@ class DataSpec(_Strict):
     augment: bool | AugmentPreset | AugmentSpec = Field(
         True, description="Training augmentation: " + AUGMENT_HELP
     )
-    num_workers: int = Field(2, ge=0, le=64)
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="Loader processes per trainer for file datasets; none: from the CPU count (in-memory "
+        "datasets are batched on the training device and use none).",
+    )
     # synthetic only: size of the generated dataset and its number of classes.
     synthetic_size: int = Field(2048, ge=16, le=1_000_000)
     synthetic_classes: int = Field(10, ge=2, le=10_000)
@@ -185,7 +191,13 @@ class TrainSpec(_Strict):
     micro_batch_size: PositiveInt | None = Field(
         None, description="Per-process batch per forward pass; accumulation reaches the global batch."
     )
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp8"] = Field(
+        "fp32",
+        description="fp8: Linear layers in float8 (torchao, Hopper GPUs and newer), the rest in bf16.",
+    )
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile the model; auto: on CUDA (on the CPU compiling does not pay)."
+    )
     eval_every: int = Field(0, ge=0, description="0: evaluate only at the end.")
     checkpoint_every: int = Field(0, ge=0, description="0: checkpoint only at the end.")
     keep_checkpoints: PositiveInt = Field(3, le=1000)
@@ -238,6 +250,10 @@ class JobSpec(_Strict):
     def _check(self) -> JobSpec:
         if self.init is not None and self.kind != "finetune":
             raise ValueError("init is for finetune jobs; a pretrain job starts from random weights")
+        if self.train.precision == "fp8" and self.resources.device == "cpu":
+            raise ValueError(
+                "train.precision fp8 needs a GPU with float8 matmuls (Hopper or newer), not the CPU"
+            )
         world = self.resources.nodes * self.resources.procs_per_node
         if self.train.batch_size % world:
             raise ValueError(

@@ -14,8 +14,9 @@ worker processes seeded from (seed, rank); it is not replayed on resume (the ord
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sized
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -74,7 +75,7 @@ def build_loader(
     batch_size: int,
     shuffle: bool,
     seed: int,
-    num_workers: int = 0,
+    num_workers: int | None = 0,
     drop_last: bool = False,
     rank: int = 0,
     world_size: int = 1,
@@ -83,7 +84,10 @@ def build_loader(
     """A loader over this rank's share (see the module docstring); batch_size is per rank.
 
     drop_last=True is for training: equal shares and only full batches. pin_memory None: pin when CUDA is there.
+    num_workers None: as many as this process's share of the CPUs allows (`default_workers`).
     """
+    if num_workers is None:
+        num_workers = default_workers()
     if not isinstance(dataset, Sized) or len(dataset) == 0:
         raise DataError("the dataset is empty: nothing to load")
     sampler = ShardedSampler(
@@ -107,7 +111,30 @@ def build_loader(
     )
 
 
-def set_epoch(loader: DataLoader[Item], epoch: int, *, skip_batches: int = 0) -> None:
+# Decoding and augmenting a 224-px photo takes a few ms of one core; more than this many workers per process only
+# adds memory and start-up time.
+MAX_DEFAULT_WORKERS = 16
+
+
+def default_workers() -> int:
+    """Loader workers per training process: its share of this machine's usable CPUs (the processes torchrun
+    starts here share them), less one core for the training process itself; at least one."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_processes = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)
+    return max(1, min(MAX_DEFAULT_WORKERS, cpus // local_processes - 1))
+
+
+class EpochBatches(Protocol):
+    """What set_epoch works on: a loader made by build_loader, or vit.data.device_batches.DeviceBatches."""
+
+    @property
+    def sampler(self) -> object: ...
+
+    @property
+    def batch_size(self) -> int | None: ...
+
+
+def set_epoch(loader: EpochBatches, epoch: int, *, skip_batches: int = 0) -> None:
     """Make the loader's next iteration yield epoch `epoch`, starting at its batch `skip_batches`."""
     sampler = loader.sampler
     if not isinstance(sampler, ShardedSampler) or loader.batch_size is None:
