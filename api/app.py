@@ -19,12 +19,14 @@ from api.prometheus import JobCollector, LatencyMiddleware, request_latency
 from api.queue import JobQueue
 from api.routes import checkpoints, dashboard, health, jobs, logs, metrics, prometheus
 from api.settings import Settings, get_settings
+from api.unavailable import DATABASE_UNAVAILABLE, ResponseDeadline, database_unavailable
 from vit.config import JobSpec
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    engine = make_engine(settings.resolved_database_url)
+    # A request waits at most a few seconds for a connection: past that it is a 503 the client may retry.
+    engine = make_engine(settings.resolved_database_url, connect_timeout_s=3, pool_timeout_s=3.0)
     queue = JobQueue(settings)
 
     @asynccontextmanager
@@ -45,6 +47,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_exception_handler(JobNotFoundError, _not_found)
     app.add_exception_handler(JobStateError, _conflict)
+    for error in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(error, database_unavailable)
+    app.add_middleware(ResponseDeadline)
     for module in (jobs, metrics, checkpoints, logs, health, prometheus, dashboard):
         app.include_router(module.router)
     app.openapi = lambda: _openapi_with_spec(app)  # type: ignore[method-assign]

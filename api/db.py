@@ -15,12 +15,16 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, connect_timeout_s: int = 10, pool_timeout_s: float = 30.0) -> Engine:
+    """The API passes small timeouts (a request must fail fast, with a 503, when the database is down or hung);
+    the worker keeps the defaults."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url, pool_timeout=pool_timeout_s, connect_args={"timeout": 30, "check_same_thread": False}
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     connect_args: dict[str, Any] = {}
@@ -30,14 +34,16 @@ def make_engine(url: str) -> Engine:
             "options": "-c jit=off",
             # A dead server or network must raise, not hang: the supervisor stops its trainer when it cannot
             # renew its lease, and a call that never returns would never get there.
-            "connect_timeout": 10,
+            "connect_timeout": connect_timeout_s,
             "keepalives": 1,
             "keepalives_idle": 10,
             "keepalives_interval": 5,
             "keepalives_count": 3,
             "tcp_user_timeout": 30_000,
         }
-    engine = create_engine(url, pool_size=10, max_overflow=20, connect_args=connect_args)
+    engine = create_engine(
+        url, pool_size=10, max_overflow=20, pool_timeout=pool_timeout_s, connect_args=connect_args
+    )
     event.listen(engine, "checkin", _note_checkin)
     event.listen(engine, "checkout", _ping_if_idle)
     return engine

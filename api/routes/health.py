@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -14,29 +14,33 @@ from api.deps import QueueDep
 from api.schemas import Health
 
 router = APIRouter(tags=["health"])
-DEADLINE_S = 3.0
-# Checks run in their own threads so that a hung connection costs the deadline, not the request.
-_checks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="healthz")
+PARTS = ("database", "broker")
+DEADLINE_S = 3.0  # under the API's response deadline (api/unavailable.py), so /healthz itself always answers
+# Each part is checked in threads of its own, side by side: a hung connection costs the deadline once, never
+# holds one of the request threads (a frozen database may have hung all of those), and checks piling up behind
+# a hung database cannot make the broker look down.
+_checks = {part: ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"healthz-{part}") for part in PARTS}
 
 
 @router.get("/healthz", response_model=Health, responses={503: {"model": Health}})
-def healthz(request: Request, queue: QueueDep) -> JSONResponse:
+async def healthz(request: Request, queue: QueueDep) -> JSONResponse:
     engine = request.app.state.engine
 
     def database() -> None:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
 
-    results = {"database": _run(database), "broker": _run(queue.check)}
+    states = await asyncio.gather(_run("database", database), _run("broker", queue.check))
+    results = dict(zip(PARTS, states, strict=True))
     healthy = all(value == "ok" for value in results.values())
     return JSONResponse(results, status_code=200 if healthy else 503)
 
 
-def _run(check: Callable[[], None]) -> str:
-    future = _checks.submit(check)
+async def _run(part: str, check: Callable[[], None]) -> str:
+    future = asyncio.get_running_loop().run_in_executor(_checks[part], check)
     try:
-        future.result(timeout=DEADLINE_S)
-    except FutureTimeout:
+        await asyncio.wait_for(future, timeout=DEADLINE_S)  # a hung thread is left behind
+    except TimeoutError:
         return f"down: no answer within {DEADLINE_S:.0f} s"
     except Exception as error:
         return f"down: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
