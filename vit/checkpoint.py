@@ -1,7 +1,6 @@
-"""Checkpoints in RUN_DIR/checkpoints: atomic save, keep the newest K, find the latest.
+"""Saving and loading checkpoints (the torch side); their names, layout and discovery belong to vit.rundir.
 
-Layout (docs/contracts.md): step-{step:06d}/{model.safetensors, state.pt, meta.json} and a text file `latest`
-naming the newest directory. A checkpoint is assembled in a temporary directory (each file fsynced, meta.json
+A checkpoint is assembled in a temporary directory (each file fsynced, meta.json
 last) and renamed into place, so a reader sees either no checkpoint or a complete one.
 """
 
@@ -9,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -18,69 +16,24 @@ from typing import Any
 import torch
 from torch import nn
 
+from vit.rundir import (
+    LATEST_FILE,
+    META_FILE,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    atomic_write_text,
+    checkpoint_name,
+    checkpoints_root,
+    complete_checkpoints,
+    fsync_dir,
+    read_json_object,
+)
 from vit.weights import save_weights
-
-CHECKPOINTS_DIR = "checkpoints"
-LATEST_FILE = "latest"
-WEIGHTS_FILE = "model.safetensors"
-STATE_FILE = "state.pt"
-META_FILE = "meta.json"
-NAME_PATTERN = re.compile(r"^step-(\d{6,})$")
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:06d}"
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or new entry in `path` durable (directories are fsynced through a read-only fd)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `path` as a whole or not at all: temporary name in the same directory, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def _step_of(path: Path) -> int | None:
-    match = NAME_PATTERN.match(path.name)
-    return int(match.group(1)) if match else None
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoint directories (with meta.json), oldest first."""
-    root = run_dir / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if _step_of(p) is not None and (p / META_FILE).is_file()]
-    return sorted(found, key=lambda p: _step_of(p) or 0)
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint `latest` names; if that file is missing or stale, the newest complete one."""
-    latest = run_dir / CHECKPOINTS_DIR / LATEST_FILE
-    if latest.is_file():
-        name = latest.read_text().strip()
-        candidate = run_dir / CHECKPOINTS_DIR / name
-        if NAME_PATTERN.match(name) and (candidate / META_FILE).is_file():
-            return candidate
-    complete = list_checkpoints(run_dir)
-    return complete[-1] if complete else None
 
 
 def save_checkpoint(
@@ -93,7 +46,7 @@ def save_checkpoint(
     keep: int,
 ) -> Path:
     """Write step-{step}/ atomically, point `latest` at it, delete all but the newest `keep`."""
-    root = run_dir / CHECKPOINTS_DIR
+    root = checkpoints_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
     tmp = root / f".tmp-{name}"
@@ -130,9 +83,9 @@ def save_checkpoint(
 
 def prune(run_dir: Path, keep: int) -> None:
     """Delete all complete checkpoints but the newest `keep`."""
-    for old in list_checkpoints(run_dir)[:-keep]:
+    for old in complete_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old)
-    fsync_dir(run_dir / CHECKPOINTS_DIR)
+    fsync_dir(checkpoints_root(run_dir))
 
 
 def load_state(checkpoint: Path) -> dict[str, Any]:
@@ -144,7 +97,4 @@ def load_state(checkpoint: Path) -> dict[str, Any]:
 
 
 def read_meta(checkpoint: Path) -> dict[str, Any]:
-    meta = json.loads((checkpoint / META_FILE).read_text())
-    if not isinstance(meta, dict):
-        raise ValueError(f"{checkpoint / META_FILE} is not a JSON object")
-    return meta
+    return read_json_object(checkpoint / META_FILE)

@@ -82,14 +82,14 @@ def all_reduce_sum(ctx: DistContext, values: list[float]) -> list[float]:
     return tensor.tolist()
 
 
-def any_rank(ctx: DistContext, flag: bool) -> bool:
-    """True on every rank when it is true on at least one (e.g. a stop request seen by some ranks)."""
+def max_over_ranks(ctx: DistContext, value: int) -> int:
+    """The largest of every rank's small integer, on every rank (one all-reduce on the control group)."""
     if not ctx.distributed:
-        return flag
+        return value
     on_host = ctx.control_group is not None or ctx.device.type == "cpu"
-    tensor = torch.tensor([1 if flag else 0], dtype=torch.int32, device="cpu" if on_host else ctx.device)
+    tensor = torch.tensor([value], dtype=torch.int32, device="cpu" if on_host else ctx.device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=ctx.control_group)
-    return bool(tensor.item())
+    return int(tensor.item())
 
 
 def gather_objects(ctx: DistContext, obj: Any) -> list[Any]:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from pathlib import Path
 from typing import IO
 
-METRICS_FILE = "metrics.jsonl"
+from vit.rundir import METRICS_FILE, metrics_line
 
 
 class MetricsLog:
@@ -24,11 +21,8 @@ class MetricsLog:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self._file is None:
             return
-        # Non-finite values are not JSON; a diverged loss is written as null so the line stays parseable.
-        values = {key: (float(v) if math.isfinite(v) else None) for key, v in metrics.items()}
-        line = json.dumps({"step": step, "time": time.time(), **values})
         # One write per complete line: a reader following the file never sees half a record as final.
-        self._file.write(line + "\n")
+        self._file.write(metrics_line(step, metrics))
         self._file.flush()
         print(progress_line(step, self.total_steps, metrics), flush=True)
 

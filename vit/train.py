@@ -1,12 +1,17 @@
 """`python -m vit.train SPEC --out RUN_DIR`: train one spec, alone or under torchrun (docs/contracts.md).
 
-Exit codes: 0 done; 1 error (traceback); 2 bad spec or data (one line on stderr); 75 stopped by SIGTERM/SIGINT
-after saving a checkpoint. Rerunning the same command resumes from RUN_DIR/checkpoints/latest.
+Exit codes (vit.rundir): 0 done; 1 error (traceback); 2 bad spec or data (one line on stderr); 74 fenced (run as
+`--attempt N`, attempt N's lease ran out: stopped without saving); 75 stopped by SIGTERM/SIGINT after saving a
+checkpoint. Rerunning the same command resumes from RUN_DIR/checkpoints/latest.
+
+The trainer holds RUN_DIR/trainer.lock while it runs: a second trainer on the same directory waits for it (under
+a supervisor, while its own lease is valid) or refuses to start (from a shell).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import traceback
@@ -17,15 +22,12 @@ from types import FrameType
 import pydantic
 import yaml
 
+from vit import rundir
 from vit.config import JobSpec, load_spec
 from vit.data import DataError
 from vit.distributed import DistContext, setup, teardown
-from vit.trainer import SpecError, StopRequest, Trainer
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped on request, resumable
+from vit.rundir import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_FENCED, EXIT_INTERRUPTED, EXIT_OK
+from vit.trainer import Fence, Fenced, SpecError, StopRequest, Trainer
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -33,6 +35,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("spec", type=Path, help="YAML or JSON training spec")
     parser.add_argument(
         "--out", type=Path, required=True, help="run directory (resumes if it has checkpoints)"
+    )
+    parser.add_argument(
+        "--attempt",
+        type=int,
+        help="run as attempt N of a service job: stop without saving once RUN_DIR/lease-N.json runs out",
     )
     return parser.parse_args(argv)
 
@@ -86,17 +93,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Installed first: a stop during start-up still ends in a checkpoint at the first step boundary.
     stop = StopRequest()
     stopper = _StopOnSignal(stop)
+    fence = Fence(args.out, args.attempt)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        if int(os.environ.get("RANK", "0")) != 0:
+            return _run(args, stop, fence)  # rank 0 alone holds the lock and writes the run directory
+        # Under a supervisor, wait for a predecessor that is still stopping; from a shell, never share.
+        keep_waiting = fence.held if args.attempt is not None else lambda: False
+        with rundir.trainer_lock(args.out, keep_waiting=keep_waiting) as locked:
+            if not locked:
+                if args.attempt is not None:
+                    print("lease ran out while waiting for the run directory", file=sys.stderr, flush=True)
+                    return EXIT_FENCED
+                print(f"error: another trainer is running in {args.out}", file=sys.stderr, flush=True)
+                return EXIT_BAD_INPUT
+            # Only the lock holder may cut the history back: lines past the checkpoint it resumes from would
+            # repeat the steps it trains again.
+            rundir.rewind_metrics(args.out, rundir.latest_checkpoint_step(args.out))
+            return _run(args, stop, fence)
+    finally:
+        stopper.restore()
+
+
+def _run(args: argparse.Namespace, stop: StopRequest, fence: Fence) -> int:
     ctx: DistContext | None = None
     trainer: Trainer | None = None
     clean = False
     try:
         spec = read_spec(args.spec)
         ctx = setup(spec.resources.device)
-        args.out.mkdir(parents=True, exist_ok=True)
-        trainer = Trainer(spec, args.out, ctx, stop=stop)
+        trainer = Trainer(spec, args.out, ctx, stop=stop, fence=fence)
+        resumed_from = trainer.restore()
+        if args.attempt is not None and ctx.is_main:
+            rundir.record_attempt_start(args.out, args.attempt, resumed_from)
         finished = trainer.train()
         clean = True
         return EXIT_OK if finished else EXIT_INTERRUPTED
+    except Fenced:
+        clean = True
+        return EXIT_FENCED
     except (SpecError, DataError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
@@ -104,7 +139,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         return EXIT_ERROR
     finally:
-        stopper.restore()
         if trainer is not None:
             trainer.close()
         if ctx is not None:

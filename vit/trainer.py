@@ -19,18 +19,24 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from vit import checkpoint, rng
+from vit import checkpoint, rng, rundir
+from vit.compile import compile_for_training, wanted
 from vit.config import JobSpec
-from vit.data import build_datasets, build_loader, set_epoch
+from vit.data import build_datasets, build_loader, set_epoch, training_augmentation
+from vit.data.device_batches import build_train_batches
 from vit.data.splits import subset_indices
-from vit.distributed import DistContext, all_reduce_sum, any_rank, gather_objects
+from vit.distributed import DistContext, all_reduce_sum, gather_objects, max_over_ranks
 from vit.evaluate import few_shot_eval, top1
+from vit.flops import Peak, device_peak, training_flops_per_image
 from vit.metrics_log import MetricsLog
 from vit.model import VisionTransformer, create_model
 from vit.optim import build_optimizer, build_scheduler, load_training_state
+from vit.precision import UnsupportedPrecision, autocast, check_supported, convert_to_fp8
 from vit.weights import load_pretrained
 
-SPEC_FILE = "spec.json"
+# What the ranks agree to do at a step boundary (the largest wish wins): go on, checkpoint and stop, or stop at
+# once without saving because this attempt's lease ran out (a successor may be about to take the run directory).
+GO_ON, STOP_AND_SAVE, STOP_FENCED = 0, 1, 2
 
 
 class SpecError(ValueError):
@@ -44,7 +50,35 @@ class StopRequest:
         self.requested = False
 
 
+class Fence:
+    """This attempt's lease as the trainer sees it: held while its supervisor keeps renewing RUN_DIR's lease
+    file for it. Read at most once a second; a trainer without a supervisor (`vitq train`) is never fenced."""
+
+    CHECK_EVERY_S = 1.0
+
+    def __init__(self, run_dir: Path, attempt: int | None) -> None:
+        self.run_dir = run_dir
+        self.attempt = attempt
+        self._checked_at = 0.0
+        self._held = True
+
+    def held(self) -> bool:
+        if self.attempt is None or not self._held:
+            return self._held
+        now = time.monotonic()
+        if now - self._checked_at >= self.CHECK_EVERY_S:
+            self._checked_at = now
+            self._held = rundir.lease_valid(self.run_dir, self.attempt)
+        return self._held
+
+
+class Fenced(Exception):
+    """The lease ran out: the trainer stopped without saving (exit code rundir.EXIT_FENCED)."""
+
+
 class Trainer:
+    """Build with the constructor, then call `restore()` (resume or initial weights), then `train()`."""
+
     def __init__(
         self,
         spec: JobSpec,
@@ -52,6 +86,7 @@ class Trainer:
         ctx: DistContext,
         *,
         stop: StopRequest | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.spec = spec.resolved()
         self.run_dir = run_dir
@@ -62,64 +97,75 @@ class Trainer:
         self.epoch = 0
         self.batch = 0
         self.stop = stop or StopRequest()
-        train_spec = self.spec.train
+        self.fence = fence or Fence(run_dir, None)
+        self.per_rank_batch, self.micro_batch = self._batch_split()
+        self.accumulation = self.per_rank_batch // self.micro_batch
+        # Same seed on every rank before building the model: identical initial weights (DDP broadcasts anyway).
+        rng.seed_everything(self.spec.train.seed)
+        self._build_data()
+        self.model: VisionTransformer = create_model(
+            self.spec.model.variant, num_classes=self.num_classes, **self.spec.model.create_kwargs()
+        )
+        self.model.to(ctx.device)
+        self._set_precision()
+        self.optimizer = build_optimizer(self.model, self.spec.optim, ctx.device)
+        self.scheduler = build_scheduler(self.optimizer, self.spec.optim, self.total_steps)
+        self.ddp: nn.Module = self.model  # wrapped for DDP by restore(), once the weights are final
+        self.restored = False
+        self.metrics = MetricsLog(run_dir, enabled=ctx.is_main, total_steps=self.total_steps)
+        if ctx.is_main:
+            rundir.atomic_write_text(run_dir / rundir.SPEC_FILE, self.spec.model_dump_json(indent=2) + "\n")
 
-        world = ctx.world_size
+    def restore(self) -> int | None:
+        """Resume from the run directory's latest checkpoint, or start from `init` weights (or from scratch).
+        Returns the step resumed from, None for a fresh start."""
+        resume_from = rundir.latest_checkpoint(self.run_dir)
+        if resume_from is not None:
+            self._resume(resume_from)
+        else:
+            if self.spec.init is not None:
+                self._load_init_weights()
+            # Distinct streams per rank from here on (dropout, augmentation in the main process).
+            rng.seed_everything(self.spec.train.seed + self.ctx.rank)
+        if self.ctx.distributed:
+            device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.restored = True
+        return self.step if resume_from is not None else None
+
+    # ----------------------------------------------------------------------------------------------- building
+    def _batch_split(self) -> tuple[int, int]:
+        """(this rank's share of the global batch, micro batch size)."""
+        train_spec, world = self.spec.train, self.ctx.world_size
         if train_spec.batch_size % world:
             raise SpecError(f"train.batch_size {train_spec.batch_size} is not divisible by {world} processes")
-        self.per_rank_batch = train_spec.batch_size // world
-        self.micro_batch = train_spec.micro_batch_size or self.per_rank_batch
-        if self.per_rank_batch % self.micro_batch:
-            raise SpecError(
-                f"the per-process batch {self.per_rank_batch} is not a multiple of micro_batch_size {self.micro_batch}"
-            )
-        self.accumulation = self.per_rank_batch // self.micro_batch
+        per_rank = train_spec.batch_size // world
+        micro = train_spec.micro_batch_size or per_rank
+        if per_rank % micro:
+            raise SpecError(f"the per-process batch {per_rank} is not a multiple of micro_batch_size {micro}")
+        return per_rank, micro
 
-        # Same seed on every rank before building the model: identical initial weights (DDP broadcasts anyway).
-        rng.seed_everything(train_spec.seed)
+    def _build_data(self) -> None:
+        train_spec = self.spec.train
         datasets = build_datasets(self.spec.data, image_size=self.spec.model.image_size, seed=train_spec.seed)
         self.num_classes = datasets.num_classes
-        self.train_loader = build_loader(
+        # In-memory datasets are batched and augmented on the training device; file datasets by CPU workers.
+        self.train_loader = build_train_batches(
             datasets.train,
             batch_size=self.per_rank_batch,
-            shuffle=True,
+            image_size=self.spec.model.image_size,
+            augmentation=training_augmentation(self.spec.data),
             seed=train_spec.seed,
             num_workers=self.spec.data.num_workers,
-            drop_last=True,
-            rank=ctx.rank,
-            world_size=world,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+            device=self.ctx.device,
         )
         set_epoch(self.train_loader, 0)
         self.batches_per_epoch = len(self.train_loader)
         self.val_loader = self._eval_loader(datasets.val)
         self.few_shot_loader = self._few_shot_loader() if self.spec.eval.few_shot else None
 
-        self.model: VisionTransformer = create_model(
-            self.spec.model.variant, num_classes=datasets.num_classes, **self.spec.model.create_kwargs()
-        )
-        resume_from = checkpoint.latest_checkpoint(run_dir)
-        if resume_from is None and self.spec.init is not None:
-            self._load_init_weights()
-        self.model.to(ctx.device)
-        self.optimizer = build_optimizer(self.model, self.spec.optim, ctx.device)
-        self.scheduler = build_scheduler(self.optimizer, self.spec.optim, self.total_steps)
-        if resume_from is not None:
-            self._resume(resume_from)
-        else:
-            # Distinct streams per rank from here on (dropout, augmentation in the main process).
-            rng.seed_everything(train_spec.seed + ctx.rank)
-        self.ddp: nn.Module = (
-            DistributedDataParallel(
-                self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
-            )
-            if ctx.distributed
-            else self.model
-        )
-        self.metrics = MetricsLog(run_dir, enabled=ctx.is_main, total_steps=self.total_steps)
-        if ctx.is_main:
-            checkpoint.atomic_write_text(run_dir / SPEC_FILE, self.spec.model_dump_json(indent=2) + "\n")
-
-    # ----------------------------------------------------------------------------------------------- building
     def _eval_loader(
         self, dataset: Dataset[tuple[torch.Tensor, int]]
     ) -> DataLoader[tuple[torch.Tensor, int]]:
@@ -156,7 +202,7 @@ class Trainer:
         self._say(f"initialized from {report.source} ({resized or 'no resize'}; new zero-initialized head)")
 
     def _resume(self, path: Path) -> None:
-        self.model.load_state_dict(load_file(str(path / checkpoint.WEIGHTS_FILE)), strict=True)
+        self.model.load_state_dict(load_file(str(path / rundir.WEIGHTS_FILE)), strict=True)
         self.load_state_dict(checkpoint.load_state(path))
         meta = checkpoint.read_meta(path)
         if meta.get("spec") != self.spec.model_dump(mode="json"):
@@ -198,18 +244,19 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------- loop
     def train(self) -> bool:
         """Train to train.steps; False if stopped early by the stop request (a checkpoint was saved)."""
+        if not self.restored:
+            raise RuntimeError("Trainer.restore() must run before train()")
         spec = self.spec.train
         if self.step >= self.total_steps:
             self._say(f"already complete at step {self.step}")
             return True
+        self._prepare_speed()
         window = _Window()
         while self.step < self.total_steps:
             set_epoch(self.train_loader, self.epoch, skip_batches=self.batch)
             batches = iter(self.train_loader)
             while self.step < self.total_steps:
-                if any_rank(self.ctx, self.stop.requested):
-                    self._say(f"stop requested: saving a checkpoint at step {self.step}")
-                    self.save_checkpoint()
+                if self._stop_now():
                     return False
                 started = time.perf_counter()
                 try:
@@ -230,6 +277,19 @@ class Trainer:
                     self.save_checkpoint()
             self.epoch, self.batch = self.epoch + 1, 0
         return True
+
+    def _stop_now(self) -> bool:
+        """At a step boundary: checkpoint and stop when asked to; raise Fenced when the lease ran out."""
+        wish = STOP_FENCED if not self.fence.held() else STOP_AND_SAVE if self.stop.requested else GO_ON
+        agreed = max_over_ranks(self.ctx, wish)
+        if agreed == STOP_FENCED:
+            self._say(f"lease lost at step {self.step}: stopping without saving (the job is someone else's now)")
+            raise Fenced
+        if agreed == STOP_AND_SAVE:
+            self._say(f"stop requested: saving a checkpoint at step {self.step}")
+            self.save_checkpoint()
+            return True
+        return False
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over this rank's batch; returns (mean loss, grad norm) as device tensors."""
@@ -266,25 +326,59 @@ class Trainer:
         return total_loss / self.accumulation, grad_norm.detach()
 
     def _autocast(self) -> AbstractContextManager[Any]:
-        enabled = self.spec.train.precision == "bf16"
-        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=enabled)
+        return autocast(self.spec.train.precision, self.ctx.device)
+
+    def _set_precision(self) -> None:
+        """Refuse a precision the device cannot run; fp8: Linear layers to float8 (vit.precision)."""
+        try:
+            check_supported(self.spec.train.precision, self.ctx.device)
+        except UnsupportedPrecision as error:
+            raise SpecError(str(error)) from None
+        if self.spec.train.precision == "fp8":
+            layers = convert_to_fp8(self.model)
+            self._say(f"fp8: {len(layers)} Linear layers train in float8, the rest in bf16")
+
+    def _prepare_speed(self) -> None:
+        """Before the first step: the peak MFU is measured against, and train.compile (vit.compile), whose time
+        goes into the first train line as compile_s, outside every images/s interval."""
+        self.peak: Peak = device_peak(self.ctx.device)
+        self.flops_per_image = training_flops_per_image(self.model.cfg)
+        gflop, tflops = self.flops_per_image / 1e9, self.peak.flops_per_s / 1e12
+        self._say(f"mfu: {gflop:.2f} GFLOP per training image; peak {tflops:.3g} TFLOP/s, {self.peak.source}")
+        self.first_line_extras: dict[str, float] = {}
+        if not wanted(self.spec.train.compile, self.ctx.device):
+            return
+        size = self.spec.model.image_size
+        images = torch.zeros(self.micro_batch, 3, size, size, device=self.ctx.device)
+        labels = torch.zeros(self.micro_batch, dtype=torch.int64, device=self.ctx.device)
+        compiled = compile_for_training(self.ddp, images=images, labels=labels, autocast=self._autocast)
+        self.ddp = compiled.module
+        if compiled.error is None:
+            self._say(f"torch.compile: compiled in {compiled.seconds:.1f} s")
+        else:
+            self._say(f"warning: torch.compile failed, training eager: {compiled.error}")
+        self.first_line_extras = {"compile_s": compiled.seconds}
 
     def _log_train(self, window: _Window) -> None:
         loss_sum, norm_sum, seconds = window.totals()
         loss_sum, norm_sum, seconds_sum = all_reduce_sum(self.ctx, [loss_sum, norm_sum, seconds])
         ranks = self.ctx.world_size
         images = window.steps * self.spec.train.batch_size
+        # Mean time per rank: ranks run in lockstep, so it is the interval's wall time.
+        images_per_s = images / max(seconds_sum / ranks, 1e-9)
         self.metrics.log(
             self.step,
             {
                 "loss": loss_sum / (window.steps * ranks),
                 "lr": float(self.scheduler.get_last_lr()[0]),
                 "grad_norm": norm_sum / (window.steps * ranks),
-                # Mean time per rank: ranks run in lockstep, so it is the interval's wall time.
-                "images_per_s": images / max(seconds_sum / ranks, 1e-9),
+                "images_per_s": images_per_s,
                 "epoch": self.epoch + self.batch / self.batches_per_epoch,
+                "mfu": images_per_s * self.flops_per_image / (self.peak.flops_per_s * ranks),
+                **self.first_line_extras,
             },
         )
+        self.first_line_extras = {}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 from tests.vit.tiny_specs import TINY_MODEL
-from vit import checkpoint
+from vit import checkpoint, rundir
 from vit.model import create_model
 from vit.train import main
 from vit.weights import load_pretrained
@@ -37,7 +37,7 @@ def test_keeps_the_newest_k_and_points_latest_at_the_newest(tmp_path: Path) -> N
     root = tmp_path / "checkpoints"
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000020", "step-000030"]
     assert (root / "latest").read_text() == "step-000030\n"
-    assert checkpoint.latest_checkpoint(tmp_path) == root / "step-000030"
+    assert rundir.latest_checkpoint(tmp_path) == root / "step-000030"
     assert sorted(p.name for p in (root / "step-000030").iterdir()) == [
         "meta.json",
         "model.safetensors",
@@ -57,7 +57,7 @@ def test_state_loads_with_weights_only(tmp_path: Path) -> None:
 def test_saving_the_same_step_again_replaces_it(tmp_path: Path) -> None:
     first = _save(tmp_path, 7, keep=3)
     second = _save(tmp_path, 7, keep=3)
-    assert first == second and checkpoint.list_checkpoints(tmp_path) == [second]
+    assert first == second and rundir.complete_checkpoints(tmp_path) == [second]
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
@@ -68,18 +68,18 @@ def test_incomplete_directories_are_never_taken_for_checkpoints(tmp_path: Path) 
     (root / ".tmp-step-000020").mkdir()
     (root / "step-000030").mkdir()
     (root / "step-000030" / "model.safetensors").write_bytes(b"partial")
-    assert checkpoint.list_checkpoints(tmp_path) == [root / "step-000010"]
+    assert rundir.complete_checkpoints(tmp_path) == [root / "step-000010"]
     # A `latest` naming a missing or incomplete directory falls back to the newest complete one.
     (root / "latest").write_text("step-000030\n")
-    assert checkpoint.latest_checkpoint(tmp_path) == root / "step-000010"
+    assert rundir.latest_checkpoint(tmp_path) == root / "step-000010"
     # The next save clears the leftover temporary directory of its own step.
     _save(tmp_path, 20, keep=3)
     assert not (root / ".tmp-step-000020").exists()
-    assert checkpoint.latest_checkpoint(tmp_path) == root / "step-000020"
+    assert rundir.latest_checkpoint(tmp_path) == root / "step-000020"
 
 
 def test_no_checkpoint_in_an_empty_run_dir(tmp_path: Path) -> None:
-    assert checkpoint.latest_checkpoint(tmp_path) is None
+    assert rundir.latest_checkpoint(tmp_path) is None
 
 
 @pytest.fixture(scope="module")

@@ -83,6 +83,7 @@ def test_resume_continues_exactly_like_straight_training(
 
     resumed.mkdir()
     trainer = Trainer(load_spec(spec), resumed, setup("cpu"))
+    assert trainer.restore() is None
     trainer.stop = _StopAtStep(trainer, 7)
     assert trainer.train() is False
     trainer.close()
