@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,11 @@ from vit.config import JobSpec
 
 JSON_TYPES = ("application/json",)
 YAML_TYPES = ("application/yaml", "text/yaml", "application/x-yaml")  # documented; any non-JSON type is YAML
+# A spec nests a few levels deep; parsers recurse once per level, and a body of 10,000 brackets would exhaust
+# Python's stack (a RecursionError: a 500, then a dropped connection). Checked before the recursive parse.
+MAX_DEPTH = 32
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
 
 
 def spec_error(loc: tuple[str | int, ...], msg: str, kind: str = "value_error") -> RequestValidationError:
@@ -39,9 +45,18 @@ async def read_body(request: Request, *, limit: int) -> bytes:
 
 
 def parse_spec(body: bytes, content_type: str) -> JobSpec:
+    return check_spec(load_document(body, content_type))
+
+
+def load_document(body: bytes, content_type: str) -> Any:
+    """The body as JSON (for a JSON content type) or as YAML without aliases; 422 when it is neither."""
     media_type = content_type.split(";", 1)[0].strip().lower()
     # YAML is a superset of JSON, so any other type (curl's default form type included) is read as YAML.
-    data = _load_json(body) if media_type in JSON_TYPES else _load_yaml(body)
+    return _load_json(body) if media_type in JSON_TYPES else _load_yaml(body)
+
+
+def check_spec(data: Any) -> JobSpec:
+    """`data` validated as a JobSpec the service can run; 422 naming each bad field otherwise."""
     if not isinstance(data, dict):
         raise spec_error((), "a spec is a mapping with at least `kind: pretrain` or `kind: finetune`")
     try:
@@ -59,6 +74,7 @@ def parse_spec(body: bytes, content_type: str) -> JobSpec:
 
 
 def _load_json(body: bytes) -> Any:
+    _check_json_depth(body)
     try:
         return json.loads(body)
     except json.JSONDecodeError as error:
@@ -71,16 +87,40 @@ def _load_json(body: bytes) -> Any:
         raise spec_error((), "the body is not UTF-8 text", "json_invalid") from None
 
 
+def _check_json_depth(body: bytes) -> None:
+    """Count bracket depth over the bytes with strings blanked out: no recursion, whatever the nesting."""
+    depth = 0
+    skeleton = _JSON_STRING.sub(b'""', body)  # JSON strings hold no raw newline: line numbers are kept
+    for bracket in _JSON_BRACKET.finditer(skeleton):
+        depth += 1 if bracket[0] in b"[{" else -1
+        if depth > MAX_DEPTH:
+            line = skeleton.count(b"\n", 0, bracket.start()) + 1
+            raise spec_error((), f"nested deeper than {MAX_DEPTH} levels (at line {line})", "too_deep")
+
+
 class _SpecLoader(yaml.SafeLoader):
     """Safe YAML without aliases: `*name` shares one object many times over, so a few hundred bytes can stand for
-    billions of values that validation and the error report would then walk (a "billion laughs" body)."""
+    billions of values that validation and the error report would then walk (a "billion laughs" body).
+
+    And no deeper than MAX_DEPTH: PyYAML's scanner and parser are state machines, only the composer recurses
+    (once per level, flow `[[[` and block indentation alike), so counting its levels stops the recursion early."""
+
+    depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             raise yaml.composer.ComposerError(
                 None, None, "aliases (*name) are not allowed in a spec", self.peek_event().start_mark
             )
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
+            )
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def _load_yaml(body: bytes) -> Any:
@@ -103,6 +143,14 @@ def confine_paths(spec: JobSpec, settings: Settings) -> JobSpec:
         updates["data"] = spec.data.model_copy(update={"root": root})
     if spec.init is not None and spec.init.weights is not None:
         weights = _confined(spec.init.weights, settings, ("init", "weights"))
+        if not Path(weights).exists():
+            # Refused now: accepted, the job could only fail seconds later when its trainer looks.
+            raise spec_error(
+                ("init", "weights"),
+                f"no weights at {weights} (a weights file, checkpoint or run directory under the data or storage "
+                "directory); to start from a job of this service, set init.from_job instead",
+                "weights_not_found",
+            )
         updates["init"] = spec.init.model_copy(update={"weights": weights})
     return spec.model_copy(update=updates) if updates else spec
 

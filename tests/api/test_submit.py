@@ -137,7 +137,10 @@ def test_unknown_checkpoint_of_a_succeeded_parent_is_rejected(api: Api) -> None:
         session.add(Checkpoint(job_id=parent["id"], name="step-000040", step=40, size_bytes=1))
         session.commit()
     api.sent_job_ids()
-    spec = {"kind": "finetune", "init": {"from_job": parent["id"], "checkpoint": "step-000010"}}
+    spec: dict[str, Any] = {
+        "kind": "finetune",
+        "init": {"from_job": parent["id"], "checkpoint": "step-000010"},
+    }
     response = _post(api, json.dumps(spec))
     assert response.status_code == 422
     (error,) = response.json()["detail"]
@@ -218,8 +221,22 @@ def test_paths_inside_the_data_and_storage_dirs_are_stored_resolved(api: Api) ->
     job = submit(api, data={"dataset": "imagefolder", "root": "images"})
     assert job["spec"]["data"]["root"] == os.path.realpath(api.settings.resolved_data_dir / "images")
     weights = api.settings.resolved_storage / "jobs" / "1"
+    weights.mkdir(parents=True)
     child = submit(api, {"kind": "finetune", "init": {"weights": str(weights)}})
     assert child["spec"]["init"]["weights"] == os.path.realpath(weights)
+
+
+def test_weights_that_do_not_exist_are_422_at_submit(api: Api) -> None:
+    # examples/digits-finetune.yaml names runs/pre: a local run directory the service does not have.
+    response = _post(api, json.dumps({"kind": "finetune", "init": {"weights": "runs/pre"}}))
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "init", "weights"]
+    assert error["msg"].startswith(
+        f"no weights at {os.path.realpath(api.settings.resolved_data_dir / 'runs/pre')} "
+    )
+    assert "init.from_job" in error["msg"]
+    _assert_nothing_stored(api)
 
 
 def test_job_is_stored_and_201_when_the_broker_is_down(api: Api) -> None:
