@@ -88,8 +88,10 @@ def measured_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
     key = (str(device), dtype)
     if key not in _measured:
         size, reps = (8192, 50) if device.type == "cuda" else (1024, 10)
-        a = torch.randn(size, size, device=device, dtype=dtype)
-        b = torch.randn(size, size, device=device, dtype=dtype)
+        # Its own generator: measuring must not move the training's random streams.
+        generator = torch.Generator(device).manual_seed(0)
+        a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+        b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
         a @ b  # first call: allocation, library initialisation
         _sync(device)
         start = time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vit import flops
 from vit.flops import datasheet_bf16_tflops, device_peak, forward_flops, training_flops_per_image
 from vit.model import model_config
 
@@ -45,3 +46,11 @@ def test_the_cpu_peak_is_a_measured_fp32_matmul() -> None:
     assert peak.source.startswith("measured fp32 matmul, CPU")
     # Any CPU this runs on does between 1 GFLOP/s and 100 TFLOP/s of fp32 matmul.
     assert 1e9 < peak.flops_per_s < 1e14
+
+
+def test_measuring_the_peak_leaves_the_random_streams_alone() -> None:
+    # A trainer measures before its first step: drawing from the global generator would change the run.
+    flops._measured.clear()
+    before = torch.get_rng_state()
+    device_peak(torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), before)
