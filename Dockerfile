@@ -1,39 +1,70 @@
-# One image for the api, migrate and worker services.
-#
-# Base: python:3.11-slim plus torch's default Linux wheel from PyPI, which already bundles the CUDA runtime,
-# cuDNN and NCCL (as nvidia-* wheels). The GPU host needs only the NVIDIA driver and the container toolkit,
-# so a multi-gigabyte nvidia/cuda base image would only duplicate those libraries. For a CPU-only image
-# (smaller, e.g. for the api alone) build with --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-FROM python:3.11-slim
+# Two images from one Dockerfile, every layer they share built once:
+#   --target api     the API, the CLI and migrations: no torch (api/ never imports it)
+#   --target worker  the same plus the trainer's packages: torch's default Linux wheel from PyPI, which bundles
+#                    the CUDA runtime, cuDNN and NCCL, so a GPU host needs only the driver and the NVIDIA
+#                    container toolkit. For a CPU-only worker (about 5 GB smaller) build with
+#                    --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Layer order: dependencies (from a requirements file generated from pyproject.toml's dependency list alone),
+# then the source, so a source or README change rebuilds only the last, seconds-long layers.
+# PIP_INDEX_URL / PIP_EXTRA_INDEX_URL / PIP_TRUSTED_HOST build arguments point pip at a mirror (an offline
+# host's local index).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-ARG TORCH_INDEX_URL=""
+FROM ${PYTHON_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     VITQ_HOME=/var/lib/vitq \
     VITQ_STORAGE=/var/lib/vitq/storage \
     VITQ_DATA_DIR=/data
-
+# Owned by vitq in the image, so an empty named volume mounted here starts owned by vitq too.
+RUN useradd --create-home --uid 1000 vitq \
+    && mkdir -p /var/lib/vitq/storage /data \
+    && chown -R vitq:vitq /var/lib/vitq /data
 WORKDIR /app
 
-# Dependencies first, from pyproject.toml alone, so code changes do not reinstall torch.
-COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /tmp/requirements.txt
+FROM base AS requirements
+COPY pyproject.toml deploy/image/requirements.py /tmp/
+RUN python /tmp/requirements.py /tmp/pyproject.toml /requirements
 
-COPY api ./api
-COPY vit ./vit
-COPY worker ./worker
-COPY migrations ./migrations
-COPY examples ./examples
+FROM base AS api-deps
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
+RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=bind,from=requirements,source=/requirements,target=/requirements \
+    pip install -r /requirements/api.txt
+
+FROM api-deps AS worker-deps
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
+ARG TORCH_INDEX_URL=""
+RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=bind,from=requirements,source=/requirements,target=/requirements \
+    pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /requirements/worker.txt
+
+# The source alone, as one layer to copy into both images.
+FROM scratch AS source
+COPY pyproject.toml README.md alembic.ini /app/
+COPY api /app/api
+COPY vit /app/vit
+COPY worker /app/worker
+COPY migrations /app/migrations
+COPY examples /app/examples
+COPY deploy/image/entrypoint.sh deploy/image/worker_alive.py /app/deploy/image/
+
 # Editable: the code runs from /app, next to migrations/ and examples/ (the dashboard offers the examples).
-RUN pip install --no-deps -e . \
-    && useradd --create-home --uid 1000 vitq \
-    && mkdir -p /var/lib/vitq/storage /data \
-    && chown -R vitq /var/lib/vitq /data
-
-USER vitq
+FROM api-deps AS api
+COPY --from=source /app /app
+RUN pip install --no-deps --no-build-isolation --no-cache-dir -e . && python -c "import api.app, api.cli"
 EXPOSE 8000
+ENTRYPOINT ["/app/deploy/image/entrypoint.sh"]
 CMD ["vitq", "serve", "--no-worker", "--host", "0.0.0.0", "--port", "8000"]
+
+FROM worker-deps AS worker
+COPY --from=source /app /app
+RUN pip install --no-deps --no-build-isolation --no-cache-dir -e . && python -c "import worker.tasks, vit.train"
+ENTRYPOINT ["/app/deploy/image/entrypoint.sh"]
+CMD ["python", "-m", "worker", "--concurrency", "1"]

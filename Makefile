@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint services
+.PHONY: serve test lint services compose-test
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -25,3 +25,8 @@ lint: $(STAMP)
 
 test: $(STAMP) services lint
 	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -rs --durations=15
+
+# docker compose up --build, a job, two workers, down -v (tests/compose). Needs a Docker engine with Compose v2;
+# on a machine without Docker Hub, run ../shared/tools/local-docker.sh first (base image stand-ins).
+compose-test: $(STAMP)
+	$(VENV)/bin/pytest -q -rs -m compose tests/compose

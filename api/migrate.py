@@ -1,14 +1,24 @@
 """Bring a database to the newest schema, in code: `vitq serve`, the compose migrate step and tests call
-`upgrade(url)`; `alembic upgrade head` from the repository does the same."""
+`upgrade(url)`; `alembic upgrade head` from the repository does the same. `python -m api.migrate` (the compose
+migrate service) first waits for the database to accept connections: a container that reports healthy may
+not be reachable over the network yet."""
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from api.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+WAIT_SECONDS = 60.0
+log = logging.getLogger(__name__)
 
 
 def alembic_config(database_url: str) -> Config:
@@ -25,3 +35,38 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def downgrade(database_url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(database_url), revision)
+
+
+def wait_for_database(database_url: str, timeout_s: float = WAIT_SECONDS, interval_s: float = 1.0) -> None:
+    """Return once `SELECT 1` succeeds; raise the last connection error after timeout_s."""
+    engine = create_engine(database_url, connect_args=_short_connect(database_url))
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                with engine.connect() as connection:
+                    connection.execute(text("SELECT 1"))
+                return
+            except OperationalError as error:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("database not ready (%s); retrying", str(error.orig).strip().splitlines()[0])
+                time.sleep(interval_s)
+    finally:
+        engine.dispose()
+
+
+def _short_connect(database_url: str) -> dict[str, int]:
+    return {"connect_timeout": 5} if database_url.startswith("postgresql") else {}
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    url = get_settings().resolved_database_url
+    wait_for_database(url)
+    upgrade(url)
+    log.info("database at the newest schema")
+
+
+if __name__ == "__main__":
+    main()
