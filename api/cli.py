@@ -11,7 +11,6 @@ import argparse
 import csv
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -42,22 +41,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.local_worker import LocalWorker
     from api.logging_setup import configure_logging, json_requested
     from api.migrate import upgrade
     from api.settings import get_settings
-    from worker.launch import term_when_parent_dies
 
     configure_logging(args.log_level)
     settings = get_settings()
     for directory in (settings.home, settings.resolved_storage, settings.resolved_data_dir):
         directory.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
-    # The worker stops with serve, even when serve is killed and cannot stop it (parent-death signal).
-    worker = (
-        None
-        if args.no_worker
-        else subprocess.Popen([sys.executable, "-m", "worker"], preexec_fn=term_when_parent_dies)
-    )
+    worker = None if args.no_worker else LocalWorker()
     # uvicorn handles SIGINT; SIGTERM must end it the same way so the worker below is always stopped.
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     print(f"vitq: serving http://{args.host}:{args.port}/ (data in {settings.home})", flush=True)
@@ -73,23 +67,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     finally:
         if worker is not None:
-            _stop(worker)
+            worker.stop()
     return EXIT_OK
-
-
-# More than the worker gives its trainer to save a checkpoint after SIGTERM (worker.supervisor's
-# STOP_GRACE_SECONDS): killed sooner, the worker could not hand its job back, which would wait out a lease.
-WORKER_STOP_GRACE_SECONDS = 90.0
-
-
-def _stop(process: subprocess.Popen[bytes], grace_seconds: float = WORKER_STOP_GRACE_SECONDS) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(grace_seconds)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def cmd_worker(_args: argparse.Namespace) -> int:
@@ -121,9 +100,39 @@ def read_spec(path: str) -> str:
     return text
 
 
+def apply_overrides(text: str, *, from_job: int | None, settings: Sequence[str]) -> str | dict[str, Any]:
+    """The spec with `--from-job` (init becomes {from_job: ID}, replacing a local init.weights) and each
+    `--set key=value` applied (dotted key, YAML value: 0.01, true, [1, 5], "text"); the text itself when none."""
+    if from_job is None and not settings:
+        return text  # sent as written, so the server's errors point into the user's own lines
+    data: dict[str, Any] = yaml.safe_load(text)
+    if from_job is not None:
+        data["init"] = {"from_job": from_job}
+    for setting in settings:
+        key, equals, raw = setting.partition("=")
+        if not equals or not key or any(not part for part in key.split(".")):
+            raise UsageError(f"--set {setting!r}: expected key=value with a dotted key, e.g. optim.lr=0.01")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise UsageError(
+                f"--set {setting!r}: the value is not valid YAML: {str(exc).splitlines()[0]}"
+            ) from exc
+        *sections, leaf = key.split(".")
+        node = data
+        for depth, section in enumerate(sections):
+            if node.get(section) is None:
+                node[section] = {}
+            node = node[section]
+            if not isinstance(node, dict):
+                raise UsageError(f"--set {setting!r}: {'.'.join(sections[: depth + 1])} is not a section")
+        node[leaf] = value
+    return data
+
+
 def cmd_submit(args: argparse.Namespace, client: VitqClient) -> int:
     try:
-        job = client.submit(read_spec(args.spec))
+        job = client.submit(apply_overrides(read_spec(args.spec), from_job=args.from_job, settings=args.set))
     except VitqError as exc:
         if exc.status_code == 422:
             raise UsageError(f"{args.spec}: {exc}") from exc
@@ -319,6 +328,19 @@ def build_parser() -> argparse.ArgumentParser:
     submit = commands.add_parser("submit", help="submit a YAML/JSON spec")
     submit.add_argument("spec")
     submit.add_argument("-f", "--follow", action="store_true", help="show progress until the job ends")
+    submit.add_argument(
+        "--from-job",
+        type=int,
+        metavar="ID",
+        help="fine-tune from this job's checkpoint: init becomes {from_job: ID} (replacing init.weights)",
+    )
+    submit.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec field, dotted key and YAML value (repeatable): --set optim.lr=0.01",
+    )
     submit.set_defaults(call=cmd_submit)
     ls = commands.add_parser("ls", help="list jobs, newest first")
     ls.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from api.cli import UsageError, apply_overrides
 from api.client import VitqClient, VitqError
 from tests.cli.service import VITQ, Service, free_port, service_env, tiny_spec, wait_for
 
@@ -136,3 +138,68 @@ def test_unreachable_server_gives_one_line(tmp_path: Path) -> None:
         check=False,
     )
     assert f"cannot reach the vitq server at {url}" in one_line_error(result)
+
+
+def test_set_overrides_parse_dotted_keys_and_yaml_values() -> None:
+    text = "kind: finetune\noptim: {lr: 0.03}\ninit: {weights: runs/pre}\n"
+    settings = [
+        "optim.lr=0.01",
+        "train.steps=200",
+        "eval.few_shot=[1, 5]",
+        "data.augment=none",
+        "init.checkpoint=step-000100",
+    ]
+    assert apply_overrides(text, from_job=7, settings=settings) == {
+        "kind": "finetune",
+        "optim": {"lr": 0.01},
+        "train": {"steps": 200},
+        "eval": {"few_shot": [1, 5]},
+        "data": {"augment": "none"},
+        "init": {"from_job": 7, "checkpoint": "step-000100"},  # from_job replaces the local weights path
+    }
+    assert apply_overrides(text, from_job=None, settings=[]) == text  # untouched: errors point into the file
+    for bad, words in [
+        ("optim.lr", "expected key=value"),
+        ("=1", "expected key=value"),
+        ("optim..lr=1", "dotted"),
+        ("optim.lr.x=1", "optim.lr is not a section"),
+        ("name=[1", "not valid YAML"),
+    ]:
+        with pytest.raises(UsageError, match=re.escape(words)):
+            apply_overrides(text, from_job=None, settings=[bad])
+
+
+def test_the_readme_finetune_works_from_a_terminal(service: Service, tmp_path: Path) -> None:
+    pretrain = write(tmp_path / "pre.yaml", tiny_spec("cli-pre", steps=10))
+    result = service.cli("submit", pretrain, "--follow")
+    assert result.returncode == 0, result.stdout + result.stderr
+    parent = int(result.stdout.split()[2])
+    # A fine-tune spec written for local training (init.weights: a local run directory) ...
+    local = (
+        tiny_spec("cli-ft", steps=10).replace("kind: pretrain", "kind: finetune")
+        + "init: {weights: runs/pre}\n"
+    )
+    spec = write(tmp_path / "ft.yaml", local)
+    refused = one_line_error(service.cli("submit", spec))
+    assert "init.weights" in refused and "no weights at" in refused and "init.from_job" in refused
+    # ... runs on the service from the pretrain job, with overrides.
+    result = service.cli(
+        "submit",
+        spec,
+        "--from-job",
+        str(parent),
+        "--set",
+        "optim.lr=0.02",
+        "--set",
+        "train.steps=6",
+        "--follow",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    job = VitqClient(service.url).get(int(result.stdout.split()[2]))
+    assert (job["parent_job_id"], job["spec"]["init"]["from_job"], job["spec"]["init"].get("weights")) == (
+        parent,
+        parent,
+        None,
+    )
+    assert (job["spec"]["optim"]["lr"], job["total_steps"], job["status"]) == (0.02, 6, "succeeded")
+    assert "expected key=value" in one_line_error(service.cli("submit", spec, "--set", "optim.lr"))
