@@ -1,0 +1,56 @@
+"""Broker messages lost or delivered twice: the database decides who runs a job, the reaper re-sends."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from .harness import QUEUE, chaos_stack, wait_until
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]  # a crowded CPU makes minutes of seconds
+
+
+def test_lost_message_is_sent_again_within_a_lease_while_others_wait(tmp_path: Path) -> None:
+    lease = 6.0
+    with chaos_stack(tmp_path, workers=0, lease_seconds=lease) as chaos:
+        lost = chaos.post(steps=30)
+        broker = redis.Redis.from_url(chaos.broker.url)
+        assert broker.rpop(QUEUE) is not None  # consumed, never claimed: a worker died right after taking it
+        lost_at = time.monotonic()
+        busy = chaos.post(steps=1200)  # keeps the one worker busy...
+        waiting = chaos.post(steps=30)  # ...so this message waits in the queue the whole time
+        chaos.stack.start_worker()
+        chaos.stack.wait_status(busy, "running", timeout=60)
+        assert chaos.queued_messages() == [waiting]
+
+        wait_until(lambda: lost in chaos.queued_messages(), timeout=lease * 6, what="the lost message again")
+        resent_after = time.monotonic() - lost_at
+        assert chaos.stack.job(busy)["status"] == "running" and waiting in chaos.queued_messages()
+        # One lease for the message to count as lost, then a reaper pass; the rest is a crowded CPU's margin.
+        assert resent_after < lease * 3, f"re-sent {resent_after:.1f} s after it was lost"
+
+        for job_id, steps in ((busy, 1200), (waiting, 30), (lost, 30)):
+            chaos.wait_finished(job_id, timeout=240)
+            chaos.assert_ran_once(job_id, status="succeeded", attempt=1, steps=steps)
+        broker.close()
+
+
+def test_message_delivered_twice_runs_the_job_once(tmp_path: Path) -> None:
+    with chaos_stack(tmp_path, workers=0) as chaos:
+        job_id = chaos.post(steps=200)
+        broker = redis.Redis.from_url(chaos.broker.url)
+        [message] = broker.lrange(QUEUE, 0, -1)
+        broker.lpush(QUEUE, message)  # the same message again, as a redelivery after a lost ack hands it out
+        broker.close()
+        assert chaos.queued_messages() == [job_id, job_id]
+        chaos.stack.start_worker()
+        chaos.stack.start_worker()  # idle beside the first: each takes one copy
+
+        chaos.wait_finished(job_id, timeout=240)
+        wait_until(lambda: not chaos.queued_messages(), timeout=30, what="both copies consumed")
+        job = chaos.assert_ran_once(job_id, status="succeeded", attempt=1, steps=200)
+        assert len(chaos.sampler.pids[job_id]) == 1, chaos.sampler.pids  # one trainer, started once
+        assert job["error"] is None
