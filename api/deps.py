@@ -14,7 +14,7 @@ from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.models import MAX_ID
+from api.models import MAX_JOB_ID
 from api.queue import JobQueue
 from api.settings import Settings
 
@@ -40,7 +40,11 @@ async def get_queue(request: Request) -> JobQueue:
     return queue
 
 
-JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="A job's id.")]
+# PostgreSQL's text cannot hold a NUL character (the query would fail with a 500): a pattern for every string
+# parameter that reaches the database.
+NO_NUL = r"^[^\x00]*$"
+
+JobId = Annotated[int, Path(ge=1, le=MAX_JOB_ID, description="A job's id.")]
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -11,6 +11,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # The largest id SQLite's INTEGER and PostgreSQL's bigint hold (SQLite's driver cannot even send a larger one).
 MAX_ID = 2**63 - 1
+# Job ids are 32-bit INTEGER columns (jobs.id and every column that refers to a job): a larger id names no job,
+# and PostgreSQL refuses to compare it with them.
+MAX_JOB_ID = 2**31 - 1
 
 
 def utcnow() -> datetime:

@@ -3,15 +3,18 @@ from the job id and a name the database lists, never from what the client sent."
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path
 from fastapi.responses import FileResponse
 
 from api import jobs
-from api.deps import JobId, SessionDep, SettingsDep
+from api.deps import NO_NUL, JobId, SessionDep, SettingsDep
 from api.schemas import CheckpointList, CheckpointOut
 
 router = APIRouter(tags=["checkpoints"])
 WEIGHTS_FILE = "model.safetensors"
+CheckpointName = Annotated[str, Path(max_length=255, pattern=NO_NUL, description="A name the list gives.")]
 
 
 @router.get("/jobs/{job_id}/checkpoints", responses={404: {}})
@@ -37,7 +40,9 @@ def list_checkpoints(job_id: JobId, session: SessionDep) -> CheckpointList:
     response_class=FileResponse,
     responses={200: {"content": {"application/octet-stream": {}}}, 404: {}},
 )
-def download_checkpoint(job_id: JobId, name: str, session: SessionDep, settings: SettingsDep) -> FileResponse:
+def download_checkpoint(
+    job_id: JobId, name: CheckpointName, session: SessionDep, settings: SettingsDep
+) -> FileResponse:
     """The checkpoint's weights (timm key names): loadable by `vit.load_pretrained` and by timm."""
     jobs.get_job(session=session, job_id=job_id)
     checkpoint = jobs.find_checkpoint(session=session, job_id=job_id, name=name)

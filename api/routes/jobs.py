@@ -9,9 +9,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api import jobs
-from api.deps import JobId, SessionDep
+from api.deps import NO_NUL, JobId, SessionDep
 from api.metric_queries import summarize_metrics
-from api.models import MAX_ID, Job, JobStatus
+from api.models import MAX_ID, MAX_JOB_ID, Job, JobStatus
 from api.queue import JobQueue
 from api.schemas import JobList, JobOut, json_response
 from api.settings import Settings
@@ -70,7 +70,8 @@ def _parent_of(spec: JobSpec, *, session: Session) -> Job | None:
     if spec.init is None or spec.init.from_job is None:
         return None
     parent_id = spec.init.from_job
-    parent = jobs.find_job(session=session, job_id=parent_id)
+    # An id beyond the 32-bit column names no job (and PostgreSQL would refuse the comparison).
+    parent = jobs.find_job(session=session, job_id=parent_id) if parent_id <= MAX_JOB_ID else None
     if parent is None:
         raise spec_error(("init", "from_job"), f"job {parent_id} does not exist", "job_not_found")
     wanted = spec.init.checkpoint
@@ -99,11 +100,13 @@ def list_jobs(
     status: JobStatus | None = None,
     kind: Literal["pretrain", "finetune"] | None = None,
     parent: Annotated[
-        int | None, Query(ge=1, le=MAX_ID, description="Only the fine-tunes of this job.")
+        int | None, Query(ge=1, le=MAX_JOB_ID, description="Only the fine-tunes of this job.")
     ] = None,
-    q: Annotated[str | None, Query(max_length=200, description="Only names containing this text.")] = None,
+    q: Annotated[
+        str | None, Query(max_length=200, pattern=NO_NUL, description="Only names containing this text.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> JobList:
     """Jobs, newest first, and how many match the filters in all."""
     rows, total = jobs.list_jobs(

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from api import jobs
-from api.deps import JobId, SessionDep
+from api.deps import NO_NUL, JobId, SessionDep
 from api.metric_queries import query_metrics
 from api.models import MAX_ID
 from api.schemas import MetricsOut
@@ -19,7 +19,10 @@ router = APIRouter(tags=["metrics"])
 def get_metrics(
     job_id: JobId,
     session: SessionDep,
-    names: Annotated[str | None, Query(description="Comma-separated metric names; default all.")] = None,
+    names: Annotated[
+        str | None,
+        Query(max_length=10_000, pattern=NO_NUL, description="Comma-separated metric names; default all."),
+    ] = None,
     since: Annotated[
         int | None, Query(ge=0, le=MAX_ID, description="A previous answer's cursor: only newer points.")
     ] = None,
