@@ -6,8 +6,8 @@
 #                    --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # Layer order: dependencies (from a requirements file generated from pyproject.toml's dependency list alone),
 # then the source, so a source or README change rebuilds only the last, seconds-long layers.
-# PIP_INDEX_URL / PIP_EXTRA_INDEX_URL / PIP_TRUSTED_HOST build arguments point pip at a mirror (an offline
-# host's local index).
+# A pip configuration for a mirror (an offline host's local index) comes in as the build secret `pip.conf`:
+# it changes no cache key and stays out of the image and its history.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS base
@@ -29,19 +29,15 @@ COPY pyproject.toml deploy/image/requirements.py /tmp/
 RUN python /tmp/requirements.py /tmp/pyproject.toml /requirements
 
 FROM base AS api-deps
-ARG PIP_INDEX_URL
-ARG PIP_EXTRA_INDEX_URL
-ARG PIP_TRUSTED_HOST
 RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
     --mount=type=bind,from=requirements,source=/requirements,target=/requirements \
     pip install -r /requirements/api.txt
 
 FROM api-deps AS worker-deps
-ARG PIP_INDEX_URL
-ARG PIP_EXTRA_INDEX_URL
-ARG PIP_TRUSTED_HOST
 ARG TORCH_INDEX_URL=""
 RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
     --mount=type=bind,from=requirements,source=/requirements,target=/requirements \
     pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /requirements/worker.txt
 

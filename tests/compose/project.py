@@ -35,6 +35,36 @@ def docker_answers() -> str | None:
     return None
 
 
+# local-docker.sh's stand-ins (Debian bookworm inside) under the pinned names the compose files use.
+STAND_IN_TAGS = {
+    "python:3.11-slim": "python:3.11-slim-bookworm",
+    "postgres:16": "postgres:16-bookworm",
+    "redis:7": "redis:7-bookworm",
+}
+STAND_IN_LABEL = "local-docker.stand-in"
+
+
+def tag_stand_ins() -> None:
+    """Give each local stand-in the pinned name when no real image has it (an offline machine)."""
+    for stand_in, pinned in STAND_IN_TAGS.items():
+        if subprocess.run(["docker", "image", "inspect", pinned], capture_output=True).returncode == 0:
+            continue
+        label = subprocess.run(
+            [
+                "docker",
+                "image",
+                "inspect",
+                "-f",
+                f'{{{{ index .Config.Labels "{STAND_IN_LABEL}" }}}}',
+                stand_in,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if label.returncode == 0 and label.stdout.strip() not in ("", "<no value>"):
+            subprocess.run(["docker", "tag", stand_in, pinned], check=True)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -66,9 +96,9 @@ def bridge_gateway() -> str:
 
 
 @contextmanager
-def served_indexes(indexes: list[Path]) -> Iterator[dict[str, str]]:
-    """Serve each index's parent folder over HTTP on the bridge; the build args that make pip use them first
-    (PyPI after them for anything they lack)."""
+def served_indexes(indexes: list[Path], pip_conf: Path) -> Iterator[dict[str, str]]:
+    """Serve each index's parent folder over HTTP on the bridge, and write the pip.conf (the build's secret) that
+    makes pip use them first (PyPI after them for anything they lack); the settings that pass it."""
     if not indexes:
         yield {}
         return
@@ -83,11 +113,11 @@ def served_indexes(indexes: list[Path]) -> Iterator[dict[str, str]]:
     base = f"http://{host}:{server.server_address[1]}"
     urls = [f"{base}{index}" for index in indexes]
     try:
-        yield {
-            "VITQ_PIP_INDEX_URL": urls[0],
-            "VITQ_PIP_EXTRA_INDEX_URL": " ".join([*urls[1:], "https://pypi.org/simple"]),
-            "VITQ_PIP_TRUSTED_HOST": host,
-        }
+        extra = " ".join([*urls[1:], "https://pypi.org/simple"])
+        pip_conf.write_text(
+            f"[global]\nindex-url = {urls[0]}\nextra-index-url = {extra}\ntrusted-host = {host}\n"
+        )
+        yield {"VITQ_PIP_CONF": str(pip_conf)}
     finally:
         server.shutdown()
         server.server_close()
@@ -144,8 +174,9 @@ class Project:
 @contextmanager
 def compose_project(tmp_path: Path, **settings: str) -> Iterator[Project]:
     """Down with its volumes afterwards, whatever happened."""
+    tag_stand_ins()
     port = free_port()
-    with served_indexes(local_pip_indexes()) as pip_settings:
+    with served_indexes(local_pip_indexes(), tmp_path / "pip.conf") as pip_settings:
         values = {
             "POSTGRES_PASSWORD": secrets.token_hex(12),
             "REDIS_PASSWORD": secrets.token_hex(12),
