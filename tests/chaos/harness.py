@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,12 +138,19 @@ def wait_until(condition: Any, timeout: float, what: str, poll: float = 0.2) -> 
     return time.monotonic() - start
 
 
-def freeze(process: subprocess.Popen[bytes]) -> None:
-    """SIGSTOP the worker process alone (a stalled host or a long GC pause): its trainer runs on."""
+def freeze(process: subprocess.Popen[bytes], *, with_descendants: bool) -> None:
+    """SIGSTOP the worker: alone, its trainer runs on (a hung supervisor); with its descendants, the whole
+    machine stalls (a frozen VM). The worker first, so it starts nothing new meanwhile."""
     os.kill(process.pid, signal.SIGSTOP)
+    for pid in descendants(process.pid) if with_descendants else []:
+        with suppress(ProcessLookupError):  # exited meanwhile
+            os.kill(pid, signal.SIGSTOP)
 
 
-def thaw(process: subprocess.Popen[bytes]) -> None:
+def thaw(process: subprocess.Popen[bytes], *, with_descendants: bool) -> None:
+    for pid in descendants(process.pid) if with_descendants else []:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
     os.kill(process.pid, signal.SIGCONT)
 
 

@@ -19,18 +19,17 @@ def test_lost_message_is_sent_again_within_a_lease_while_others_wait(tmp_path: P
         lost = chaos.post(steps=30)
         broker = redis.Redis.from_url(chaos.broker.url)
         assert broker.rpop(QUEUE) is not None  # consumed, never claimed: a worker died right after taking it
-        lost_at = time.monotonic()
         busy = chaos.post(steps=1200)  # keeps the one worker busy...
         waiting = chaos.post(steps=30)  # ...so this message waits in the queue the whole time
         chaos.stack.start_worker()
         chaos.stack.wait_status(busy, "running", timeout=60)
-        assert chaos.queued_messages() == [waiting]
+        worker_up = time.monotonic()
 
         wait_until(lambda: lost in chaos.queued_messages(), timeout=lease * 6, what="the lost message again")
-        resent_after = time.monotonic() - lost_at
+        resent_after = time.monotonic() - worker_up
         assert chaos.stack.job(busy)["status"] == "running" and waiting in chaos.queued_messages()
-        # One lease for the message to count as lost, then a reaper pass; the rest is a crowded CPU's margin.
-        assert resent_after < lease * 3, f"re-sent {resent_after:.1f} s after it was lost"
+        # At most a lease for the message to count as lost, then a reaper pass; the rest is a crowded CPU's margin.
+        assert resent_after < lease * 2, f"re-sent {resent_after:.1f} s after the worker was up"
 
         for job_id, steps in ((busy, 1200), (waiting, 30), (lost, 30)):
             chaos.wait_finished(job_id, timeout=240)

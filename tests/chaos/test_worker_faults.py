@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import chaos_stack, freeze, thaw, wait_until
+from .harness import chaos_stack, freeze, thaw
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]  # a crowded CPU makes minutes of seconds
 
@@ -24,22 +24,22 @@ def test_killed_worker_job_resumes_on_the_other_worker(tmp_path: Path) -> None:
         chaos.assert_ran_once(job_id, status="succeeded", attempt=2, steps=400)
 
 
-def test_stalled_worker_never_shares_its_job(tmp_path: Path) -> None:
-    """SIGSTOP the holder past the lease: the other worker takes the job over. The stalled worker's trainer must
-    stop by itself before its successor starts, and the stalled worker, woken, must write nothing."""
+@pytest.mark.parametrize("with_trainer", [False, True], ids=["worker", "worker-and-trainer"])
+def test_stalled_worker_never_shares_its_job(tmp_path: Path, with_trainer: bool) -> None:
+    """SIGSTOP the holder past the lease (alone: a hung supervisor whose trainer runs on; or with its trainer:
+    a frozen host), SIGCONT later. The other worker takes the job over as attempt 2; the old trainer must be gone
+    before its successor starts, and the old worker, woken, must change nothing."""
     lease = 6.0
     with chaos_stack(tmp_path, workers=2, lease_seconds=lease) as chaos:
-        job_id = chaos.post(steps=1500, checkpoint_every=50)
+        job_id = chaos.post(steps=1000)
         chaos.wait_for_checkpoint(job_id)
         stalled = chaos.holder(job_id)
-        freeze(stalled)
+        freeze(stalled, with_descendants=with_trainer)
         try:
-            chaos.stack.wait_for(job_id, lambda j: j["attempt"] == 2, timeout=lease * 4, what="attempt 2")
-            # The successor trains for a while beside the frozen worker before it wakes up.
-            wait_until(lambda: len(chaos.sampler.pids.get(job_id, ())) >= 2, lease * 4, "the second trainer")
-            time.sleep(lease)
+            chaos.stack.wait_for(job_id, lambda j: j["attempt"] == 2, timeout=lease * 5, what="attempt 2")
+            time.sleep(lease * 2)  # the successor (or a trainer left running) trains beside the frozen worker
         finally:
-            thaw(stalled)
+            thaw(stalled, with_descendants=with_trainer)
         chaos.wait_finished(job_id, timeout=240)
         assert stalled.poll() is None, "the stalled worker died instead of going back to work"
-        chaos.assert_ran_once(job_id, status="succeeded", attempt=2, steps=1500)
+        chaos.assert_ran_once(job_id, status="succeeded", attempt=2, steps=1000)
