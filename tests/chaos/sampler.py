@@ -1,18 +1,23 @@
 """Watch /proc for training processes: how many trainers of each job ran at the same moment.
 
 A trainer is a rank-0 `python -m vit.train SPEC --out RUN_DIR` process (torchrun's launcher and the other
-ranks are not counted): two of them with the same run directory is the split-brain the fencing must prevent.
-Every process on the machine is looked at, not only the workers' descendants, so an orphan counts too.
+ranks are not counted) that holds RUN_DIR/metrics.jsonl open: it does from the moment it may write the run
+directory's history until it exits. A trainer still waiting for its predecessor to go is not one yet. Two of
+them with the same run directory is the split-brain the fencing must prevent. Every process on the machine is
+looked at, not only the workers' descendants, so an orphan counts too.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+
+from vit.rundir import METRICS_FILE
 
 SAMPLE_SECONDS = 0.2
 
@@ -49,8 +54,23 @@ def _is_alive(pid_dir: Path) -> bool:
     return state not in ("Z", "X")
 
 
+def _writes_metrics(pid_dir: Path, run_dir: str) -> bool:
+    metrics = os.path.realpath(f"{run_dir}/{METRICS_FILE}")
+    try:
+        descriptors = list(pid_dir.joinpath("fd").iterdir())
+    except OSError:
+        return False
+    for descriptor in descriptors:
+        try:
+            if os.readlink(descriptor) == metrics:
+                return True
+        except OSError:  # closed while we looked
+            continue
+    return False
+
+
 def trainer_processes(jobs_root: Path) -> list[TrainerProcess]:
-    """Live rank-0 trainers whose --out is a run directory under `jobs_root` (STORAGE/jobs)."""
+    """Live rank-0 trainers writing a run directory under `jobs_root` (STORAGE/jobs)."""
     found = []
     root = str(jobs_root)
     for pid_dir in Path("/proc").iterdir():
@@ -63,7 +83,7 @@ def trainer_processes(jobs_root: Path) -> list[TrainerProcess]:
         parent, _, name = out.rstrip("/").rpartition("/")
         if parent != root or not name.isdigit():
             continue
-        if _is_alive(pid_dir) and _is_rank_zero(pid_dir):
+        if _is_alive(pid_dir) and _is_rank_zero(pid_dir) and _writes_metrics(pid_dir, out.rstrip("/")):
             found.append(TrainerProcess(pid=int(pid_dir.name), job_id=int(name)))
     return found
 
