@@ -143,7 +143,8 @@ def confine_paths(spec: JobSpec, settings: Settings) -> JobSpec:
         updates["data"] = spec.data.model_copy(update={"root": root})
     if spec.init is not None and spec.init.weights is not None:
         weights = _confined(spec.init.weights, settings, ("init", "weights"))
-        if not Path(weights).exists():
+        # os.path.exists, not Path.exists: a name too long for the file system is "no such file", not an OSError.
+        if not os.path.exists(weights):
             # Refused now: accepted, the job could only fail seconds later when its trainer looks.
             raise spec_error(
                 ("init", "weights"),

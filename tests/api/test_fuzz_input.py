@@ -100,3 +100,9 @@ def test_depth_up_to_the_limit_and_brackets_in_strings_are_parsed(api: Api, cont
     detail = _post(api, body, content_type).json()["detail"]
     # Parsed, then refused by validation for its unknown fields: not by the depth check.
     assert {tuple(error["loc"]) for error in detail} == {("body", "deep"), ("body", "text")}, detail
+
+
+def test_a_weights_path_too_long_for_the_file_system_is_422(api: Api) -> None:
+    spec = {**TINY_SPEC, "kind": "finetune", "init": {"weights": "0" * 1000}}  # a name over 255 bytes
+    error = assert_422_at(api.client.post("/jobs", json=spec), ["body", "init", "weights"])
+    assert error["type"] == "weights_not_found"
