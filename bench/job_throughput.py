@@ -1,0 +1,210 @@
+"""A real job's images/s against the model-only bench on the same config, in the same run.
+
+    python bench/job_throughput.py                         # CPU: Ti/4 @ 32 px, batch 128, fp32, eager
+    python bench/job_throughput.py --device cuda --variant B/16 --image-size 224 --batch-size 256 \\
+        --precision bf16 --compile true --steps 120 --warmup-steps 40 --log-every 10
+
+The job is `python -m vit.train` in a subprocess on a synthetic dataset (in memory, so batched and augmented on
+the device) with augmentation on, as a user's job runs; its steady images/s comes from its metrics.jsonl: the
+train lines after --warmup-steps, combined as total images over total time (the harmonic mean of the windows). The
+model-only bench times forward + cross-entropy + backward + the spec's optimizer on one fixed device batch, with the
+job's precision (bf16 autocast; fp8 Linear layers) and compile setting, in this process, once before the job and
+once after (so drift on a shared machine shows). The ratio job / model-only is what the job's data path,
+clipping, scheduler and logging cost: the target is >= 0.95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from vit.compile import wanted
+from vit.config import JobSpec
+from vit.flops import device_peak, training_flops_per_image
+from vit.model import create_model
+from vit.optim import build_optimizer
+from vit.precision import autocast, convert_to_fp8
+
+TARGET_RATIO = 0.95
+
+
+def job_spec(args: argparse.Namespace) -> dict[str, Any]:
+    compile_setting: bool | str = {"true": True, "false": False}.get(args.compile, args.compile)
+    return {
+        "kind": "pretrain",
+        "name": "job-throughput",
+        "model": {"variant": args.variant, "image_size": args.image_size},
+        "data": {
+            "dataset": "synthetic",
+            "synthetic_size": args.synthetic_size,
+            "synthetic_classes": args.classes,
+            "augment": True,
+        },
+        "train": {
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "log_every": args.log_every,
+            "precision": args.precision,
+            "compile": compile_setting,
+        },
+        "resources": {"device": args.device},
+    }
+
+
+def run_job(spec: dict[str, Any], workdir: Path) -> tuple[list[dict[str, Any]], float]:
+    """Run vit.train on the spec; its metrics lines and wall seconds. The job's output goes to job.log."""
+    spec_path, run_dir = workdir / "spec.yaml", workdir / "run"
+    spec_path.write_text(yaml.safe_dump(spec))
+    started = time.perf_counter()
+    with open(workdir / "job.log", "w") as log:
+        code = subprocess.run(
+            [sys.executable, "-m", "vit.train", str(spec_path), "--out", str(run_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=False,
+        ).returncode
+    seconds = time.perf_counter() - started
+    if code != 0:
+        sys.exit(f"vit.train exited {code}; its output:\n{(workdir / 'job.log').read_text()[-4000:]}")
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return lines, seconds
+
+
+def steady_rate(lines: list[dict[str, Any]], warmup_steps: int, log_every: int) -> tuple[float, float, int]:
+    """(total images / total time, median window, windows used) over train lines past warmup_steps."""
+    rates = [line["images_per_s"] for line in lines if "images_per_s" in line and line["step"] > warmup_steps]
+    if not rates:
+        sys.exit(f"no train line after step {warmup_steps}: raise --steps")
+    # Windows of equal size: the rate over all of them is the harmonic mean of theirs.
+    return len(rates) / sum(1 / rate for rate in rates), statistics.median(rates), len(rates)
+
+
+def model_only_rate(spec: JobSpec, device: torch.device, num_classes: int, warmup: int, steps: int) -> float:
+    """Images/s of bare training steps on one fixed batch, with the job's precision, compile and optimizer."""
+    model = create_model(spec.model.variant, num_classes=num_classes, **spec.model.create_kwargs()).to(device)
+    if spec.train.precision == "fp8":
+        convert_to_fp8(model)
+    optimizer = build_optimizer(model, spec.optim, device)
+    forward = torch.compile(model) if wanted(spec.train.compile, device) else model
+    size, batch = spec.model.image_size, spec.train.batch_size
+    images = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+    labels = torch.randint(0, num_classes, (batch,), device=device)
+
+    def step() -> None:
+        with autocast(spec.train.precision, device):
+            loss = F.cross_entropy(forward(images).float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return batch * steps / (time.perf_counter() - started)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--variant", default="Ti/4")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp8"], default="fp32")
+    parser.add_argument("--compile", choices=["auto", "true", "false"], default="auto")
+    parser.add_argument("--steps", type=int, default=40, help="the job's train.steps")
+    parser.add_argument("--warmup-steps", type=int, default=10, help="job steps left out of its steady rate")
+    parser.add_argument("--log-every", type=int, default=5)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--synthetic-size", type=int, default=2048)
+    parser.add_argument(
+        "--bench-warmup", type=int, default=0, help="model-only warmup steps; 0: 2 CPU, 20 CUDA"
+    )
+    parser.add_argument(
+        "--bench-steps", type=int, default=0, help="model-only timed steps; 0: 10 CPU, 50 CUDA"
+    )
+    parser.add_argument(
+        "--model-only-once", action="store_true", help="time the model-only bench before the job only"
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    spec_dict = job_spec(args)
+    spec = JobSpec.model_validate(spec_dict).resolved()
+    cuda = device.type == "cuda"
+    warmup = args.bench_warmup or (20 if cuda else 2)
+    steps = args.bench_steps or (50 if cuda else 10)
+    name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(
+        f"{name}; torch {torch.__version__}; {args.variant} @ {args.image_size} px, batch {args.batch_size}, "
+        f"{args.precision}, compile {args.compile}",
+        flush=True,
+    )
+    before = model_only_rate(spec, device, args.classes, warmup, steps)
+    print(f"model-only (before the job): {before:,.1f} img/s", flush=True)
+    with tempfile.TemporaryDirectory(prefix="job-throughput-") as tmp:
+        lines, job_seconds = run_job(spec_dict, Path(tmp))
+        log_tail = (Path(tmp) / "job.log").read_text().splitlines()
+    after = before if args.model_only_once else model_only_rate(spec, device, args.classes, warmup, steps)
+    if not args.model_only_once:
+        print(f"model-only (after the job):  {after:,.1f} img/s", flush=True)
+    job_rate, job_median, windows = steady_rate(lines, args.warmup_steps, args.log_every)
+    compile_s = next((line["compile_s"] for line in lines if "compile_s" in line), None)
+    mfu = [line["mfu"] for line in lines if "mfu" in line and line["step"] > args.warmup_steps]
+    model_only = statistics.mean([before, after])
+    ratio = job_rate / model_only
+    flops = training_flops_per_image(
+        create_model(spec.model.variant, num_classes=args.classes, **spec.model.create_kwargs()).cfg
+    )
+    peak = device_peak(device)
+    print(
+        f"job: {job_rate:,.1f} img/s over {windows} windows after step {args.warmup_steps} "
+        f"(median window {job_median:,.1f}); mfu {statistics.median(mfu):.1%} as logged"
+        + (f"; compile_s {compile_s:.1f}" if compile_s is not None else "")
+        + f"; wall {job_seconds:.0f} s"
+    )
+    print(f"  job log: {next((line for line in log_tail if line.startswith('mfu:')), '')}")
+    print(
+        f"model-only mean {model_only:,.1f} img/s = {model_only * flops / peak.flops_per_s:.1%} of "
+        f"{peak.flops_per_s / 1e12:.3g} TFLOP/s ({peak.source})"
+    )
+    verdict = "met" if ratio >= TARGET_RATIO else "MISSED"
+    print(f"job / model-only: {ratio:.3f} (target >= {TARGET_RATIO}: {verdict})")
+    if args.json:
+        figures = {
+            "config": spec_dict,
+            "device": name,
+            "job_images_per_s": job_rate,
+            "job_median_window": job_median,
+            "job_mfu": statistics.median(mfu),
+            "compile_s": compile_s,
+            "model_only_before": before,
+            "model_only_after": after,
+            "ratio": ratio,
+        }
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
