@@ -14,11 +14,11 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import sessionmaker
 
 from api.db import make_engine
-from api.jobs import JobNotFoundError, JobStateError
 from api.prometheus import JobCollector, LatencyMiddleware, request_latency
 from api.queue import JobQueue
 from api.routes import checkpoints, dashboard, health, jobs, logs, metrics, prometheus
 from api.settings import Settings, get_settings
+from api.state_machine import JobNotFoundError, JobStateError
 from api.unavailable import DATABASE_UNAVAILABLE, ResponseDeadline, database_unavailable
 from vit.config import JobSpec
 

@@ -1,52 +1,18 @@
-"""Data access for the API: small keyword-only functions over a Session. Routes call these; they never build
-queries themselves. Every state change is a conditional UPDATE, so the API and the workers never overwrite each
-other's transitions (a worker may claim a job between our read and our write)."""
+"""The API's reads: small keyword-only functions over a Session. Routes call these; they never build queries
+themselves. Every change of a job's state goes through api.state_machine, which the workers call too."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.metric_queries import MetricSummary, summarize_metrics
-from api.models import MAX_ID, Checkpoint, Job, JobStatus, utcnow
+from api.models import MAX_JOB_ID, Checkpoint, Job, JobStatus
 from api.schemas import JobOut
-from vit.config import JobSpec
-
-
-class JobNotFoundError(LookupError):
-    def __init__(self, job_id: int) -> None:
-        super().__init__(f"job {job_id} not found")
-
-
-class JobStateError(Exception):
-    """The job's state forbids the action (HTTP 409)."""
-
-
-def waiting_reason(parent_id: int) -> str:
-    return f"waiting for job {parent_id} to succeed"
-
-
-def create_job(*, session: Session, spec: JobSpec, max_attempts: int, parent: Job | None) -> Job:
-    """Add a queued job holding the resolved spec (not committed). A job whose parent has not finished yet
-    waits: the worker enqueues it when the parent succeeds."""
-    resolved = spec.resolved()
-    waits = parent is not None and not JobStatus(parent.status).finished
-    job = Job(
-        name=resolved.name,
-        kind=resolved.kind,
-        status=JobStatus.queued,
-        spec=resolved.model_dump(mode="json"),
-        parent_job_id=parent.id if parent is not None else None,
-        max_attempts=max_attempts,
-        total_steps=resolved.train.steps,
-        wait_reason=waiting_reason(parent.id) if waits and parent is not None else None,
-        created_at=utcnow(),
-    )
-    session.add(job)
-    return job
+from api.state_machine import JobNotFoundError
 
 
 def get_job(*, session: Session, job_id: int) -> Job:
@@ -57,7 +23,7 @@ def get_job(*, session: Session, job_id: int) -> Job:
 
 
 def find_job(*, session: Session, job_id: int) -> Job | None:
-    if job_id > MAX_ID:  # no such row, and the driver could not even send the number
+    if job_id > MAX_JOB_ID:  # no such row (jobs.id is 32-bit), and PostgreSQL would refuse the comparison
         return None
     return session.get(Job, job_id)
 
@@ -91,76 +57,6 @@ def list_jobs(
 
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def request_cancel(*, session: Session, job_id: int) -> Job:
-    """A queued job is cancelled at once; a running one is flagged for its supervisor to stop. Committed."""
-    now = utcnow()
-    # Two tries: the job may move queued -> running between the two conditional updates.
-    for _ in range(2):
-        cancelled = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.queued)
-            .values(status=JobStatus.cancelled, finished_at=now, wait_reason=None)
-        )
-        if cancelled.rowcount:  # type: ignore[attr-defined]
-            fail_waiting_children(
-                session=session, parent_id=job_id, error=f"parent job {job_id} was cancelled"
-            )
-            break
-        flagged = session.execute(
-            update(Job).where(Job.id == job_id, Job.status == JobStatus.running).values(cancel_requested=True)
-        )
-        if flagged.rowcount:  # type: ignore[attr-defined]
-            break
-        status = session.scalar(select(Job.status).where(Job.id == job_id))
-        if status is None:
-            raise JobNotFoundError(job_id)
-        if JobStatus(status).finished:
-            raise JobStateError(f"job {job_id} is {status}; it cannot be cancelled")
-    session.commit()
-    return get_job(session=session, job_id=job_id)
-
-
-def fail_waiting_children(*, session: Session, parent_id: int, error: str) -> None:
-    """Jobs waiting on a parent that will never succeed fail now, and so do jobs waiting on them."""
-    pending = [(parent_id, error)]
-    while pending:
-        parent, reason = pending.pop()
-        failed = session.scalars(
-            update(Job)
-            .where(Job.parent_job_id == parent, Job.status == JobStatus.queued)
-            .values(status=JobStatus.failed, error=reason, wait_reason=None, finished_at=utcnow())
-            .returning(Job.id)
-        ).all()
-        pending += [(child, f"parent job {child} failed: {reason}") for child in failed]
-
-
-def settle_waiting_job(*, session: Session, job: Job) -> bool:
-    """Close the race with a parent finishing while this job was being stored (the worker enqueues waiting
-    children only when the parent succeeds, and may have looked before our commit). Call after the commit.
-    Returns True when the job no longer waits and must be enqueued now."""
-    if job.wait_reason is None or job.parent_job_id is None:
-        return False
-    parent_status = session.scalar(select(Job.status).where(Job.id == job.parent_job_id))
-    if parent_status == JobStatus.succeeded:
-        released = session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.status == JobStatus.queued, Job.wait_reason.is_not(None))
-            .values(wait_reason=None)
-        )
-        session.commit()
-        job.wait_reason = None
-        return bool(released.rowcount)  # type: ignore[attr-defined]
-    if parent_status in (JobStatus.failed, JobStatus.cancelled):
-        fail_waiting_children(
-            session=session,
-            parent_id=job.parent_job_id,
-            error=f"parent job {job.parent_job_id} {parent_status}",
-        )
-        session.commit()
-        session.refresh(job)
-    return False
 
 
 def list_checkpoints(*, session: Session, job_id: int) -> Sequence[Checkpoint]:

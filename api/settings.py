@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     queue: str = "training"
     lease_seconds: float = 60.0  # a running job whose heartbeat is older than this belongs to a dead worker
     heartbeat_seconds: float = 5.0
+    reap_seconds: float | None = None  # how often each worker's reaper looks; default a third of the lease, 1-5 s
     max_attempts: int = 3  # attempts per job, the first one included
     max_spec_bytes: int = 64 * 1024
 

@@ -9,7 +9,9 @@ import socket
 import threading
 from typing import Any
 
+from celery import Celery
 from celery.signals import worker_shutting_down
+from kombu import Connection
 from kombu.exceptions import ChannelError
 
 
@@ -24,37 +26,68 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+class QueueSize:
+    """Messages waiting in the queue, asked over one connection kept for the worker's life. A connection (and
+    its channel) per question used to drain the embedded broker's connection pool within minutes."""
+
+    def __init__(self, app: Celery, queue: str) -> None:
+        self.app = app
+        self.queue = queue
+        self.connection: Connection | None = None
+
+    def __call__(self) -> int:
+        if self.connection is None:
+            self.connection = self.app.connection_for_read()
+        try:
+            declared = self.connection.default_channel.queue_declare(queue=self.queue, passive=True)
+            return int(declared.message_count)
+        except ChannelError:
+            return 0  # Redis drops an empty queue's key: "no such queue" means no messages
+        except Exception:
+            self.close()  # a broken connection is rebuilt on the next call
+            raise
+
+    def close(self) -> None:
+        if self.connection is not None:
+            connection, self.connection = self.connection, None
+            try:
+                connection.release()
+            except Exception:
+                logging.getLogger(__name__).debug("closing the queue-size connection failed", exc_info=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.queue:
         # Settings come only from VITQ_* variables; this must be set before the app reads them.
         os.environ["VITQ_QUEUE"] = args.queue
+    from api import workers
+    from api.db import session_scope
     from api.settings import get_settings
     from worker.celery_app import app
     from worker.reaper import Reaper
-    from worker.supervisor import SHUTDOWN
+    from worker.supervisor import SHUTDOWN, worker_name
     from worker.tasks import enqueue_job
 
     logging.basicConfig(level=args.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)  # the embedded default keeps its SQLite files here
     settings.resolved_storage.mkdir(parents=True, exist_ok=True)
-
-    def queue_size() -> int:
-        with app.connection_for_read() as connection:
-            try:
-                return int(
-                    connection.default_channel.queue_declare(queue=settings.queue, passive=True).message_count
-                )
-            except ChannelError:
-                return 0  # Redis drops an empty queue's key: "no such queue" means no messages
+    name = worker_name()
+    database = settings.resolved_database_url
+    try:
+        with session_scope(database) as session:
+            workers.announce(session=session, name=name, host=socket.gethostname(), pid=os.getpid())
+    except Exception:
+        logging.getLogger(__name__).exception("could not register in the database; the reaper will retry")
 
     def on_shutdown(**_: Any) -> None:
         SHUTDOWN.set()
 
     worker_shutting_down.connect(on_shutdown, weak=False)
     stop = threading.Event()
-    Reaper(settings=settings, enqueue=enqueue_job, queue_size=queue_size).start(stop)
+    queue_size = QueueSize(app, settings.queue)
+    Reaper(settings=settings, name=name, enqueue=enqueue_job, queue_size=queue_size).start(stop)
     pool = "solo" if args.concurrency == 1 else "threads"
     try:
         app.worker_main(
@@ -71,6 +104,12 @@ def main(argv: list[str] | None = None) -> None:
         )
     finally:
         stop.set()
+        queue_size.close()
+        try:
+            with session_scope(database) as session:
+                workers.retire(session=session, name=name)
+        except Exception:
+            logging.getLogger(__name__).warning("could not mark this worker stopped in the database")
 
 
 if __name__ == "__main__":

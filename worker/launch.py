@@ -7,28 +7,18 @@ The worker process never imports torch's CUDA side: the launcher and the trainer
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-PR_SET_PDEATHSIG = 1
-# Resolved in the parent: the child between fork and exec must not load libraries or take import locks.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+from api.parent_death import term_when_parent_dies
 
 
-def term_when_parent_dies() -> None:
-    """A `preexec_fn`: runs in the child between fork and exec. If the parent dies (even by SIGKILL), the
-    kernel sends the child SIGTERM. The launcher forwards it to the trainers, which checkpoint and exit instead
-    of running on as orphans beside the job's next runner; `vitq serve`'s worker shuts down."""
-    if _prctl is not None:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def trainer_command(spec_path: Path, run_dir: Path, procs_per_node: int) -> list[str]:
-    trainer = ["-m", "vit.train", str(spec_path), "--out", str(run_dir)]
+def trainer_command(spec_path: Path, run_dir: Path, procs_per_node: int, *, attempt: int) -> list[str]:
+    # --attempt: the trainer obeys this attempt's lease file and waits for its predecessor's lock.
+    trainer = ["-m", "vit.train", str(spec_path), "--out", str(run_dir), "--attempt", str(attempt)]
     if procs_per_node == 1:
         # One process has nothing to rendezvous with: skipping the elastic agent saves its ~2.5 s torch import
         # from every job's start-up. The trainer runs as rank 0 of 1 either way.

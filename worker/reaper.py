@@ -1,69 +1,75 @@
-"""Lease recovery, run as a thread in every worker process.
+"""Lease recovery and wake-ups, run as a thread in every worker process.
 
-Every few seconds: requeue running jobs whose heartbeat is older than the lease (their worker is dead), release
-fine-tunes whose parent succeeded (or fail them when it did not), and enqueue again runnable jobs whose message
-was lost (queued for longer than a lease while the broker queue is empty). Every step is a conditional UPDATE,
-so any number of workers may run a reaper at once; a duplicate message is harmless (the claim ignores it).
+Every few seconds: renew this worker's own heartbeat in the registry, requeue running jobs whose heartbeat is
+older than the lease (their runner stopped renewing), release fine-tunes whose parent succeeded (or fail them
+when it did not), and keep at least as many messages in the broker as there are runnable jobs. A message is a
+wake-up, not an assignment (a worker claims the first runnable job in queue order), so a message lost on the way
+(consumed while the database was down, or never sent because the broker was) is made good on the next pass,
+however many others wait. Every step is a conditional UPDATE or harmless when repeated, so any number of workers
+may run a reaper at once.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api import lifecycle
+from api import state_machine, workers
 from api.db import session_factory
+from api.models import Job
 from api.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Enqueue = Callable[[int], None]
 QueueSize = Callable[[], int]
+FORGET_WORKERS_AFTER_S = 24 * 3600
 
 
 def reap_interval(settings: Settings) -> float:
+    if settings.reap_seconds is not None:
+        return settings.reap_seconds
     return max(1.0, min(5.0, settings.lease_seconds / 3))
 
 
 class Reaper:
-    def __init__(self, *, settings: Settings, enqueue: Enqueue, queue_size: QueueSize) -> None:
+    def __init__(self, *, settings: Settings, name: str, enqueue: Enqueue, queue_size: QueueSize) -> None:
         self.settings = settings
+        self.name = name
         self.enqueue = enqueue
         self.queue_size = queue_size
         self.sessions = session_factory(settings.resolved_database_url)
-        self.enqueued_at: dict[int, float] = {}  # by this reaper, so one lost message is resent once a lease
 
     def run_once(self) -> None:
         with self.sessions() as session:
-            stale = lifecycle.requeue_stale(session=session, lease_seconds=self.settings.lease_seconds)
+            workers.beat(session=session, name=self.name)
+            stale = state_machine.requeue_stale(session=session, lease_seconds=self.settings.lease_seconds)
             for job_id in stale:
-                log.warning("job %s: its worker stopped renewing the lease; queued again", job_id)
-            released = lifecycle.release_waiting_children(session=session)
+                log.warning("job %s: its runner stopped renewing the lease; queued again", job_id)
+            released = state_machine.release_waiting_children(session=session)
             for job_id in [*stale, *released]:
-                self._send(job_id)
-            self._resend_lost(session=session)
+                self.enqueue(job_id)
+            self._wake_up_for_lost_messages(session=session, sent=len(stale) + len(released))
+            workers.forget_dead(session=session, older_than_seconds=FORGET_WORKERS_AFTER_S)
 
-    def _resend_lost(self, *, session: Session) -> None:
-        lease = self.settings.lease_seconds
-        queued_before = datetime.now(UTC) - timedelta(seconds=lease)
-        candidates = lifecycle.runnable_queued_jobs(session=session, queued_before=queued_before)
-        now = time.monotonic()
-        # Forget sends older than a lease: they no longer hold a resend back, and the map must not grow forever.
-        self.enqueued_at = {j: at for j, at in self.enqueued_at.items() if now - at < lease}
-        candidates = [j for j in candidates if j not in self.enqueued_at]
-        if candidates and self.queue_size() == 0:
-            for job_id in candidates:
-                log.info("job %s: queued with no message in the broker; enqueued again", job_id)
-                self._send(job_id)
-
-    def _send(self, job_id: int) -> None:
-        self.enqueue(job_id)
-        self.enqueued_at[job_id] = time.monotonic()
+    def _wake_up_for_lost_messages(self, *, session: Session, sent: int) -> None:
+        runnable = state_machine.runnable_count(session=session)
+        if not runnable:
+            return
+        missing = runnable - self.queue_size() - sent
+        if missing <= 0:
+            return
+        ids = session.scalars(
+            state_machine.queue_order(select(Job.id).where(*state_machine.runnable())).limit(missing)
+        ).all()
+        session.rollback()
+        for job_id in ids:
+            log.info("job %s: runnable with no message in the broker; sending a wake-up", job_id)
+            self.enqueue(job_id)
 
     def run_forever(self, stop: threading.Event) -> None:
         interval = reap_interval(self.settings)

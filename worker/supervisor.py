@@ -1,12 +1,16 @@
 """Run one job: claim → run directory → trainer under torch.distributed → follow it → final state.
 
-While the trainer runs, the loop follows metrics.jsonl into the database, keeps the checkpoint rows in step
-with the directory, renews the lease and watches for a cancel request. A worker that loses its lease kills
-its trainer at once: the job now belongs to someone else, and two runners must never share a run directory.
+While the trainer runs, the loop follows metrics.jsonl into the database, keeps the checkpoint rows in step with
+the directory, renews the lease (in the database, then in the run directory's lease file for the trainer) and
+watches for a cancel request. Every database call runs in a session of its own and may fail: metrics wait in a
+buffer and the calls are retried with backoff, so an outage shorter than part of the lease costs nothing. A
+longer one makes the trainer checkpoint and stop; a supervisor that stalls (or loses the job) stops renewing the
+lease file, and the trainer stops itself before anyone else may take the job.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import socket
@@ -16,35 +20,47 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from api import lifecycle
+from api import state_machine
 from api.db import session_factory
-from api.lifecycle import Claim, MetricRow
 from api.models import JobStatus
 from api.settings import Settings
+from api.state_machine import Claim
+from vit import rundir
 from vit.config import JobSpec
-from worker import rundir
-from worker.follow import MetricsFollower
+from worker import fenced_writes
 from worker.launch import Trainer, trainer_command, trainer_env
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.5  # how often metrics, checkpoints and the cancel flag are looked at
+POLL_SECONDS = 0.5  # how often metrics, checkpoints and the trainer are looked at
 STOP_GRACE_SECONDS = 60.0  # time a trainer gets to save a checkpoint after SIGTERM before SIGKILL
-# A worker that cannot renew its lease for this part of it stops its trainer. Other workers requeue the job only
-# after the whole lease (timed from the heartbeat's own timestamp, on their clocks): the rest is the margin for
-# clock skew and slow database calls that keeps two runners from ever overlapping.
-SELF_FENCE_FRACTION = 0.5
-EXIT_BAD_INPUT = 2  # vit.train: bad spec or bad data; retrying cannot help
+# Parts of the lease, timed from the last renewal the database confirmed. Other workers requeue the job only
+# after the whole lease; what is left after the fence is the margin for clock skew and slow calls that keeps two
+# runners from ever overlapping.
+OUTAGE_STOP_FRACTION = 0.3  # database unreachable this long: the trainer checkpoints and stops
+FENCE_FRACTION = 0.5  # the lease file the trainer obeys runs out here
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 5.0
 
 # Set when the Celery worker begins a warm shutdown: the running job is checkpointed and handed back.
 SHUTDOWN = threading.Event()
 
 Enqueue = Callable[[int], None]
+T = TypeVar("T")
+
+
+class Outcome(enum.Enum):
+    """Why the watch loop ended."""
+
+    EXITED = "the trainer exited"
+    CANCELLED = "a cancel was requested; the trainer saved a checkpoint"
+    SHUTDOWN = "the worker is shutting down; the trainer saved a checkpoint"
+    OUTAGE = "the database was unreachable too long; the trainer saved a checkpoint"
+    LEASE_LOST = "the job is no longer ours; the trainer was stopped"
 
 
 class SpecError(Exception):
@@ -55,170 +71,301 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+class Database:
+    """Each call in a session of its own; a failed call is logged once per outage and retried with backoff."""
+
+    def __init__(self, sessions: sessionmaker[Session], job_id: int) -> None:
+        self.sessions = sessions
+        self.job_id = job_id
+        self.down_since: float | None = None
+        self.retry_at = 0.0
+        self.backoff = BACKOFF_FIRST_S
+
+    def call(self, operation: Callable[[Session], T], *, force: bool = False) -> T | None:
+        """The operation's result; None when the database failed (or is backing off and `force` is not set)."""
+        now = time.monotonic()
+        if self.down_since is not None and now < self.retry_at and not force:
+            return None
+        try:
+            with self.sessions() as session:
+                result = operation(session)
+        except SQLAlchemyError as error:
+            if self.down_since is None:
+                log.warning(
+                    "job %s: database unreachable (%s); retrying", self.job_id, str(error).splitlines()[0]
+                )
+                self.down_since = now
+            self.retry_at = now + self.backoff
+            self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
+            return None
+        if self.down_since is not None:
+            log.info("job %s: database back after %.1f s", self.job_id, now - self.down_since)
+        self.down_since, self.backoff = None, BACKOFF_FIRST_S
+        return result
+
+    def until(self, operation: Callable[[Session], T], deadline: float) -> T | None:
+        """Retry until the call succeeds or the monotonic deadline passes."""
+        while True:
+            result = self.call(operation, force=True)
+            if result is not None or time.monotonic() >= deadline:
+                return result
+            time.sleep(self.backoff)
+
+
 def supervise(job_id: int, *, settings: Settings, enqueue: Enqueue) -> None:
-    with session_factory(settings.resolved_database_url)() as session:
-        claim = lifecycle.claim_job(session=session, job_id=job_id, worker=worker_name())
-        if claim is None:
-            log.info("job %s: nothing to claim (already taken, finished, cancelled or waiting)", job_id)
-            return
-        log.info("job %s: claimed, attempt %s of %s", job_id, claim.attempt, claim.max_attempts)
-        Run(claim=claim, session=session, settings=settings, enqueue=enqueue).execute()
+    """Claim a job (`job_id` if it is still runnable, else the next in queue order) and run it. A database
+    that is down at claim time is waited for, up to a lease: the message that woke us stays our job."""
+    sessions = session_factory(settings.resolved_database_url)
+    database = Database(sessions, job_id)
+    name = worker_name()
+    deadline = time.monotonic() + settings.lease_seconds
+
+    def claim(session: Session) -> Claim | bool:
+        return state_machine.claim(session=session, worker=name, prefer=job_id) or False
+
+    won = database.until(claim, deadline)
+    if not isinstance(won, Claim):
+        log.info("job %s: nothing to claim (taken, finished, cancelled, waiting or database down)", job_id)
+        return
+    log.info("job %s: claimed, attempt %s of %s", won.job_id, won.attempt, won.max_attempts)
+    Run(claim=won, settings=settings, enqueue=enqueue, database=Database(sessions, won.job_id)).execute()
 
 
 @dataclass
 class Run:
     claim: Claim
-    session: Session
     settings: Settings
     enqueue: Enqueue
+    database: Database
     run_dir: Path = field(init=False)
-    follower: MetricsFollower = field(init=False)
-    checkpoints_seen: list[lifecycle.CheckpointFile] | None = None
-    pending: list[MetricRow] = field(default_factory=list)
+    reader: rundir.MetricsReader = field(init=False)
+    history_started: bool = False
+    checkpoints_seen: list[rundir.CheckpointInfo] | None = None
+    pending: list[rundir.MetricPoint] = field(default_factory=list)
+    renewed_at: float = field(default_factory=time.monotonic)  # the last renewal the database confirmed
 
     def __post_init__(self) -> None:
         self.run_dir = self.settings.run_dir(self.claim.job_id)
-        self.follower = MetricsFollower(self.run_dir / "metrics.jsonl")
+        self.reader = rundir.MetricsReader(self.run_dir)
 
+    @property
+    def job_id(self) -> int:
+        return self.claim.job_id
+
+    # ------------------------------------------------------------------------------------------- lifecycle
     def execute(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            spec_path = rundir.write_spec(self.run_dir, self._trainer_spec())
+            spec = self._trainer_spec()
         except SpecError as error:
             self._finish(JobStatus.failed, error=str(error))
             return
-        resumed_from = rundir.latest_checkpoint_step(self.run_dir)
-        rundir.rewind_metrics(self.run_dir, resumed_from)
-        lifecycle.record_resume(session=self.session, claim=self.claim, resumed_from_step=resumed_from)
-        self._sync()
-        log_path = self.run_dir / "train.log"
-        log_start = self._write_log_header(log_path, resumed_from)
-        procs = int(self.claim.spec["resources"]["procs_per_node"])
-        trainer = Trainer(trainer_command(spec_path, self.run_dir, procs), trainer_env(procs), log_path)
+        spec_path = self.run_dir / rundir.SPEC_FILE
+        rundir.write_json(spec_path, spec.model_dump(mode="json"))
+        self._renew_lease_file()
+        log_path = self.run_dir / rundir.LOG_FILE
+        log_start = self._write_log_header(log_path)
+        procs = spec.resources.procs_per_node
+        command = trainer_command(spec_path, self.run_dir, procs, attempt=self.claim.attempt)
+        trainer = Trainer(command, trainer_env(procs), log_path)
         try:
             outcome = self._watch(trainer)
         except BaseException:
-            # Whatever broke the loop, the trainer must not run on unsupervised: its lease would expire and a
-            # second runner would share its run directory.
+            # Whatever broke the loop, the trainer must not run on unsupervised.
             trainer.kill()
             raise
-        if outcome == "lease lost":
-            log.warning(
-                "job %s: lease lost; trainer killed, the job belongs to another worker", self.claim.job_id
-            )
-            return
-        self._sync()
         exit_code = trainer.poll()
-        if outcome == "cancelled":
+        log.info("job %s: %s (exit code %s)", self.job_id, outcome.value, exit_code)
+        if outcome == Outcome.LEASE_LOST:
+            return
+        self._catch_up()
+        if outcome == Outcome.CANCELLED:
             self._finish(JobStatus.cancelled)
-        elif outcome == "shutdown":
-            if lifecycle.release_job(session=self.session, claim=self.claim, error=None, count_attempt=False):
-                self.enqueue(self.claim.job_id)
-        elif exit_code == 0:
+        elif outcome in (Outcome.SHUTDOWN, Outcome.OUTAGE) or exit_code == rundir.EXIT_FENCED:
+            self._hand_back()
+        elif exit_code == rundir.EXIT_OK:
             self._finish(JobStatus.succeeded)
         else:
             tail, trainer_exit = rundir.log_tail(log_path, log_start)
             self._failed(trainer_exit if trainer_exit is not None else exit_code, tail)
 
-    def _trainer_spec(self) -> dict[str, Any]:
+    def _trainer_spec(self) -> JobSpec:
         """The stored spec, with init.from_job replaced by the parent's checkpoint directory."""
-        spec = dict(self.claim.spec)
-        if spec["resources"]["nodes"] != 1:
+        spec = self.claim.spec
+        if spec.resources.nodes != 1:
             raise SpecError("multi-node jobs are not supported: this worker runs resources.nodes = 1")
-        init = spec.get("init") or {}
-        if init.get("from_job") is not None:
-            parent = int(init["from_job"])
-            name = lifecycle.checkpoint_name(session=self.session, job_id=parent, name=init.get("checkpoint"))
-            if name is None:
-                wanted = f"checkpoint {init['checkpoint']!r}" if init.get("checkpoint") else "any checkpoint"
-                raise SpecError(f"init.from_job: job {parent} has no {wanted}")
-            weights = self.settings.run_dir(parent) / "checkpoints" / name
-            spec["init"] = {"from_job": None, "checkpoint": None, "weights": str(weights)}
-        return JobSpec.model_validate(spec).resolved().model_dump(mode="json")
+        init = spec.init
+        if init is None or init.from_job is None:
+            return spec
+        parent, wanted = init.from_job, init.checkpoint
+        name = self.database.until(
+            lambda s: fenced_writes.parent_checkpoint(session=s, job_id=parent, name=wanted) or "",
+            time.monotonic() + self.settings.lease_seconds * OUTAGE_STOP_FRACTION,
+        )
+        if not name:
+            raise SpecError(
+                f"init.from_job: job {parent} has no {f'checkpoint {wanted!r}' if wanted else 'checkpoint'}"
+            )
+        weights = self.settings.run_dir(parent) / rundir.CHECKPOINTS_DIR / name
+        new_init = init.model_copy(update={"from_job": None, "checkpoint": None, "weights": str(weights)})
+        return spec.model_copy(update={"init": new_init}).resolved()
 
-    def _write_log_header(self, log_path: Path, resumed_from: int | None) -> int:
-        start = f"resuming from step {resumed_from}" if resumed_from is not None else "starting"
+    def _write_log_header(self, log_path: Path) -> int:
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
-        header = f"=== {stamp} attempt {self.claim.attempt} on {self.claim.worker}: {start} ===\n"
+        header = f"=== {stamp} attempt {self.claim.attempt} on {self.claim.worker} ===\n"
         with log_path.open("a") as log_file:
             log_file.write(header)
             return log_file.tell()
 
-    def _watch(self, trainer: Trainer) -> str:
-        """Loop until the trainer exits: 'exited', 'cancelled', 'shutdown' or 'lease lost'."""
-        heartbeat_every = self.settings.heartbeat_seconds
-        last_heartbeat = last_renewed = time.monotonic()
-        stopping: str | None = None
+    # ------------------------------------------------------------------------------------------- watching
+    def _watch(self, trainer: Trainer) -> Outcome:
+        lease = self.settings.lease_seconds
+        heartbeat_at = 0.0
+        stopping: Outcome | None = None
         stop_sent = 0.0
         while True:
             exited = trainer.poll() is not None
-            try:
-                self._ingest()
-                self._sync()
-                now = time.monotonic()
-                if now - last_heartbeat >= heartbeat_every or exited:
-                    last_heartbeat = now
-                    if not lifecycle.heartbeat(session=self.session, claim=self.claim, step=self._step()):
+            now = time.monotonic()
+            if not self._follow():
+                trainer.kill()
+                return Outcome.LEASE_LOST
+            if now - heartbeat_at >= self.settings.heartbeat_seconds or exited:
+                heartbeat_at = now
+                renewed = self.database.call(
+                    lambda s: state_machine.renew(session=s, claim=self.claim, step=self._step())
+                )
+                if renewed is not None:
+                    held, cancel = renewed
+                    if not held:
                         trainer.kill()
-                        return "lease lost"
-                    last_renewed = now
-                if stopping is None and lifecycle.cancel_requested(
-                    session=self.session, job_id=self.claim.job_id
-                ):
-                    stopping = "cancelled"
-            except SQLAlchemyError:
-                log.exception("job %s: database error while supervising", self.claim.job_id)
-                self.session.rollback()
-                if time.monotonic() - last_renewed > self.settings.lease_seconds * SELF_FENCE_FRACTION:
-                    trainer.kill()  # stop before the lease runs out: then someone else may run the job
-                    return "lease lost"
+                        return Outcome.LEASE_LOST
+                    self.renewed_at = now
+                    self._renew_lease_file()
+                    if cancel and stopping is None:
+                        stopping = Outcome.CANCELLED
             if exited:
-                return stopping or "exited"
+                return stopping or Outcome.EXITED
+            unrenewed = now - self.renewed_at
+            if unrenewed > lease * FENCE_FRACTION:
+                trainer.kill()  # it has fenced itself by now, or is stuck: either way someone may take the job
+                return Outcome.LEASE_LOST
+            if stopping is None and unrenewed > lease * OUTAGE_STOP_FRACTION:
+                stopping = Outcome.OUTAGE
             if stopping is None and SHUTDOWN.is_set():
-                stopping = "shutdown"
+                stopping = Outcome.SHUTDOWN
             if stopping is not None and not stop_sent:
-                log.info("job %s: stopping the trainer (%s)", self.claim.job_id, stopping)
+                log.info("job %s: stopping the trainer (%s)", self.job_id, stopping.value)
                 trainer.terminate()
-                stop_sent = time.monotonic()
-            elif stop_sent and time.monotonic() - stop_sent > STOP_GRACE_SECONDS:
+                stop_sent = now
+            elif stop_sent and now - stop_sent > STOP_GRACE_SECONDS:
                 trainer.kill()
             time.sleep(POLL_SECONDS)
 
-    def _ingest(self) -> None:
-        # Points read but not yet stored stay pending: a database outage delays them, it does not drop them.
-        while new := self.follower.read_new():
+    def _renew_lease_file(self) -> None:
+        """Tell the trainer it may go on: until the fence, timed from the renewal the database confirmed (a
+        renewal written late, after a stall, is already expired)."""
+        elapsed = time.monotonic() - self.renewed_at
+        valid_until = time.time() - elapsed + self.settings.lease_seconds * FENCE_FRACTION
+        rundir.renew_lease(self.run_dir, self.claim.attempt, valid_until)
+
+    def _follow(self) -> bool:
+        """Move new metric points and checkpoint rows into the database; False once a write was refused (the
+        job was taken from us). A database error only delays them."""
+        if not self.history_started:
+            started, resumed_from = rundir.attempt_started(self.run_dir, self.claim.attempt)
+            if not started:
+                return True
+            begun = self.database.call(
+                lambda s: fenced_writes.start_history(
+                    session=s, claim=self.claim, resumed_from_step=resumed_from
+                )
+            )
+            if begun is None:
+                return True
+            if not begun:
+                return False
+            self.history_started = True
+        while new := self.reader.read_new():
             self.pending.extend(new)
-            self._store_pending()
-        self._store_pending()
-
-    def _store_pending(self) -> None:
-        if self.pending:
-            lifecycle.add_metric_points(session=self.session, job_id=self.claim.job_id, points=self.pending)
-            self.pending = []
-
-    def _sync(self) -> None:
+            if len(self.pending) >= 10_000 and not self._store_pending():
+                return False
+        if self.pending and not self._store_pending():
+            return False
         found = rundir.scan_checkpoints(self.run_dir)
         if found != self.checkpoints_seen:
-            lifecycle.sync_checkpoints(session=self.session, job_id=self.claim.job_id, found=found)
-            self.checkpoints_seen = found
+            stored = self.database.call(
+                lambda s: fenced_writes.sync_checkpoints(session=s, claim=self.claim, found=found)
+            )
+            if stored is False:
+                return False
+            if stored:
+                self.checkpoints_seen = found
+        return True
+
+    def _store_pending(self) -> bool:
+        """Points read but not yet stored stay pending: an outage delays them, it does not drop them."""
+        step = self.reader.last_step
+        stored = self.database.call(
+            lambda s: fenced_writes.add_metric_points(
+                session=s, claim=self.claim, points=self.pending, step=step
+            )
+        )
+        if stored:
+            self.pending = []
+        return stored is not False
+
+    def _catch_up(self) -> None:
+        """After the trainer exited: store what it wrote last, retrying while the lease lasts."""
+        deadline = self.renewed_at + self.settings.lease_seconds * FENCE_FRACTION
+        while time.monotonic() < deadline:
+            if not self._follow() or (self.database.down_since is None and not self.pending):
+                return
+            time.sleep(self.database.backoff)
 
     def _step(self) -> int:
         """Steps done: the last metrics line, or a checkpoint saved after it (the one a stop request saves)."""
         saved = max((c.step for c in self.checkpoints_seen or []), default=0)
-        return max(self.follower.last_step, saved)
+        return max(self.reader.last_step, saved)
+
+    # ------------------------------------------------------------------------------------------- endings
+    def _final(self, operation: Callable[[Session], bool], what: str) -> bool:
+        """A final transition, retried until the lease would run out; False if it did not land."""
+        deadline = self.renewed_at + self.settings.lease_seconds
+        done = self.database.until(operation, deadline)
+        if not done:
+            log.warning("job %s: lost before it could be %s", self.job_id, what)
+        return bool(done)
 
     def _finish(self, status: JobStatus, error: str | None = None) -> None:
-        self._ingest()
-        if not lifecycle.finish_job(
-            session=self.session, claim=self.claim, status=status, error=error, step=self._step() or None
+        step = self._step() or None
+        self._final(
+            lambda s: state_machine.finish(
+                session=s, claim=self.claim, status=status, error=error, step=step
+            ),
+            f"marked {status.value}",
+        )
+
+    def _hand_back(self) -> None:
+        """Back to the queue without using up an attempt (a deploy, an outage or a stall did not fail it)."""
+        if self._final(
+            lambda s: state_machine.release(session=s, claim=self.claim, count_attempt=False), "handed back"
         ):
-            log.warning("job %s: lost before it could be marked %s", self.claim.job_id, status.value)
+            self._enqueue()
 
     def _failed(self, exit_code: int | None, tail: str) -> None:
-        error = f"trainer exited with code {exit_code} (attempt {self.claim.attempt} of {self.claim.max_attempts})"
+        attempt, max_attempts = self.claim.attempt, self.claim.max_attempts
+        error = f"trainer exited with code {exit_code} (attempt {attempt} of {max_attempts})"
         error = f"{error}:\n{tail}" if tail else error
-        if exit_code == EXIT_BAD_INPUT or self.claim.attempt >= self.claim.max_attempts:
+        if exit_code == rundir.EXIT_BAD_INPUT or attempt >= max_attempts:
             self._finish(JobStatus.failed, error=error)
-        elif lifecycle.release_job(session=self.session, claim=self.claim, error=error):
-            log.info("job %s: attempt %s failed; queued again", self.claim.job_id, self.claim.attempt)
-            self.enqueue(self.claim.job_id)
+        elif self._final(
+            lambda s: state_machine.release(session=s, claim=self.claim, error=error), "requeued"
+        ):
+            log.info("job %s: attempt %s failed; queued again", self.job_id, attempt)
+            self._enqueue()
+
+    def _enqueue(self) -> None:
+        try:
+            self.enqueue(self.job_id)
+        except Exception as error:  # the broker may be down: the reaper sends a wake-up when it is back
+            log.warning("job %s: could not enqueue (%s); the reaper will", self.job_id, error)

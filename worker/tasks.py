@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from api.queue import RUN_JOB_TASK
 from api.settings import get_settings
 from worker.celery_app import app
 from worker.supervisor import supervise
 
-TASK_NAME = "vitq.run_job"
 
-
-@app.task(name=TASK_NAME)
+@app.task(name=RUN_JOB_TASK)
 def run_job(job_id: int) -> None:
     supervise(job_id, settings=get_settings(), enqueue=enqueue_job)
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from api import jobs
+from api import jobs, state_machine
 from api.deps import NO_NUL, JobId, SessionDep
 from api.metric_queries import summarize_metrics
 from api.models import MAX_ID, MAX_JOB_ID, Job, JobStatus
@@ -59,9 +59,11 @@ def _store_and_enqueue(
     spec = confine_paths(spec, settings)  # realpath: file system calls
     with sessions() as session:
         parent = _parent_of(spec, session=session)
-        job = jobs.create_job(session=session, spec=spec, max_attempts=settings.max_attempts, parent=parent)
+        job = state_machine.submit(
+            session=session, spec=spec, max_attempts=settings.max_attempts, parent=parent
+        )
         session.commit()  # before enqueueing: the worker must find the job it is handed
-        if job.wait_reason is None or jobs.settle_waiting_job(session=session, job=job):
+        if job.wait_reason is None or state_machine.settle_waiting_job(session=session, job=job):
             queue.enqueue(job.id)
         return jobs.job_out(job)
 
@@ -126,5 +128,5 @@ def get_job(job_id: JobId, session: SessionDep) -> Response:
 )
 def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
     """A queued job is cancelled at once; a running one stops within seconds (it checkpoints first)."""
-    job = jobs.request_cancel(session=session, job_id=job_id)
+    job = state_machine.request_cancel(session=session, job_id=job_id)
     return jobs.job_out(job, summarize_metrics(session=session, job_ids=[job_id]).get(job_id))

@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from api import jobs
 from api.deps import NO_NUL, JobId, SessionDep
 from api.metric_queries import query_metrics
 from api.models import MAX_ID
 from api.schemas import MetricsOut
+from api.state_machine import JobNotFoundError
 
 router = APIRouter(tags=["metrics"])
 
@@ -31,6 +31,6 @@ def get_metrics(
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
     out = query_metrics(session=session, job_id=job_id, names=wanted, since=since, max_points=max_points)
     if out is None:
-        raise jobs.JobNotFoundError(job_id)
+        raise JobNotFoundError(job_id)
     # Serialized by pydantic-core straight to JSON: ~10x faster than the generic encoder on 100k floats.
     return Response(out.model_dump_json(), media_type="application/json")

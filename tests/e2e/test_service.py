@@ -134,7 +134,10 @@ def test_killed_trainer_is_retried_from_its_latest_checkpoint(stack: Stack) -> N
     steps = stack.metric_steps(job["id"], "loss")
     assert steps == sorted(set(steps)) and steps[-1] == 400  # continued from the checkpoint, no repeats
     log = (stack.settings.run_dir(job["id"]) / "train.log").read_text()
-    assert "attempt 2 on " in log and f"resuming from step {resume_step}" in log
+    resumed = (
+        f"resumed from {rundir.checkpoint_name(resume_step)} (step {resume_step})"  # the trainer says so
+    )
+    assert "attempt 2 on " in log and resumed in log
 
 
 def test_two_process_gloo_job(stack: Stack) -> None:
@@ -166,4 +169,7 @@ def test_dead_worker_job_resumes_on_another_worker(stack: Stack) -> None:
     assert steps == sorted(set(steps)) and steps[-1] == 300  # continued from the checkpoint, no repeats
     assert any(step > resume_step for step in steps)
     log = (stack.settings.run_dir(job["id"]) / "train.log").read_text()
-    assert "attempt 2 on " in log and f"resuming from step {resume_step}" in log
+    resumed = (
+        f"resumed from {rundir.checkpoint_name(resume_step)} (step {resume_step})"  # the trainer says so
+    )
+    assert "attempt 2 on " in log and resumed in log

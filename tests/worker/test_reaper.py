@@ -14,7 +14,7 @@ from kombu import Queue
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from api import lifecycle
+from api import state_machine
 from api.db import make_engine
 from api.migrate import upgrade
 from api.models import Job, JobStatus
@@ -37,13 +37,13 @@ def add_job(settings: Settings, **values: object) -> int:
     return job_id
 
 
-def test_a_lost_message_is_sent_again_once_a_lease(tmp_path: Path, redis_url: str, unique_queue: str) -> None:
+def test_runnable_jobs_without_a_message_get_a_wake_up_however_many_others_wait(
+    tmp_path: Path, redis_url: str, unique_queue: str
+) -> None:
     settings = Settings(home=tmp_path, lease_seconds=2.0)
     upgrade(settings.resolved_database_url)
-    long_ago = datetime.now(UTC) - timedelta(seconds=30)
-    lost = add_job(settings, created_at=long_ago)
-    add_job(settings, created_at=long_ago, wait_reason="waiting for job 1 (running) to finish")
-    fresh = add_job(settings)  # just posted: its message may still be on its way
+    first, second, third = add_job(settings), add_job(settings), add_job(settings)
+    add_job(settings, wait_reason="waiting for job 1 (running) to succeed")  # never runnable: never sent
     broker = Celery("reaper-test", broker=redis_url)
     broker.conf.update(task_queues=[Queue(unique_queue)])
     messages = redis.Redis.from_url(redis_url)
@@ -53,17 +53,17 @@ def test_a_lost_message_is_sent_again_once_a_lease(tmp_path: Path, redis_url: st
 
     reaper = Reaper(
         settings=settings,
+        name="w-test",
         enqueue=lambda job_id: broker.send_task("vitq.run_job", args=[job_id], queue=unique_queue),
         queue_size=lambda: int(messages.llen(unique_queue)),
     )
+    reaper.run_once()  # three runnable jobs, no message: one wake-up each, in queue order
+    assert sorted(sent()) == sorted([f"[{first}]", f"[{second}]", f"[{third}]"])
     reaper.run_once()
-    assert sent() == [f"[{lost}]"]
-    messages.delete(unique_queue)  # a worker took it and died before it could claim the job
-    reaper.run_once()
-    assert sent() == []  # sent less than a lease ago: it may still be on its way
-    time.sleep(settings.lease_seconds)
-    reaper.run_once()  # a lease later both runnable jobs count as lost; the waiting one is never sent
-    assert sorted(sent()) == sorted([f"[{lost}]", f"[{fresh}]"])
+    assert len(sent()) == 3  # as many messages as runnable jobs: nothing more
+    messages.rpop(unique_queue)  # a worker took one and died (or the database was down) before its claim
+    reaper.run_once()  # the other two still wait; the lost one is made good at once
+    assert len(sent()) == 3
 
 
 def test_reaper_survives_a_broker_it_cannot_reach(tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_reaper_survives_a_broker_it_cannot_reach(tmp_path: Path) -> None:
         session.add(job)
         session.commit()
         job_id = job.id
-        assert lifecycle.claim_job(session=session, job_id=job_id, worker="dead") is not None
+        assert state_machine.claim(session=session, worker="dead", prefer=job_id) is not None
         stale = datetime.now(UTC) - timedelta(seconds=30)
         session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=stale))
         session.commit()
@@ -97,7 +97,7 @@ def test_reaper_survives_a_broker_it_cannot_reach(tmp_path: Path) -> None:
             return int(connection.default_channel.queue_declare(queue="training", passive=True).message_count)
 
     stop = threading.Event()
-    thread = Reaper(settings=settings, enqueue=enqueue, queue_size=queue_size).start(stop)
+    thread = Reaper(settings=settings, name="w-test", enqueue=enqueue, queue_size=queue_size).start(stop)
     try:
         deadline = time.monotonic() + 60
         while len(tries) < 2 and time.monotonic() < deadline:

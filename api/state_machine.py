@@ -1,0 +1,414 @@
+"""The job state machine: every transition of a job, each one function holding its conditional UPDATE.
+
+    (submit) -> queued -> running -> succeeded | failed | cancelled
+                  ^          |
+                  +----------+  release (retry, warm shutdown) / requeue_stale (the holder stopped renewing)
+
+The API and the worker call these same functions; nothing else writes a job's status. Each UPDATE's WHERE
+clause states what the caller believes, so two callers racing for the same job cannot both win, and the caller
+learns from the row count whether it did.
+
+Fencing: a claim makes the job's `attempt` one larger; the attempt is the fencing token. Every write a runner
+makes while it holds a job (heartbeat, metric rows, checkpoint rows, final state) names its attempt and worker,
+and the database refuses it once the job has moved on: `hold()` opens such a write's transaction with a
+conditional UPDATE of the job row, which also locks the row until the commit, so the job cannot be requeued
+between the check and the write. A stale runner's writes are refused by the database, not by its own care.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import CursorResult, Select, func, select, update
+from sqlalchemy.orm import Session
+
+from api.models import Checkpoint, Job, JobStatus
+from vit.config import JobSpec
+
+FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class JobNotFoundError(LookupError):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id} not found")
+
+
+class JobStateError(Exception):
+    """The job's state forbids the action (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a runner holds after winning a claim: the job, the attempt (its fencing token) and the spec."""
+
+    job_id: int
+    attempt: int
+    max_attempts: int
+    worker: str
+    spec: JobSpec  # resolved, as stored
+    parent_job_id: int | None
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _won(result: Any) -> bool:
+    assert isinstance(result, CursorResult)
+    return result.rowcount == 1
+
+
+def waiting_reason(parent_id: int, parent_status: str | None = None) -> str:
+    status = f" ({parent_status})" if parent_status else ""
+    return f"waiting for job {parent_id}{status} to succeed"
+
+
+# ------------------------------------------------------------------------------------------------ submit
+def submit(*, session: Session, spec: JobSpec, max_attempts: int, parent: Job | None) -> Job:
+    """Add a queued job holding the resolved spec (not committed). A job whose parent has not finished yet
+    waits (wait_reason) until release_waiting_children lets it go. (POST /jobs accepts a cancelled or failed
+    parent only when it kept a checkpoint: such a child starts from it at once.)"""
+    resolved = spec.resolved()
+    waits = parent is not None and parent.status not in FINISHED
+    job = Job(
+        name=resolved.name,
+        kind=resolved.kind,
+        status=JobStatus.queued,
+        spec=resolved.model_dump(mode="json"),
+        parent_job_id=parent.id if parent is not None else None,
+        max_attempts=max_attempts,
+        total_steps=resolved.train.steps,
+        wait_reason=waiting_reason(parent.id) if waits and parent is not None else None,
+        created_at=now(),
+    )
+    session.add(job)
+    return job
+
+
+def settle_waiting_job(*, session: Session, job: Job) -> bool:
+    """Close the race with a parent finishing while this job was being stored (release_waiting_children may
+    have looked before our commit). Call after the commit. True when the job no longer waits: enqueue it."""
+    if job.wait_reason is None or job.parent_job_id is None:
+        return False
+    released = release_waiting_children(session=session, parent_id=job.parent_job_id)
+    session.refresh(job)
+    return job.id in released
+
+
+# ------------------------------------------------------------------------------------------------ cancel
+def request_cancel(*, session: Session, job_id: int) -> Job:
+    """A queued job is cancelled at once; a running one is flagged for its runner to stop. Committed."""
+    # Two tries: the job may move queued -> running between the two conditional updates.
+    for _ in range(2):
+        cancelled = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.queued)
+            .values(status=JobStatus.cancelled, finished_at=now(), wait_reason=None)
+        )
+        if _won(cancelled):
+            fail_waiting_children(
+                session=session, parent_id=job_id, error=f"parent job {job_id} was cancelled"
+            )
+            break
+        flagged = session.execute(
+            update(Job).where(Job.id == job_id, Job.status == JobStatus.running).values(cancel_requested=True)
+        )
+        if _won(flagged):
+            break
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
+        if status is None:
+            raise JobNotFoundError(job_id)
+        if JobStatus(status).finished:
+            raise JobStateError(f"job {job_id} is {status}; it cannot be cancelled")
+    session.commit()
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    return job
+
+
+# ------------------------------------------------------------------------------------------------ claim
+def runnable() -> tuple[Any, ...]:
+    """The WHERE clause of a job a worker may claim now."""
+    return (Job.status == JobStatus.queued, Job.wait_reason.is_(None), Job.cancel_requested.is_(False))
+
+
+def queue_order(query: Select[Any]) -> Select[Any]:
+    """The order waiting jobs run in: first come, first served."""
+    return query.order_by(Job.created_at, Job.id)
+
+
+def claim(*, session: Session, worker: str, prefer: int | None = None, candidates: int = 5) -> Claim | None:
+    """Move a runnable queued job to running for `worker`: `prefer` if it is runnable, else the first in queue
+    order. A broker message is a wake-up, not an assignment: a message that names a job someone else took still
+    gets the next job started, and a lost message costs nothing while any other message or poll arrives."""
+    ids: list[int] = []
+    if prefer is not None:
+        ids += session.scalars(select(Job.id).where(Job.id == prefer, *runnable())).all()
+    ids += [
+        j
+        for j in session.scalars(queue_order(select(Job.id).where(*runnable())).limit(candidates))
+        if j not in ids
+    ]
+    session.rollback()
+    for job_id in ids:
+        won = _claim_one(session=session, job_id=job_id, worker=worker)
+        if won is not None:
+            return won
+    return None
+
+
+def _claim_one(*, session: Session, job_id: int, worker: str) -> Claim | None:
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.status != JobStatus.queued or job.wait_reason or job.cancel_requested:
+        session.rollback()
+        return None
+    if job.parent_job_id is not None and not _parent_ready(session=session, job=job):
+        return None
+    attempt, started = job.attempt + 1, now()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == job.attempt, *runnable())
+        .values(
+            status=JobStatus.running,
+            attempt=attempt,
+            worker=worker,
+            heartbeat_at=started,
+            started_at=job.started_at or started,
+        )
+    )
+    session.commit()
+    if not _won(result):
+        return None
+    return Claim(
+        job_id=job_id,
+        attempt=attempt,
+        max_attempts=job.max_attempts,
+        worker=worker,
+        spec=JobSpec.model_validate(job.spec),
+        parent_job_id=job.parent_job_id,
+    )
+
+
+def _parent_ready(*, session: Session, job: Job) -> bool:
+    """True when the parent succeeded, or stopped (cancelled, failed) after keeping a checkpoint to start from;
+    otherwise park the child (parent unfinished) or fail it."""
+    parent = session.get(Job, job.parent_job_id)
+    if parent is not None and parent.status == JobStatus.succeeded:
+        return True
+    if (
+        parent is not None
+        and parent.status in FINISHED
+        and _kept_a_checkpoint(session=session, job_id=parent.id)
+    ):
+        return True
+    if parent is not None and parent.status not in FINISHED:
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.queued, Job.wait_reason.is_(None))
+            .values(wait_reason=waiting_reason(parent.id, parent.status.value))
+        )
+    else:
+        _fail_orphan(session=session, child_id=job.id, parent=parent, parent_id=job.parent_job_id)
+    session.commit()
+    return False
+
+
+def _kept_a_checkpoint(*, session: Session, job_id: int) -> bool:
+    return session.scalar(select(Checkpoint.id).where(Checkpoint.job_id == job_id).limit(1)) is not None
+
+
+# ------------------------------------------------------------------------------------------------ holding
+def held_by(claim: Claim) -> tuple[Any, ...]:
+    """The WHERE clause that is true only while `claim` still holds its job (the fence)."""
+    return (
+        Job.id == claim.job_id,
+        Job.status == JobStatus.running,
+        Job.worker == claim.worker,
+        Job.attempt == claim.attempt,
+    )
+
+
+def hold(*, session: Session, claim: Claim, step: int | None = None) -> bool:
+    """Open a fenced write: True (the job row now locked until the commit) while the claim holds the job;
+    False (rolled back) once it has moved on. Write, then commit, only after True. `step` moves the progress."""
+    values: dict[str, Any] = {"attempt": Job.attempt} if step is None else {"step": step}
+    result = session.execute(update(Job).where(*held_by(claim)).values(**values))
+    if _won(result):
+        return True
+    session.rollback()
+    return False
+
+
+def renew(*, session: Session, claim: Claim, step: int) -> tuple[bool, bool]:
+    """Refresh the lease and the progress in one round trip: (still held, cancel requested). Not held: the
+    job was requeued or finished elsewhere, and the caller must stop its trainer at once."""
+    flag = session.execute(
+        update(Job)
+        .where(*held_by(claim))
+        .values(heartbeat_at=now(), step=step)
+        .returning(Job.cancel_requested)
+    ).scalar_one_or_none()
+    session.commit()
+    return flag is not None, bool(flag)
+
+
+def record_progress_start(*, session: Session, claim: Claim, resumed_from_step: int | None) -> bool:
+    """The attempt's trainer resumed from this step (None: from scratch). Fenced."""
+    result = session.execute(
+        update(Job)
+        .where(*held_by(claim))
+        .values(resumed_from_step=resumed_from_step, step=resumed_from_step or 0)
+    )
+    session.commit()
+    return _won(result)
+
+
+def finish(
+    *, session: Session, claim: Claim, status: JobStatus, error: str | None = None, step: int | None = None
+) -> bool:
+    """Record the final state; False when the caller no longer holds the job (nothing is written). A job that
+    did not succeed takes its waiting fine-tunes down with it."""
+    if status not in FINISHED:
+        raise ValueError(f"{status.value} is not a final state")
+    values: dict[str, Any] = {"status": status, "error": error, "finished_at": now(), "wait_reason": None}
+    if step is not None:
+        values["step"] = step
+    result = session.execute(update(Job).where(*held_by(claim)).values(**values))
+    if _won(result) and status != JobStatus.succeeded:
+        reason = f"parent job {claim.job_id} {status.value}" + (f": {error}" if error else "")
+        fail_waiting_children(session=session, parent_id=claim.job_id, error=reason)
+    session.commit()
+    return _won(result)
+
+
+def release(*, session: Session, claim: Claim, error: str | None = None, count_attempt: bool = True) -> bool:
+    """Put a held job back to queued (a retry, or a worker shutting down); the next claim resumes it.
+    `count_attempt=False` gives the attempt back (a worker shutting down did not fail it: deploys and restarts
+    must not use up a job's retries). False when nothing is to be enqueued: the job was lost, or a cancel was
+    requested meanwhile (it ends cancelled here, since a queued job with a cancel request never runs)."""
+    if _cancel_instead(session=session, where=held_by(claim)):
+        return False
+    attempt = claim.attempt if count_attempt else claim.attempt - 1
+    result = session.execute(
+        update(Job)
+        .where(*held_by(claim))
+        .values(status=JobStatus.queued, worker=None, heartbeat_at=None, error=error, attempt=attempt)
+    )
+    session.commit()
+    return _won(result)
+
+
+def _cancel_instead(*, session: Session, where: tuple[Any, ...]) -> bool:
+    """End a running job cancelled if its cancel was requested (the caller was about to requeue it)."""
+    result = session.execute(
+        update(Job)
+        .where(*where, Job.cancel_requested.is_(True))
+        .values(status=JobStatus.cancelled, worker=None, heartbeat_at=None, finished_at=now())
+    )
+    session.commit()
+    return _won(result)
+
+
+# ------------------------------------------------------------------------------------------------ recovery
+def requeue_stale(*, session: Session, lease_seconds: float) -> list[int]:
+    """Running jobs whose heartbeat is older than the lease belong to runners that stopped renewing: requeue
+    them (or fail them once they have used every attempt). Returns the ids to enqueue again."""
+    cutoff = now() - timedelta(seconds=lease_seconds)
+    stale = session.execute(
+        select(Job.id, Job.attempt, Job.max_attempts, Job.worker).where(
+            Job.status == JobStatus.running, Job.heartbeat_at < cutoff
+        )
+    ).all()
+    requeued: list[int] = []
+    for job_id, attempt, max_attempts, worker in stale:
+        lost = f"worker {worker} stopped renewing its lease (attempt {attempt} of {max_attempts})"
+        where = (
+            Job.id == job_id,
+            Job.status == JobStatus.running,
+            Job.attempt == attempt,
+            Job.heartbeat_at < cutoff,
+        )
+        if _cancel_instead(session=session, where=where):
+            continue
+        final = attempt >= max_attempts
+        values: dict[str, Any] = (
+            {"status": JobStatus.failed, "error": lost, "finished_at": now()}
+            if final
+            else {"status": JobStatus.queued, "error": lost}
+        )
+        result = session.execute(update(Job).where(*where).values(worker=None, heartbeat_at=None, **values))
+        if _won(result) and final:
+            fail_waiting_children(
+                session=session, parent_id=job_id, error=f"parent job {job_id} failed: {lost}"
+            )
+        elif _won(result):
+            requeued.append(job_id)
+    session.commit()
+    return requeued
+
+
+def release_waiting_children(*, session: Session, parent_id: int | None = None) -> list[int]:
+    """Resolve fine-tunes parked on their parent (all of them, or one parent's): released when it succeeded
+    (returned, to enqueue), failed when it failed or was cancelled. Committed."""
+    query = select(Job.id, Job.parent_job_id).where(
+        Job.status == JobStatus.queued, Job.wait_reason.is_not(None), Job.parent_job_id.is_not(None)
+    )
+    if parent_id is not None:
+        query = query.where(Job.parent_job_id == parent_id)
+    released: list[int] = []
+    for child_id, parent in session.execute(query).all():
+        parent_job = session.get(Job, parent)
+        if parent_job is not None and parent_job.status == JobStatus.succeeded:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == child_id, Job.status == JobStatus.queued, Job.wait_reason.is_not(None))
+                .values(wait_reason=None)
+            )
+            if _won(result):
+                released.append(child_id)
+        elif parent_job is None or parent_job.status in FINISHED:
+            _fail_orphan(session=session, child_id=child_id, parent=parent_job, parent_id=parent)
+    session.commit()
+    return released
+
+
+def fail_waiting_children(*, session: Session, parent_id: int, error: str) -> None:
+    """Jobs waiting on a parent that will never succeed fail now, and so do jobs waiting on them (not
+    committed: part of the caller's transition)."""
+    pending = [(parent_id, error)]
+    while pending:
+        parent, reason = pending.pop()
+        failed = session.scalars(
+            update(Job)
+            .where(Job.parent_job_id == parent, Job.status == JobStatus.queued)
+            .values(status=JobStatus.failed, error=reason, wait_reason=None, finished_at=now())
+            .returning(Job.id)
+        ).all()
+        pending += [(child, f"parent job {child} failed: {reason}") for child in failed]
+
+
+def _fail_orphan(*, session: Session, child_id: int, parent: Job | None, parent_id: int | None) -> None:
+    if parent is None:
+        error = f"parent job {parent_id} does not exist"
+    elif parent.status == JobStatus.cancelled:
+        error = f"parent job {parent.id} was cancelled"
+    else:
+        error = f"parent job {parent.id} failed: {parent.error or 'no error recorded'}"
+    result = session.execute(
+        update(Job)
+        .where(Job.id == child_id, Job.status == JobStatus.queued)
+        .values(status=JobStatus.failed, error=error, wait_reason=None, finished_at=now())
+    )
+    if _won(result):
+        fail_waiting_children(
+            session=session, parent_id=child_id, error=f"parent job {child_id} failed: {error}"
+        )
+
+
+def runnable_count(*, session: Session) -> int:
+    """How many jobs a worker could claim now (the reaper keeps at least this many wake-ups in the broker)."""
+    count = session.scalar(select(func.count()).select_from(Job).where(*runnable())) or 0
+    session.rollback()
+    return count

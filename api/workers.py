@@ -1,0 +1,49 @@
+"""The worker registry: each worker process announces itself and renews a heartbeat; the API reads who is alive.
+
+A worker counts as alive while its heartbeat is younger than the lease, the same rule that decides when its
+jobs are taken from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from api.models import Worker
+from api.state_machine import now
+
+
+def announce(*, session: Session, name: str, host: str, pid: int) -> None:
+    session.execute(delete(Worker).where(Worker.name == name))
+    session.add(Worker(name=name, host=host, pid=pid, started_at=now(), heartbeat_at=now()))
+    session.commit()
+
+
+def beat(*, session: Session, name: str) -> None:
+    session.execute(update(Worker).where(Worker.name == name).values(heartbeat_at=now(), stopped_at=None))
+    session.commit()
+
+
+def retire(*, session: Session, name: str) -> None:
+    """A worker shutting down cleanly says so at once, instead of leaving the others to wait out its lease."""
+    session.execute(update(Worker).where(Worker.name == name).values(stopped_at=now()))
+    session.commit()
+
+
+def live(*, session: Session, lease_seconds: float) -> Sequence[Worker]:
+    cutoff = now() - timedelta(seconds=lease_seconds)
+    rows = session.scalars(
+        select(Worker).where(Worker.heartbeat_at >= cutoff, Worker.stopped_at.is_(None)).order_by(Worker.name)
+    ).all()
+    session.rollback()
+    return rows
+
+
+def forget_dead(*, session: Session, older_than_seconds: float) -> None:
+    """Drop workers silent for long (a day): the table must not grow with every restart forever."""
+    cutoff = now() - timedelta(seconds=older_than_seconds)
+    session.execute(delete(Worker).where(Worker.heartbeat_at < cutoff))
+    session.commit()
