@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint services compose-test
+.PHONY: serve test lint services compose-test mutation
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -30,3 +30,8 @@ test: $(STAMP) services lint
 # on a machine without Docker Hub, run ../shared/tools/local-docker.sh first (base image stand-ins).
 compose-test: $(STAMP)
 	$(VENV)/bin/pytest -q -rs -m compose tests/compose
+
+# Mutation testing (mutmut) of the core modules, each against its own tests: tens of minutes, so not part of
+# `make test`. Prints the killed / survived table the README's "Test quality" section shows.
+mutation: $(STAMP)
+	nice -n 15 $(VENV)/bin/python tools/mutation.py

@@ -1,0 +1,199 @@
+"""`make mutation`: mutmut over each core module, against that module's own tests only, then a table of killed /
+survived mutants per module.
+
+Each module runs in a scratch copy of this checkout (.mutation/<module>/, working tree as it is), so mutmut's
+mutants/ folder never appears in the checkout others test from, and its config (which file to mutate, which
+tests to run) can differ per module. Mutants listed in tests/MUTANTS.md are equivalent ones (no test can tell
+them from the original); the last column leaves them out. A survivor missing from that list, or a listed mutant
+that no longer survives, is named after the table; survivors' diffs are in .mutation/<module>/survivors.diff."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+SCRATCH = CHECKOUT / ".mutation"
+EQUIVALENTS = CHECKOUT / "tests" / "MUTANTS.md"
+MUTMUT = Path(sys.executable).parent / "mutmut"
+
+# mutmut's statuses: a mutant is caught when its tests fail, crash or hang.
+CAUGHT = {"killed", "timeout", "segfault", "caught by type check"}
+
+
+@dataclass(frozen=True)
+class Target:
+    source: str  # the file mutated
+    tests: tuple[str, ...]  # the only tests run against its mutants
+
+    @property
+    def name(self) -> str:
+        return Path(self.source).stem
+
+    @property
+    def module(self) -> str:
+        return self.source.removesuffix(".py").replace("/", ".")
+
+
+TARGETS = (
+    Target("vit/weights.py", ("tests/vit/test_weights.py", "tests/vit/test_weights_promises.py")),
+    Target("vit/data/splits.py", ("tests/vit/test_data.py", "tests/vit/test_splits.py")),
+    Target("vit/data/loader.py", ("tests/vit/test_data.py", "tests/vit/test_loader.py")),
+    Target("vit/model.py", ("tests/vit/test_model.py",)),
+    Target("vit/checkpoint.py", ("tests/vit/test_checkpoint.py", "tests/vit/test_checkpoint_promises.py")),
+    Target(
+        "api/spec_input.py",
+        ("tests/api/test_submit.py", "tests/api/test_fuzz_input.py", "tests/api/test_spec_input.py"),
+    ),
+    # Last: its two-process gloo tests spawn interpreters, a minute each on a busy machine.
+    Target("vit/evaluate.py", ("tests/vit/test_evaluate.py", "tests/vit/test_evaluate_promises.py")),
+)
+
+
+@dataclass
+class Outcome:
+    target: Target
+    statuses: dict[str, str]  # mutant name -> mutmut status
+    equivalent: set[str]
+
+    @property
+    def caught(self) -> int:
+        return sum(status in CAUGHT for status in self.statuses.values())
+
+    @property
+    def survivors(self) -> set[str]:
+        return {name for name, status in self.statuses.items() if status not in CAUGHT}
+
+    def row(self) -> str:
+        total = len(self.statuses)
+        survived = len(self.survivors)
+        counted = total - len(self.equivalent & self.survivors)
+        return (
+            f"| {self.target.source} ({', '.join(Path(t).name for t in self.target.tests)}) | {total} "
+            f"| {self.caught} | {survived} | {_percent(self.caught, total)} | {_percent(self.caught, counted)} |"
+        )
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.0f} %" if whole else "-"
+
+
+def listed_equivalents() -> set[str]:
+    if not EQUIVALENTS.exists():
+        return set()
+    return set(re.findall(r"`([\w.]+__mutmut_\d+)`", EQUIVALENTS.read_text()))
+
+
+def prepare(target: Target, workdir: Path) -> None:
+    """A fresh copy of the checkout's files (tracked and untracked, not ignored), configured for this target."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=CHECKOUT,
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
+    for relative in filter(None, listed.split("\0")):
+        source = CHECKOUT / relative
+        if source.is_file():  # a tracked file deleted in the working tree is left out
+            (workdir / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, workdir / relative)
+    top_level = sorted(p.name for p in workdir.iterdir() if p.name not in {"tests", "pyproject.toml"})
+    config = {
+        "source_paths": [target.source],
+        # mutmut copies only the mutated file into mutants/: the rest of the checkout must come along
+        "also_copy": top_level,
+        "pytest_add_cli_args_test_selection": list(target.tests),
+        "pytest_add_cli_args": ["-p", "no:cacheprovider"],
+    }
+    lines = ["", "[tool.mutmut]", *(f"{key} = {json.dumps(value)}" for key, value in config.items())]
+    with (workdir / "pyproject.toml").open("a") as pyproject:
+        pyproject.write("\n".join(lines) + "\n")
+
+
+def mutate(workdir: Path, jobs: int, log: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with log.open("w") as out:
+        run = subprocess.run(
+            [str(MUTMUT), "run", "--max-children", str(jobs)], cwd=workdir, env=env, stdout=out, stderr=out
+        )
+    if run.returncode != 0:
+        raise SystemExit(f"mutmut failed in {workdir} (exit {run.returncode}); see {log}")
+
+
+def statuses(workdir: Path) -> dict[str, str]:
+    listed = subprocess.run(
+        [str(MUTMUT), "results", "--all", "true"], cwd=workdir, check=True, capture_output=True, text=True
+    ).stdout
+    return dict(re.findall(r"^\s+(\S+__mutmut_\d+): (.+)$", listed, flags=re.MULTILINE))
+
+
+def write_survivor_diffs(workdir: Path, survivors: set[str]) -> None:
+    diffs = [
+        subprocess.run(
+            [str(MUTMUT), "show", name], cwd=workdir, check=True, capture_output=True, text=True
+        ).stdout
+        for name in sorted(survivors)
+    ]
+    (workdir / "survivors.diff").write_text("\n".join(diffs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "only", nargs="*", help="module names to run (default: all): " + ", ".join(t.name for t in TARGETS)
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
+    args = parser.parse_args()
+    unknown = set(args.only) - {t.name for t in TARGETS}
+    if unknown:
+        parser.error(f"unknown modules: {', '.join(sorted(unknown))}")
+
+    equivalent = listed_equivalents()
+    outcomes: list[Outcome] = []
+    for target in TARGETS:
+        if args.only and target.name not in args.only:
+            continue
+        workdir = SCRATCH / target.name
+        started = datetime.now(UTC)
+        print(f"{target.source}: mutating against {' '.join(target.tests)} ...", flush=True)
+        prepare(target, workdir)
+        mutate(workdir, args.jobs, SCRATCH / f"{target.name}.log")
+        found = statuses(workdir)
+        mine = {name for name in equivalent if name.startswith(target.module + ".")}
+        outcome = Outcome(target, found, mine)
+        write_survivor_diffs(workdir, outcome.survivors)
+        minutes = (datetime.now(UTC) - started).total_seconds() / 60
+        print(f"  {len(found)} mutants, {dict(Counter(found.values()))}, {minutes:.1f} min", flush=True)
+        outcomes.append(outcome)
+
+    print(f"\nMutation testing, {datetime.now(UTC):%Y-%m-%d} (mutmut; each module against its own tests)\n")
+    print("| module (tests) | mutants | killed | survived | killed / all | killed / non-equivalent |")
+    print("|---|---|---|---|---|---|")
+    for outcome in outcomes:
+        print(outcome.row())
+    for outcome in outcomes:
+        unexplained = sorted(outcome.survivors - outcome.equivalent)
+        stale = sorted(outcome.equivalent - outcome.survivors)
+        if unexplained:
+            print(
+                f"\n{outcome.target.source}: survivors not listed in tests/MUTANTS.md "
+                f"(diffs in .mutation/{outcome.target.name}/survivors.diff):"
+            )
+            print("\n".join(f"  {name}" for name in unexplained))
+        if stale:
+            print(f"\n{outcome.target.source}: listed in tests/MUTANTS.md but no longer surviving:")
+            print("\n".join(f"  {name}" for name in stale))
+
+
+if __name__ == "__main__":
+    main()
