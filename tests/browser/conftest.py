@@ -52,3 +52,35 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
     opened.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def stroke_pixels(
+    page: Page,
+    chart: str,
+    rgb: tuple[int, int, int],
+    *,
+    alpha: tuple[int, int] = (129, 255),
+    tolerance: int = 40,
+) -> int:
+    """How many pixels of a chart's canvas (its `data-chart` title) are close to colour `rgb`, with an opacity
+    in `alpha` (the canvas is transparent: a faint curve is the same colour at a low alpha)."""
+    return int(
+        page.evaluate(
+            """([chart, [r, g, b], [low, high], tolerance]) => {
+              const canvas = document.querySelector(`[data-chart="${chart}"] canvas`);
+              const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+              let count = 0;
+              for (let i = 0; i < data.length; i += 4) {
+                if (Math.abs(data[i] - r) < tolerance && Math.abs(data[i + 1] - g) < tolerance
+                    && Math.abs(data[i + 2] - b) < tolerance && data[i + 3] >= low && data[i + 3] <= high) count++;
+              }
+              return count;
+            }""",
+            [chart, list(rgb), list(alpha), tolerance],
+        )
+    )
+
+
+def horizontal_overflow(page: Page) -> int:
+    """Pixels the page is wider than the window (0 when nothing scrolls sideways)."""
+    return int(page.evaluate("document.documentElement.scrollWidth - window.innerWidth"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
@@ -61,8 +63,11 @@ def test_submitted_job_succeeds_with_drawn_curves(page: Page, service: Service, 
     page.locator("#view[data-metrics-loaded=true]").wait_for()
     assert loss_pixels(page) > 50
     expect(page.locator(".checkpoints, table.small a", has_text="download").first).to_be_visible()
-    expect(page.get_by_text("1-shot")).to_be_visible()
+    expect(page.get_by_role("cell", name="1-shot")).to_be_visible()
     expect(page.locator("pre.spec")).to_contain_text("embed_dim: 32")
+    expect(page.locator("dl.summary div", has_text="MFU").locator("dd")).to_have_text(
+        re.compile(r"^\d+\.\d%$")
+    )
 
 
 def test_job_list_shows_and_filters_jobs(page: Page, service: Service, pretrained_job: int) -> None:
@@ -95,6 +100,27 @@ def test_validation_error_is_shown_next_to_its_field(page: Page, service: Servic
     assert page.url.endswith("#/submit")
 
 
+def test_bad_variant_is_marked_on_its_own_line(page: Page, service: Service) -> None:
+    page.goto(f"{service.url}/#/submit")
+    submit_through_form(
+        page, "kind: pretrain\nname: bad-variant\nmodel:\n  variant: X/16\n  image_size: 16\n"
+    )
+    mark = page.locator(".mark-msg[data-field='model.variant']")
+    expect(mark).to_contain_text('must look like "B/16"')
+    assert mark.evaluate("el => el.style.top") == f"{8 + 3 * 20}px"  # line 4, `  variant: X/16`, not `model:`
+    expect(page.locator(".gutter div.bad")).to_have_text("4")
+
+
+def test_yaml_syntax_error_is_marked_on_its_line(page: Page, service: Service) -> None:
+    page.goto(f"{service.url}/#/submit")
+    submit_through_form(page, "kind: pretrain\nname: broken\ntrain:\n  steps: 10\n   batch_size: 4\n")
+    expect(page.locator(".errors li[data-field=syntax]")).to_contain_text("invalid YAML at line 5")
+    mark = page.locator(".mark-msg[data-field=syntax]")
+    expect(mark).to_contain_text("mapping values are not allowed here")
+    assert mark.evaluate("el => el.style.top") == f"{8 + 4 * 20}px"
+    expect(page.locator(".gutter div.bad")).to_have_text("5")
+
+
 def test_finetune_from_this_then_cancel_it_from_its_page(
     page: Page, service: Service, client: VitqClient, pretrained_job: int
 ) -> None:
@@ -107,7 +133,10 @@ def test_finetune_from_this_then_cancel_it_from_its_page(
     text = editor.input_value()
     assert "kind: finetune" in text and f"init: {{from_job: {pretrained_job}}}" in text
     assert "embed_dim: 32" in text  # the parent's architecture
-    editor.fill(text.replace("steps: 40", "steps: 100000"))
+    assert (
+        "  steps: 10\n" in text
+    )  # a fine-tune's length (a quarter of the pretrain's 40), not the pretrain's
+    editor.fill(text.replace("  steps: 10\n", "  steps: 100000\n"))
     page.get_by_role("button", name="Submit").click()
     page.wait_for_url("**/#/jobs/*")
     finetune_id = int(page.url.rsplit("/", 1)[1])
@@ -123,6 +152,34 @@ def test_finetune_from_this_then_cancel_it_from_its_page(
     expect(page.locator(".badge")).to_have_text("cancelled")
     assert client.get(finetune_id)["status"] == "cancelled"
 
+    # Lineage, both ways: the fine-tune links to its parent, and the parent lists its fine-tunes.
+    page.locator("a.parent-link").click()
+    page.wait_for_url(f"**/#/jobs/{pretrained_job}")
+    expect(page.locator("a.parent-link")).to_be_hidden()
+    child = page.locator(f".children li[data-job-id='{finetune_id}']")
+    expect(child).to_contain_text("cancelled")
+    child.get_by_role("link").click()
+    page.wait_for_url(f"**/#/jobs/{finetune_id}")
+    expect(page.locator("a.parent-link")).to_have_text(f"from job #{pretrained_job}")
+
+    # The cancelled fine-tune kept the checkpoint it saved on stopping: it can be fine-tuned from, choosing it.
+    kept = max(client.checkpoints(finetune_id), key=lambda c: int(c["step"]))
+    expect(page.get_by_role("link", name="Fine-tune from this")).to_be_visible()
+    page.locator(f"a[data-checkpoint='{kept['name']}']").click()
+    page.locator("#view[data-ready=true]").wait_for()
+    expect(page.get_by_label("checkpoint")).to_have_value(kept["name"])
+    text = editor.input_value()
+    assert f"init: {{from_job: {finetune_id}, checkpoint: {kept['name']}}}" in text
+    assert "  steps: 25000\n" in text  # a quarter of its parent's 100000
+    editor.fill(text.replace("  steps: 25000\n", "  steps: 4\n"))
+    page.get_by_role("button", name="Submit").click()
+    page.wait_for_url("**/#/jobs/*")
+    grandchild = client.get(int(page.url.rsplit("/", 1)[1]))
+    assert grandchild["parent_job_id"] == finetune_id
+    assert grandchild["spec"]["init"]["checkpoint"] == kept["name"]
+    expect(page.locator("a.parent-link")).to_have_text(f"from job #{finetune_id} ({kept['name']})")
+    expect(page.locator("#view")).to_have_attribute("data-status", "succeeded", timeout=TRAINING_TIMEOUT_MS)
+
 
 def test_chart_appends_new_steps_and_asks_for_a_reload_when_history_rewinds(
     page: Page, service: Service
@@ -133,15 +190,19 @@ def test_chart_appends_new_steps_and_asks_for_a_reload_when_history_rewinds(
     page.locator("#view[data-loaded=true]").wait_for()
     result = page.evaluate(
         """async () => {
-          const { MetricChart } = await import("/static/js/charts.js");
+          const { Board } = await import("/static/js/charts.js");
           const holder = document.body.appendChild(document.createElement("div"));
-          const chart = new MetricChart(holder, "t", [{ name: "loss", label: "loss" }]);
+          const board = new Board(holder);
+          board.addRun({ id: 1, name: "t", batchSize: 8 });
           const series = (steps) => ({ loss: { steps, values: steps.map((s) => 1 / s) } });
-          const answers = [chart.update(series([1, 2, 3]), { replace: true }), chart.update(series([4, 5]))];
-          answers.push(chart.update(series([1, 2])));  // the history was written again from step 1
-          const steps = [...chart.plot.data[0]];
-          answers.push(chart.update(series([1, 2]), { replace: true }));
-          return { answers, steps, after: [...chart.plot.data[0]] };
+          const drawn = () => [...board.panels.get("loss").plot.data[0]];
+          const answers = [board.setPoints(1, series([1, 2, 3]), { replace: true }), board.setPoints(1, series([4, 5]))];
+          answers.push(board.setPoints(1, series([1, 2])));  // the history was written again from step 1
+          board.render();
+          const steps = drawn();
+          answers.push(board.setPoints(1, series([1, 2]), { replace: true }));
+          board.render();
+          return { answers, steps, after: drawn() };
         }"""
     )
     assert result == {"answers": [True, True, False, True], "steps": [1, 2, 3, 4, 5], "after": [1, 2]}

@@ -9,18 +9,22 @@ export const PALETTE = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "
 const DASHES = [[], [6, 4], [2, 3], [10, 3, 2, 3]]; // a run's second, third... metric in one panel
 const HEIGHT = 200;
 const SPARSE = 40; // series with at most this many points get dots: eval series are few and far between
+const logRange = (u, lo, hi) => (lo == null ? [1, 10] : [lo / 1.05, hi * 1.05]);
 const accuracyRange = (u, lo, hi) => [Math.max(0, (lo ?? 0) - 0.02), Math.min(1, (hi ?? 1) + 0.02)];
 
-// Known metrics grouped into panels; any other logged series gets a panel of its own. Core panels show even
+// Known metrics grouped into panels; any other logged series gets a panel of its own. `percent`: a fraction
+// shown as a percentage; `bounded`: an accuracy, whose axis stays within [0, 1]. Core panels show even
 // before their first point, so a new job's page does not reflow when training starts.
 export const PANELS = [
   { id: "loss", title: "Loss", metrics: { loss: "train", val_loss: "val" }, core: true },
-  { id: "val_top1", title: "Validation top-1", metrics: { val_top1: "val top-1" }, percent: true, core: true },
-  { id: "few_shot", title: "Few-shot accuracy", pattern: /^few_shot_(\d+)$/, label: (m) => `${m[1]}-shot`, percent: true },
+  { id: "val_top1", title: "Validation top-1", metrics: { val_top1: "val top-1" }, percent: true, bounded: true, core: true },
+  { id: "few_shot", title: "Few-shot accuracy", pattern: /^few_shot_(\d+)$/, label: (m) => `${m[1]}-shot`, percent: true, bounded: true },
   { id: "lr", title: "Learning rate", metrics: { lr: "lr" }, core: true },
   { id: "images_per_s", title: "Throughput (img/s)", metrics: { images_per_s: "img/s" }, core: true },
   { id: "grad_norm", title: "Gradient norm", metrics: { grad_norm: "grad norm" } },
   { id: "epoch", title: "Epoch", metrics: { epoch: "epoch" } },
+  // Model FLOP utilization: a fraction of the accelerator's peak, when the trainer knows that peak.
+  { id: "mfu", title: "MFU", metrics: { mfu: "MFU" }, percent: true },
 ];
 
 // x axis choices: the logged step, the images trained on (step x global batch), or the training time summed
@@ -127,11 +131,14 @@ export class Board {
   }
 }
 
+const otherPanels = new Map(); // metric -> its own panel definition, made once (panels are matched by identity)
+
 function panelFor(metric) {
   for (const def of PANELS) {
     if ((def.metrics && metric in def.metrics) || def.pattern?.test(metric)) return def;
   }
-  return { id: `metric:${metric}`, title: metric, metrics: { [metric]: metric } };
+  if (!otherPanels.has(metric)) otherPanels.set(metric, { id: `metric:${metric}`, title: metric, metrics: { [metric]: metric } });
+  return otherPanels.get(metric);
 }
 
 // step -> seconds of training, summed over the logged throughput (each images_per_s point covers the steps
@@ -269,12 +276,13 @@ class Panel {
   }
 
   options(lines) {
-    const { percent } = this.def;
+    const { percent, bounded } = this.def;
     const xAxis = X_AXES[this.board.x];
     const smoothing = this.board.smoothing > 0;
     const reading = percent ? (v) => `${(v * 100).toFixed(2)}%` : (v) => significant(v);
     const axisStyle = { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e5e7eb" } };
-    const y = this.log ? { distr: 3, log: 10 } : percent ? { range: accuracyRange } : {};
+    // uPlot's own log range snaps to whole decades, which flattens a loss going from 2.3 to 2.1: fit the data.
+    const y = this.log ? { distr: 3, log: 10, range: logRange } : bounded ? { range: accuracyRange } : {};
     return {
       width: this.width(),
       height: HEIGHT,
@@ -298,7 +306,7 @@ class Panel {
         ...lines.flatMap((line) => {
           const count = line.run.points.get(line.metric).steps.length;
           return [
-            { label: `${line.label} (raw)`, stroke: `${line.color}40`, width: 1, spanGaps: true, show: smoothing,
+            { label: `${line.label} (raw)`, stroke: `${line.color}59`, width: 1.25, spanGaps: true, show: smoothing,
               points: { show: false } },
             { label: line.label, stroke: line.color, dash: line.dash, width: 1.5, spanGaps: true,
               points: { show: count <= SPARSE, size: 5 }, value: (u, v) => (v == null ? "–" : reading(v)) },
