@@ -1,4 +1,5 @@
-"""The dashboard: a static single-page app (hash routes: #/, #/jobs/ID, #/submit) and the example specs it offers.
+"""The dashboard: a static single-page app (hash routes: #/, #/jobs/ID, #/compare?ids=1,2, #/submit) and the
+example specs it offers.
 
 Everything is served from this package (uPlot is vendored under static/vendor), so the page works offline.
 """
