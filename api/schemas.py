@@ -77,6 +77,8 @@ class CheckpointList(BaseModel):
 class Health(BaseModel):
     database: str
     broker: str
+    workers: str  # "ok", "ok: none alive, no job waits" or "down: no live worker while N job(s) wait"
+    live_workers: list[str]  # names (host:pid) of workers whose heartbeat is within the lease
 
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:

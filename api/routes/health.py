@@ -1,4 +1,5 @@
-"""Liveness of the parts the API needs: the database and the broker, each checked with a short deadline."""
+"""Liveness of the parts the service needs: the database and the broker, each checked with a short deadline,
+and the workers (from their heartbeats): none alive while jobs wait is unhealthy, since those jobs never start."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
+from sqlalchemy.orm import Session
 
+from api import state_machine, workers
 from api.deps import QueueDep
 from api.schemas import Health
 
@@ -24,16 +26,29 @@ _checks = {part: ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"healthz-
 
 @router.get("/healthz", response_model=Health, responses={503: {"model": Health}})
 async def healthz(request: Request, queue: QueueDep) -> JSONResponse:
-    engine = request.app.state.engine
+    sessions = request.app.state.sessions
+    lease = request.app.state.settings.lease_seconds
+    seen: dict[str, object] = {}
 
     def database() -> None:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+        with sessions() as session:
+            seen["workers"] = _workers(session, lease)
 
     states = await asyncio.gather(_run("database", database), _run("broker", queue.check))
-    results = dict(zip(PARTS, states, strict=True))
-    healthy = all(value == "ok" for value in results.values())
+    results: dict[str, object] = dict(zip(PARTS, states, strict=True))
+    results["workers"], results["live_workers"] = seen.get("workers", ("unknown: the database is down", []))
+    healthy = all(results[part] == "ok" for part in PARTS) and not str(results["workers"]).startswith("down")
     return JSONResponse(results, status_code=200 if healthy else 503)
+
+
+def _workers(session: Session, lease_seconds: float) -> tuple[str, list[str]]:
+    alive = [w.name for w in workers.live(session=session, lease_seconds=lease_seconds)]
+    if alive:
+        return "ok", alive
+    waiting = state_machine.runnable_count(session=session)
+    if waiting:
+        return f"down: no live worker while {waiting} job(s) wait", alive
+    return "ok: none alive, no job waits", alive
 
 
 async def _run(part: str, check: Callable[[], None]) -> str:

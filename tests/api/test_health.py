@@ -4,14 +4,36 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
+from api import workers
 from api.app import create_app
+from api.db import session_scope
 
 from .conftest import Api
 
 
 def test_healthy(api: Api) -> None:
     response = api.client.get("/healthz")
-    assert (response.status_code, response.json()) == (200, {"database": "ok", "broker": "ok"})
+    assert response.status_code == 200, response.text
+    assert {part: response.json()[part] for part in ("database", "broker")} == {
+        "database": "ok",
+        "broker": "ok",
+    }
+
+
+def test_no_live_worker_while_jobs_wait_is_503_and_a_heartbeat_makes_it_healthy(api: Api) -> None:
+    api.client.post("/jobs", json={"kind": "pretrain", "train": {"steps": 10}})
+    response = api.client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["workers"].startswith("down: no live worker while ")
+    assert response.json()["live_workers"] == []
+    with session_scope(api.settings.resolved_database_url) as session:
+        workers.announce(session=session, name="host-a:7", host="host-a", pid=7)
+    response = api.client.get("/healthz")
+    assert response.status_code == 200, response.text
+    assert (response.json()["workers"], response.json()["live_workers"]) == ("ok", ["host-a:7"])
+    with session_scope(api.settings.resolved_database_url) as session:
+        workers.retire(session=session, name="host-a:7")  # a clean shutdown counts at once
+    assert api.client.get("/healthz").status_code == 503
 
 
 def test_broker_down_is_503(api: Api) -> None:

@@ -79,6 +79,14 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outage]:
             thread.join(30)
 
 
+PARTS_OK = {"database": "ok", "broker": "ok"}
+
+
+def parts(health: dict[str, object]) -> dict[str, object]:
+    """The database and broker checks (no worker runs here, so `workers` may be down while jobs wait)."""
+    return {part: health[part] for part in PARTS_OK}
+
+
 def assert_unavailable(response: httpx.Response, detail_prefix: str) -> None:
     request = f"{response.request.method} {response.request.url.path}"
     assert response.status_code == 503, f"{request}: {response.status_code} {response.text}"
@@ -117,7 +125,7 @@ def test_database_down_is_503_json_on_every_route_then_recovers(outage: Outage) 
     assert job_id in [job["id"] for job in listed.json()["items"]]
     assert outage.http.get(f"/jobs/{job_id}").json()["status"] == "queued"
     eventually_ok(lambda: outage.http.post("/jobs", json=TINY_SPEC), status=201)
-    assert outage.http.get("/healthz").json() == {"database": "ok", "broker": "ok"}
+    assert parts(outage.http.get("/healthz").json()) == PARTS_OK
 
 
 def test_frozen_database_is_503_within_the_deadline_then_recovers(outage: Outage) -> None:
@@ -143,7 +151,7 @@ def test_frozen_database_is_503_within_the_deadline_then_recovers(outage: Outage
         assert health.json()["database"].startswith("down:")
         assert health.json()["broker"] == "ok"
     assert eventually_ok(lambda: outage.http.get(f"/jobs/{job_id}")).json()["id"] == job_id
-    assert eventually_ok(lambda: outage.http.get("/healthz")).json() == {"database": "ok", "broker": "ok"}
+    assert parts(outage.http.get("/healthz").json()) == PARTS_OK
 
 
 def test_broker_down_still_stores_the_job(outage: Outage) -> None:
@@ -159,4 +167,4 @@ def test_broker_down_still_stores_the_job(outage: Outage) -> None:
         assert health.json()["broker"].startswith("down:")
     finally:
         outage.redis.start()
-    assert eventually_ok(lambda: outage.http.get("/healthz")).json() == {"database": "ok", "broker": "ok"}
+    assert parts(outage.http.get("/healthz").json()) == PARTS_OK
