@@ -178,6 +178,8 @@ def progress_line(job: dict[str, Any], width: int = 24) -> str:
         parts.append(f"val_top1 {job['best_val_top1']:.3f}")
     if job.get("images_per_s"):
         parts.append(f"{job['images_per_s']:.0f} img/s")
+    if metrics.get("mfu") is not None:
+        parts.append(f"MFU {metrics['mfu']:.1%}")
     if job["status"] == "running" and job.get("eta_seconds") is not None:
         parts.append(f"ETA {format_duration(job['eta_seconds'])}")
     if job["status"] == "queued" and job.get("wait_reason"):

@@ -46,6 +46,7 @@ def test_submit_follow_succeeds_then_inspect_and_download(service: Service, tmp_
     )
     shown = service.cli("status", str(job_id))
     assert "succeeded" in shown.stdout and "depth: 1" in shown.stdout
+    assert re.search(r"MFU \d+\.\d%", shown.stdout.splitlines()[0]) and "  mfu: " in shown.stdout
     metrics = service.cli("metrics", str(job_id), "--csv")
     header, *rows = metrics.stdout.splitlines()
     assert header.split(",")[0] == "step" and {"loss", "lr", "val_top1"} <= set(header.split(","))

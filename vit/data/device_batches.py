@@ -60,7 +60,9 @@ class DeviceBatches:
         return len(self.sampler) // self.batch_size
 
     def __iter__(self) -> Iterator[Batch]:
-        order = torch.as_tensor(list(self.sampler), dtype=torch.int64).to(self.images.device)
+        order = torch.as_tensor(list(self.sampler), dtype=torch.int64)
+        if self.images.is_cuda:  # pinned, the copy does not wait for the GPU to finish the previous epoch
+            order = order.pin_memory().to(self.images.device, non_blocking=True)
         for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
             index = order[start : start + self.batch_size]
             yield self._augmented(self.images[index]), self.labels[index]

@@ -89,6 +89,7 @@ export function mountJob(view, id) {
       ["Duration", jobDuration(job)],
       ["ETA", job.status === "running" ? duration(job.eta_seconds) : ""],
       ["Throughput", job.images_per_s == null ? "" : `${number(job.images_per_s, 3)} img/s`],
+      ["MFU", percent(job.latest_metrics?.mfu)], // model FLOPs / the device's peak (vit/flops.py)
       ["Best val top-1", percent(job.best_val_top1)],
       ["Train loss", number(job.latest_metrics?.loss)],
     ];
