@@ -61,6 +61,6 @@ CMD ["vitq", "serve", "--no-worker", "--host", "0.0.0.0", "--port", "8000"]
 
 FROM worker-deps AS worker
 COPY --from=source /app /app
-RUN pip install --no-deps --no-build-isolation --no-cache-dir -e . && python -c "import worker.tasks, vit.train"
+RUN pip install --no-deps --no-build-isolation --no-cache-dir -e . && python -c "import worker.tasks"
 ENTRYPOINT ["/app/deploy/image/entrypoint.sh"]
 CMD ["python", "-m", "worker", "--concurrency", "1"]
