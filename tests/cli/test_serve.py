@@ -47,3 +47,29 @@ def test_serve_stops_its_worker(tmp_path: Path, signum: signal.Signals) -> None:
             serve.wait()
         if worker is not None and alive(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+def test_serve_restarts_a_worker_that_dies_and_says_so(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        serve = subprocess.Popen(
+            [VITQ, "serve", "--port", str(port), "--log-level", "warning"],
+            env=service_env(tmp_path / "home", url),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_healthy(url, serve, log_path)
+        [first] = wait_for(lambda: descendants(serve.pid), timeout=30)
+        os.kill(first, signal.SIGKILL)  # an OOM kill, a crash: serve is still up
+        [second] = wait_for(
+            lambda: [p for p in descendants(serve.pid) if p != first and alive(p)], timeout=30
+        )
+        assert second != first
+        assert "the worker exited with code -9; restarting it" in log_path.read_text()
+    finally:
+        os.killpg(serve.pid, signal.SIGKILL)
+        serve.wait()
