@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/dashboard.py [--jobs 500] [--points 100000] [--repeat 5] [--postgres [ADMIN_URL]]
 
-Fills a fresh embedded database through the data layer (api.jobs / api.lifecycle): JOBS jobs in every state and
+Fills a fresh embedded database through the data layer (api.state_machine): JOBS jobs in every state and
 one running job with POINTS metric points (train metrics every step, eval every 500 steps), starts
 `vitq serve --no-worker` on it and measures in Chromium:
 - list page load: navigation until the first page of rows is rendered;
@@ -32,13 +32,14 @@ from playwright.sync_api import Page, sync_playwright
 from sqlalchemy import update
 
 from api.db import scratch_database, session_scope
-from api.jobs import create_job
-from api.lifecycle import MetricRow, add_metric_points
 from api.migrate import upgrade
 from api.models import Job, JobStatus, utcnow
+from api.state_machine import submit as create_job
+from bench.seeding import insert_points
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS  # launched as the browser tests launch it
 from tests.cli.service import free_port, service_env, wait_healthy
 from vit.config import parse_spec_text
+from vit.rundir import MetricPoint as MetricRow
 
 TRAIN_METRICS = ("loss", "lr", "grad_norm", "images_per_s")
 STATUSES = list(JobStatus)
@@ -76,10 +77,10 @@ def seed(database_url: str, *, jobs: int, points: int) -> tuple[int, int]:
                 .where(Job.id == job.id)
                 .values(status=status, step=step, started_at=None if status == JobStatus.queued else utcnow())
             )
-            add_metric_points(
-                session=session,
-                job_id=job.id,
-                points=[
+            insert_points(
+                session,
+                job.id,
+                [
                     *train_rows(step, time.time()),
                     MetricRow("val_top1", step, random.random(), time.time()),
                 ],
@@ -104,9 +105,9 @@ def seed(database_url: str, *, jobs: int, points: int) -> tuple[int, int]:
                     MetricRow("val_top1", step, 1 - 1 / (1 + step / 2000), time.time()),
                 ]
             if len(batch) >= 20_000:
-                add_metric_points(session=session, job_id=big.id, points=batch)
+                insert_points(session, big.id, batch)
                 batch = []
-        add_metric_points(session=session, job_id=big.id, points=batch)
+        insert_points(session, big.id, batch)
         return big.id, steps
 
 
@@ -122,7 +123,7 @@ def timed(page: Page, url: str, ready: str) -> float:
 def chart_update_ms(page: Page, database_url: str, job_id: int, first_step: int) -> float:
     with session_scope(database_url) as session:
         rows = [row for step in range(first_step, first_step + 100) for row in train_rows(step, time.time())]
-        add_metric_points(session=session, job_id=job_id, points=rows)
+        insert_points(session, job_id, rows)
     # The job page's own code path: fetch newer points with the cursor and redraw every chart.
     return float(
         page.evaluate(

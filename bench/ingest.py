@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/ingest.py [--points 200000] [--skip-latency]
 
-1. api.lifecycle.add_metric_points: batches of rows straight into metric_points.
+1. worker.fenced_writes.add_metric_points: batches of rows straight into metric_points.
 2. The supervisor's follow path: a metrics.jsonl of N lines (5 metrics each, as the trainer writes them) read
-   by worker.follow.MetricsFollower and stored with add_metric_points, as the supervisor does while a job runs.
+   by vit.rundir.MetricsReader and stored with add_metric_points, as the supervisor does while a job runs.
 3. POST /jobs → status running, and → the first metrics line in the database, with a real worker idle on
    Redis (needs api.app); the trainer's start-up (python, torch, torchrun) dominates the second figure.
 Uses a scratch database on the PostgreSQL server (VITQ_BENCH_PG_ADMIN_URL, default the test server).
@@ -28,12 +28,17 @@ import httpx
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from api import lifecycle
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's bench package
+
 from api.db import scratch_database
 from api.migrate import upgrade
 from api.models import Job, JobStatus, MetricPoint
 from api.settings import Settings
-from worker.follow import MetricsFollower
+from bench.seeding import hold_job
+from vit.config import JobSpec
+from vit.rundir import MetricPoint as Point
+from vit.rundir import MetricsReader
+from worker.fenced_writes import add_metric_points
 
 PG_ADMIN_URL = os.environ.get("VITQ_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("VITQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -53,7 +58,8 @@ def create_schema(url: str) -> None:
 
 
 def new_job(session: Session) -> int:
-    job = Job(name="bench", kind="pretrain", spec={}, total_steps=1, status=JobStatus.running)
+    spec = JobSpec.model_validate(TINY_SPEC).resolved().model_dump(mode="json")
+    job = Job(name="bench", kind="pretrain", spec=spec, total_steps=1, status=JobStatus.queued)
     session.add(job)
     session.commit()
     return job.id
@@ -68,10 +74,11 @@ def bench_add_metric_points(url: str, points: int) -> float:
     engine = create_engine(url)
     with Session(engine) as session:
         job_id = new_job(session)
-        rows = [lifecycle.MetricRow("loss", step, 1.0 / (step + 1), 1.7e9 + step) for step in range(points)]
+        claim = hold_job(session, job_id)
+        rows = [Point("loss", step, 1.0 / (step + 1), 1.7e9 + step) for step in range(points)]
         start = time.perf_counter()
         for offset in range(0, points, BATCH):
-            lifecycle.add_metric_points(session=session, job_id=job_id, points=rows[offset : offset + BATCH])
+            add_metric_points(session=session, claim=claim, points=rows[offset : offset + BATCH], step=offset)
         elapsed = time.perf_counter() - start
         assert count_points(session, job_id) == points
     engine.dispose()
@@ -88,10 +95,11 @@ def bench_follow(url: str, points: int, directory: Path) -> float:
     engine = create_engine(url)
     with Session(engine) as session:
         job_id = new_job(session)
-        follower = MetricsFollower(path)
+        claim = hold_job(session, job_id)
+        reader = MetricsReader(directory)
         start = time.perf_counter()
-        while batch := follower.read_new():
-            lifecycle.add_metric_points(session=session, job_id=job_id, points=batch)
+        while batch := reader.read_new():
+            add_metric_points(session=session, claim=claim, points=batch, step=reader.last_step)
         elapsed = time.perf_counter() - start
         stored = count_points(session, job_id)
     engine.dispose()

@@ -3,7 +3,7 @@
 Runs the real app under uvicorn (one worker process) and, side by side in the same run, a *floor*: a bare
 FastAPI app on the same database and Redis that validates the body, does one INSERT, one commit and one Redis
 LPUSH. httpx async clients drive POST /jobs and GET /jobs/{id} at 1, 8 and 32 concurrent clients. Then metric
-ingest through api.lifecycle.add_metric_points (the worker's path) and GET /jobs/{id}/metrics on a 100k-point job,
+ingest through worker.fenced_writes.add_metric_points (the worker's path) and GET /jobs/{id}/metrics on a 100k-point job,
 whole and downsampled. Creates and drops its own database and queue.
 
     .venv/bin/python bench/service.py [--seconds 5] [--points 100000]
@@ -35,10 +35,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from api.db import scratch_database  # noqa: E402
-from api.lifecycle import MetricRow, add_metric_points  # noqa: E402
 from api.migrate import upgrade  # noqa: E402
 from api.models import Job, JobStatus  # noqa: E402
+from bench.seeding import hold_job  # noqa: E402
 from vit.config import JobSpec  # noqa: E402
+from vit.rundir import MetricPoint as MetricRow  # noqa: E402
+from worker.fenced_writes import add_metric_points  # noqa: E402
 
 PG_SERVER = os.environ.get("VITQ_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("VITQ_BENCH_REDIS", "redis://127.0.0.1:6379/0")
@@ -225,16 +227,19 @@ def bench_metrics(api: str, database_url: str, points: int) -> dict[str, float]:
     series = [
         MetricRow(n, step, 1.0 / step, now) for step in range(1, points // len(names) + 1) for n in names
     ]
+    with Session(engine) as session:
+        claim = hold_job(session, job_id)
     started = time.perf_counter()
     with Session(engine) as session:
         for start in range(0, len(series), 2000):  # the supervisor's batches
-            add_metric_points(session=session, job_id=job_id, points=series[start : start + 2000])
+            batch = series[start : start + 2000]
+            add_metric_points(session=session, claim=claim, points=batch, step=batch[-1].step)
     ingest_s = time.perf_counter() - started
     # And one 100k-point series, the size the targets are stated for.
     long_job = httpx.post(api + "/jobs", json=SPEC).json()["id"]
     with Session(engine) as session:
         long = [MetricRow("loss", step, 1.0 / step, now) for step in range(1, points + 1)]
-        add_metric_points(session=session, job_id=long_job, points=long)
+        add_metric_points(session=session, claim=hold_job(session, long_job), points=long, step=points)
     # As autovacuum does after this many inserts: statistics, and the visibility map that lets a scan of the
     # covering index skip the table (VACUUM runs outside a transaction).
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
@@ -285,7 +290,7 @@ def report(
     )
     print(f"GET /jobs/{{id}} of a job with 100k points: {metrics['job_with_100k_points_ms']:.1f} ms")
     print(
-        f"metric ingest (api.lifecycle.add_metric_points, batches of 2000): {metrics['ingest_points_per_s']:,.0f} points/s"
+        f"metric ingest (worker.fenced_writes.add_metric_points, batches of 2000): {metrics['ingest_points_per_s']:,.0f} points/s"
     )
 
 
