@@ -46,7 +46,7 @@ def test_last_rank_is_inside_the_world() -> None:
 
 
 def test_empty_dataset_is_refused() -> None:
-    with pytest.raises(DataError, match="the dataset is empty"):
+    with pytest.raises(DataError, match=r"^the dataset is empty: nothing to load$"):
         build_loader(_numbered(0), batch_size=1, shuffle=False, seed=0)
 
 
@@ -69,7 +69,7 @@ def test_skipping_past_the_share_leaves_nothing() -> None:
 
 
 def test_set_epoch_needs_a_loader_from_build_loader() -> None:
-    with pytest.raises(TypeError, match="needs a loader made by build_loader"):
+    with pytest.raises(TypeError, match=r"^set_epoch needs a loader made by build_loader$"):
         set_epoch(DataLoader(_numbered(4), batch_size=2), 0)
     sharded_unbatched = DataLoader(
         _numbered(4),
@@ -90,6 +90,8 @@ def test_epoch_orders_are_pinned() -> None:
     assert share(1, 0, even=True) == [5, 8, 2, 6, 1]
     assert share(0, 0, even=False) == [9, 0, 10, 3, 7, 4]  # evaluation: the 11th image too
     assert share(0, 1, even=True) == [2, 8, 1, 5, 3]
+    fresh = ShardedSampler(11, shuffle=True, seed=5, rank=0, world_size=2, even=True)
+    assert list(fresh) == share(0, 0, even=True)  # before any set_epoch: epoch 0
     unshuffled = ShardedSampler(7, shuffle=False, seed=5, rank=1, world_size=3, even=True)
     assert list(unshuffled) == [1, 4]
 
@@ -110,10 +112,19 @@ def test_worker_randomness_is_fixed_per_seed_and_distinct_per_rank() -> None:
     assert draws(3, 0) == draws(3, 0)
     assert draws(3, 1) != draws(3, 0)
     assert draws(4, 0) != draws(3, 0)
-    assert draws(3, 0) == [
-        0.3758,
-        0.8216,
-    ]  # pinned: the seeding of workers is part of a run's reproducibility
+    # Pinned: the seeding of workers is part of a run's reproducibility.
+    assert draws(3, 0) == [0.3758, 0.8216]
+    assert draws(3, 1) == [0.855, 0.9051]
+
+
+def test_drop_last_takes_equal_shares_and_full_batches() -> None:
+    # 11 images, 2 ranks: each rank gets 5 (not 6 and 5), in 2 full batches of 2 (not a third of 1).
+    loaders = [
+        build_loader(_numbered(11), batch_size=2, shuffle=False, seed=0, drop_last=True, rank=r, world_size=2)
+        for r in range(2)
+    ]
+    assert [_epoch(loader) for loader in loaders] == [[[0, 2], [4, 6]], [[1, 3], [5, 7]]]
+    assert [len(loader) for loader in loaders] == [2, 2]
 
 
 def test_loader_settings() -> None:
@@ -122,20 +133,30 @@ def test_loader_settings() -> None:
     assert default.num_workers == 0 and not default.persistent_workers and not default.drop_last
     chosen = build_loader(_numbered(4), batch_size=2, shuffle=False, seed=0, num_workers=1, pin_memory=False)
     assert chosen.pin_memory is False and chosen.persistent_workers
+    assert build_loader(_numbered(4), batch_size=2, shuffle=False, seed=0, pin_memory=True).pin_memory is True
     automatic = build_loader(_numbered(4), batch_size=2, shuffle=False, seed=0, num_workers=None)
     assert automatic.num_workers == default_workers()
 
 
 @pytest.mark.parametrize(
     ("cpus", "local_world_size", "workers"),
-    [(64, "1", MAX_DEFAULT_WORKERS), (64, "8", 7), (8, "4", 1), (2, "4", 1), (12, "", 11), (12, "0", 11)],
+    [
+        (64, "1", MAX_DEFAULT_WORKERS),
+        (64, "8", 7),
+        (12, "5", 1),  # 12 // 5 - 1: whole workers
+        (8, "4", 1),
+        (2, "4", 1),
+        (12, "", 11),
+        (12, "0", 11),
+    ],
 )
 def test_default_workers_share_the_cpus(
     monkeypatch: pytest.MonkeyPatch, cpus: int, local_world_size: str, workers: int
 ) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world_size)
-    assert default_workers() == workers
+    found = default_workers()
+    assert found == workers and isinstance(found, int)
 
 
 def test_default_workers_without_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
