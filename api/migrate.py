@@ -6,14 +6,16 @@ not be reachable over the network yet."""
 from __future__ import annotations
 
 import logging
+import sysconfig
 import time
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
+from api.db import make_engine
 from api.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,9 +23,18 @@ WAIT_SECONDS = 60.0
 log = logging.getLogger(__name__)
 
 
+def script_location() -> Path:
+    """The checkout's migrations/ (a source tree, an editable install, the image), else the copy a wheel
+    installs under <prefix>/share/vitq/migrations (pyproject.toml's data-files)."""
+    source = ROOT / "migrations"
+    return source if source.is_dir() else Path(sysconfig.get_path("data")) / "share" / "vitq" / "migrations"
+
+
 def alembic_config(database_url: str) -> Config:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "migrations"))
+    ini = ROOT / "alembic.ini"  # absent from an installed wheel: every option it needs is set here
+    config = Config(str(ini)) if ini.is_file() else Config()
+    config.set_main_option("script_location", str(script_location()))
+    config.set_main_option("path_separator", "os")
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))  # configparser interpolation
     config.attributes["configure_logger"] = False  # leave the host process's logging alone
     return config
@@ -39,7 +50,7 @@ def downgrade(database_url: str, revision: str = "base") -> None:
 
 def wait_for_database(database_url: str, timeout_s: float = WAIT_SECONDS, interval_s: float = 1.0) -> None:
     """Return once `SELECT 1` succeeds; raise the last connection error after timeout_s."""
-    engine = create_engine(database_url, connect_args=_short_connect(database_url))
+    engine = make_engine(database_url)  # creates a SQLite file's folder too
     deadline = time.monotonic() + timeout_s
     try:
         while True:
@@ -54,10 +65,6 @@ def wait_for_database(database_url: str, timeout_s: float = WAIT_SECONDS, interv
                 time.sleep(interval_s)
     finally:
         engine.dispose()
-
-
-def _short_connect(database_url: str) -> dict[str, int]:
-    return {"connect_timeout": 5} if database_url.startswith("postgresql") else {}
 
 
 def main() -> None:

@@ -1,0 +1,142 @@
+"""`pip install vitq` without extras, into a fresh virtual environment (no system site-packages, pip's normal
+resolution), gives a worker that starts against Redis and against the embedded broker, and an embedded
+service that trains a job: a runtime dependency that only the dev extras brought in fails here.
+
+The processes run outside the checkout, so they import the installed package, never the source folders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.cli.service import free_port, tiny_spec
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+INSTALL_TIMEOUT_S = 1800  # the CUDA torch and its libraries unpack to about 5 GB: minutes on a busy disk
+READY_TIMEOUT_S = 90
+FINISHED = ("succeeded", "failed", "cancelled")
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(INSTALL_TIMEOUT_S + 300)]
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("install") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
+    python = root / "bin" / "python"
+    # Non-editable and without extras: exactly what `pip install vitq` gives a user.
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", str(CHECKOUT)],
+        check=True,
+        timeout=INSTALL_TIMEOUT_S,
+        cwd=root,
+    )
+    return root
+
+
+def clean_env(home: Path, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VITQ_", "PYTHON"))}
+    env.update(VITQ_HOME=str(home), OMP_NUM_THREADS="1", **settings)
+    return env
+
+
+def test_installed_from_the_venv_not_the_checkout(venv: Path, tmp_path: Path) -> None:
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import api, worker, vit, celery, torch; print(api.__file__)"],
+        cwd=tmp_path,
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert Path(where).is_relative_to(venv), where
+
+
+def wait_for_ready(worker: subprocess.Popen[bytes], log: Path) -> str:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        text = log.read_text(errors="replace")
+        if " ready." in text:
+            return text
+        assert worker.poll() is None, f"the worker exited ({worker.returncode}):\n{text[-4000:]}"
+        assert time.monotonic() < deadline, f"no 'ready' within {READY_TIMEOUT_S} s:\n{text[-4000:]}"
+        time.sleep(0.5)
+
+
+@contextmanager
+def running(venv: Path, args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A process of the installed package, run outside the checkout and stopped (SIGTERM) afterwards."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(venv / "bin" / args[0]), *args[1:]], cwd=log.parent, env=env, stdout=out, stderr=out
+        )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def migrate(venv: Path, env: dict[str, str], cwd: Path) -> None:
+    python = str(venv / "bin" / "python")
+    subprocess.run([python, "-m", "api.migrate"], cwd=cwd, env=env, check=True, capture_output=True)
+
+
+def test_worker_connects_to_redis(venv: Path, tmp_path: Path, redis_url: str) -> None:
+    queue = f"vitq-install-{uuid.uuid4().hex[:10]}"
+    env = clean_env(tmp_path, VITQ_BROKER_URL=redis_url, VITQ_QUEUE=queue)
+    migrate(venv, env, tmp_path)
+    log = tmp_path / "worker.log"
+    with running(venv, ["python", "-m", "worker"], env, log) as worker:
+        text = wait_for_ready(worker, log)
+    assert "redis://" in text, text[-2000:]
+
+
+def test_worker_connects_to_the_embedded_broker(venv: Path, tmp_path: Path) -> None:
+    env = clean_env(tmp_path)
+    migrate(venv, env, tmp_path)
+    log = tmp_path / "worker.log"
+    with running(venv, ["python", "-m", "worker"], env, log) as worker:
+        text = wait_for_ready(worker, log)
+    assert "sqla+sqlite://" in text, text[-2000:]
+
+
+def test_embedded_service_trains_a_job(venv: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = clean_env(tmp_path, VITQ_MAX_ATTEMPTS="1")
+    log = tmp_path / "serve.log"
+    with (
+        running(venv, ["vitq", "serve", "--port", str(port)], env, log) as serve,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
+    ):
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            try:
+                job = client.post(
+                    "/jobs", content=tiny_spec("installed"), headers={"content-type": "application/yaml"}
+                )
+                break
+            except httpx.TransportError:
+                assert serve.poll() is None, log.read_text()[-4000:]
+                assert time.monotonic() < deadline, log.read_text()[-4000:]
+                time.sleep(0.5)
+        assert job.status_code == 201, job.text
+        job_id = job.json()["id"]
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while (status := client.get(f"/jobs/{job_id}").json())["status"] not in FINISHED:
+            assert time.monotonic() < deadline, f"{status}\n{log.read_text()[-4000:]}"
+            time.sleep(0.5)
+    assert status["status"] == "succeeded", status
