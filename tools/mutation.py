@@ -4,8 +4,10 @@ survived mutants per module.
 Each module runs in a scratch copy of this checkout (.mutation/<module>/, working tree as it is), so mutmut's
 mutants/ folder never appears in the checkout others test from, and its config (which file to mutate, which
 tests to run) can differ per module. Mutants listed in tests/MUTANTS.md are equivalent ones (no test can tell
-them from the original); the last column leaves them out. A survivor missing from that list, or a listed mutant
-that no longer survives, is named after the table; survivors' diffs are in .mutation/<module>/survivors.diff."""
+them from the original); the "killed / non-equivalent" column leaves them out. A survivor missing from that
+list, or a listed mutant that no longer survives, is named after the table; survivors' diffs are in
+.mutation/<module>/survivors.diff. Each module's statuses are stored in .mutation/<module>/statuses.json:
+`--table` prints every module's last run without running anything (after editing tests/MUTANTS.md, say)."""
 
 from __future__ import annotations
 
@@ -50,10 +52,12 @@ TARGETS = (
     Target("vit/data/loader.py", ("tests/vit/test_data.py", "tests/vit/test_loader.py")),
     Target("vit/model.py", ("tests/vit/test_model.py",)),
     Target("vit/checkpoint.py", ("tests/vit/test_checkpoint.py", "tests/vit/test_checkpoint_promises.py")),
+    Target("vit/rundir.py", ("tests/vit/test_rundir.py", "tests/vit/test_checkpoint_promises.py")),
     Target(
         "api/spec_input.py",
         ("tests/api/test_submit.py", "tests/api/test_fuzz_input.py", "tests/api/test_spec_input.py"),
     ),
+    Target("api/state_machine.py", ("tests/api/test_state_machine.py",)),
     # Last: its two-process gloo tests spawn interpreters, a minute each on a busy machine.
     Target("vit/evaluate.py", ("tests/vit/test_evaluate.py", "tests/vit/test_evaluate_promises.py")),
 )
@@ -63,7 +67,8 @@ TARGETS = (
 class Outcome:
     target: Target
     statuses: dict[str, str]  # mutant name -> mutmut status
-    equivalent: set[str]
+    equivalent: set[str]  # the module's mutants tests/MUTANTS.md lists
+    date: str  # of the run
 
     @property
     def caught(self) -> int:
@@ -79,7 +84,8 @@ class Outcome:
         counted = total - len(self.equivalent & self.survivors)
         return (
             f"| {self.target.source} ({', '.join(Path(t).name for t in self.target.tests)}) | {total} "
-            f"| {self.caught} | {survived} | {_percent(self.caught, total)} | {_percent(self.caught, counted)} |"
+            f"| {self.caught} | {survived} | {_percent(self.caught, total)} | {_percent(self.caught, counted)} "
+            f"| {self.date} |"
         )
 
 
@@ -147,38 +153,36 @@ def write_survivor_diffs(workdir: Path, survivors: set[str]) -> None:
     (workdir / "survivors.diff").write_text("\n".join(diffs))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "only", nargs="*", help="module names to run (default: all): " + ", ".join(t.name for t in TARGETS)
-    )
-    parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
-    args = parser.parse_args()
-    unknown = set(args.only) - {t.name for t in TARGETS}
-    if unknown:
-        parser.error(f"unknown modules: {', '.join(sorted(unknown))}")
+def run_target(target: Target, jobs: int) -> None:
+    """Mutate one module and store its mutants' statuses (.mutation/<module>/statuses.json)."""
+    workdir = SCRATCH / target.name
+    started = datetime.now(UTC)
+    print(f"{target.source}: mutating against {' '.join(target.tests)} ...", flush=True)
+    prepare(target, workdir)
+    mutate(workdir, jobs, SCRATCH / f"{target.name}.log")
+    found = statuses(workdir)
+    write_survivor_diffs(workdir, {name for name, status in found.items() if status not in CAUGHT})
+    stored = {"date": f"{started:%Y-%m-%d}", "tests": list(target.tests), "statuses": found}
+    (workdir / "statuses.json").write_text(json.dumps(stored, indent=1) + "\n")
+    minutes = (datetime.now(UTC) - started).total_seconds() / 60
+    print(f"  {len(found)} mutants, {dict(Counter(found.values()))}, {minutes:.1f} min", flush=True)
 
-    equivalent = listed_equivalents()
-    outcomes: list[Outcome] = []
-    for target in TARGETS:
-        if args.only and target.name not in args.only:
-            continue
-        workdir = SCRATCH / target.name
-        started = datetime.now(UTC)
-        print(f"{target.source}: mutating against {' '.join(target.tests)} ...", flush=True)
-        prepare(target, workdir)
-        mutate(workdir, args.jobs, SCRATCH / f"{target.name}.log")
-        found = statuses(workdir)
-        mine = {name for name in equivalent if name.startswith(target.module + ".")}
-        outcome = Outcome(target, found, mine)
-        write_survivor_diffs(workdir, outcome.survivors)
-        minutes = (datetime.now(UTC) - started).total_seconds() / 60
-        print(f"  {len(found)} mutants, {dict(Counter(found.values()))}, {minutes:.1f} min", flush=True)
-        outcomes.append(outcome)
 
-    print(f"\nMutation testing, {datetime.now(UTC):%Y-%m-%d} (mutmut; each module against its own tests)\n")
-    print("| module (tests) | mutants | killed | survived | killed / all | killed / non-equivalent |")
-    print("|---|---|---|---|---|---|")
+def stored_outcome(target: Target, equivalent: set[str]) -> Outcome | None:
+    """The last run's result for `target`, if it was run with the tests it has now."""
+    path = SCRATCH / target.name / "statuses.json"
+    if not path.exists():
+        return None
+    stored = json.loads(path.read_text())
+    if stored["tests"] != list(target.tests):
+        return None
+    mine = {name for name in equivalent if name.startswith(target.module + ".")}
+    return Outcome(target, stored["statuses"], mine, stored["date"])
+
+
+def print_table(outcomes: list[Outcome]) -> None:
+    print("\n| module (tests) | mutants | killed | survived | killed / all | killed / non-equivalent | run |")
+    print("|---|---|---|---|---|---|---|")
     for outcome in outcomes:
         print(outcome.row())
     for outcome in outcomes:
@@ -193,6 +197,28 @@ def main() -> None:
         if stale:
             print(f"\n{outcome.target.source}: listed in tests/MUTANTS.md but no longer surviving:")
             print("\n".join(f"  {name}" for name in stale))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "only", nargs="*", help="module names to run (default: all): " + ", ".join(t.name for t in TARGETS)
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
+    parser.add_argument(
+        "--table", action="store_true", help="run nothing: the table of every module's last stored run"
+    )
+    args = parser.parse_args()
+    unknown = set(args.only) - {t.name for t in TARGETS}
+    if unknown:
+        parser.error(f"unknown modules: {', '.join(sorted(unknown))}")
+    chosen = [t for t in TARGETS if not args.only or t.name in args.only]
+    if not args.table:
+        for target in chosen:
+            run_target(target, args.jobs)
+    equivalent = listed_equivalents()
+    outcomes = [o for t in (TARGETS if args.table else chosen) if (o := stored_outcome(t, equivalent))]
+    print_table(outcomes)
 
 
 if __name__ == "__main__":
