@@ -16,9 +16,10 @@ from sqlalchemy.orm import sessionmaker
 from api.db import make_engine
 from api.prometheus import JobCollector, LatencyMiddleware, request_latency
 from api.queue import JobQueue
-from api.routes import checkpoints, dashboard, health, jobs, logs, metrics, prometheus
+from api.routes import checkpoints, dashboard, health, jobs, logs, metrics, prometheus, sweeps
 from api.settings import Settings, get_settings
 from api.state_machine import JobNotFoundError, JobStateError
+from api.sweeps import SweepNotFoundError
 from api.unavailable import DATABASE_UNAVAILABLE, ResponseDeadline, database_unavailable
 from vit.config import JobSpec
 
@@ -46,11 +47,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(LatencyMiddleware, histogram=request_latency(app.state.prometheus))
 
     app.add_exception_handler(JobNotFoundError, _not_found)
+    app.add_exception_handler(SweepNotFoundError, _not_found)
     app.add_exception_handler(JobStateError, _conflict)
     for error in DATABASE_UNAVAILABLE:
         app.add_exception_handler(error, database_unavailable)
     app.add_middleware(ResponseDeadline)
-    for module in (jobs, metrics, checkpoints, logs, health, prometheus, dashboard):
+    for module in (jobs, sweeps, metrics, checkpoints, logs, health, prometheus, dashboard):
         app.include_router(module.router)
     app.openapi = lambda: _openapi_with_spec(app)  # type: ignore[method-assign]
     return app

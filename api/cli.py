@@ -143,6 +143,27 @@ def cmd_submit(args: argparse.Namespace, client: VitqClient) -> int:
     return follow_job(client, int(job["id"]), sys.stdout)
 
 
+def cmd_sweep(args: argparse.Namespace, client: VitqClient) -> int:
+    text = read_spec(args.spec)
+    try:
+        sweep = client.sweep(text)
+    except VitqError as exc:
+        if exc.status_code == 422:
+            raise UsageError(f"{args.spec}: {exc}") from exc
+        raise
+    print(f"submitted sweep {sweep['id']} ({sweep['name']}): {sweep['job_count']} jobs")
+    rows = [
+        [str(child["job"]["id"]), child["job"]["name"], *(_cell(child["params"][f]) for f in sweep["fields"])]
+        for child in sweep["jobs"]
+    ]
+    print_table(["ID", "NAME", *(field.upper() for field in sweep["fields"])], rows)
+    return EXIT_OK
+
+
+def _cell(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def follow_job(client: VitqClient, job_id: int, out: TextIO) -> int:
     """Poll the job until it ends; a redrawn bar on a terminal, a line per change otherwise."""
     tty = out.isatty()
@@ -344,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a spec field, dotted key and YAML value (repeatable): --set optim.lr=0.01",
     )
     submit.set_defaults(call=cmd_submit)
+    sweep = commands.add_parser(
+        "sweep", help="submit a sweep: a base spec and a grid or random space over its fields"
+    )
+    sweep.add_argument("spec", help="YAML/JSON: name, base, and grid or random (examples/*-sweep.yaml)")
+    sweep.set_defaults(call=cmd_sweep)
     ls = commands.add_parser("ls", help="list jobs, newest first")
     ls.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
     ls.add_argument("--kind", choices=["pretrain", "finetune"])

@@ -109,6 +109,17 @@ class VitqClient:
         )
         return dict(response.json())
 
+    def sweep(self, spec: str | dict[str, Any]) -> dict[str, Any]:
+        """Post a sweep (a base spec and a grid or random space): the sweep with its children."""
+        if isinstance(spec, dict):
+            content, content_type = json.dumps(spec), "application/json"
+        else:
+            content, content_type = spec, "application/yaml"  # YAML is a superset of JSON
+        response = self._request(
+            "POST", "/sweeps", content=content.encode(), headers={"content-type": content_type}
+        )
+        return dict(response.json())
+
     def list(
         self, *, status: str | None = None, kind: str | None = None, limit: int = 50, offset: int = 0
     ) -> dict[str, Any]:

@@ -47,6 +47,7 @@ class Job(Base):
     )
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # resolved: every default filled in
     parent_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), default=None)
+    sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id"), default=None, index=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # 0 until first claimed
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     worker: Mapped[str | None] = mapped_column(String(255), default=None)
@@ -109,3 +110,14 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class Sweep(Base):
+    """A set of jobs made from one base spec and a grid or random space over its fields (api/sweeps.py)."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # as validated: base, and grid or random
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -85,3 +85,31 @@ def json_response(model: BaseModel, status_code: int = 200) -> Response:
     """Serialize with pydantic-core directly; returned from a route, FastAPI skips re-validating the model and
     its generic encoder (both add up on a job's nested spec)."""
     return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
+class SweepSummary(BaseModel):
+    id: int
+    name: str
+    created_at: UtcDatetime
+    mode: str = Field(description='"grid" or "random"')
+    fields: list[str] = Field(description="The swept spec fields, dotted (e.g. optim.lr).")
+    spec: dict[str, Any] = Field(description="The sweep as submitted: base, and grid or random.")
+    job_count: int
+    status_counts: dict[str, int] = Field(description="Children by status.")
+    best_val_top1: float | None = Field(description="The best val_top1 of any child.")
+
+
+class SweepChild(BaseModel):
+    params: dict[str, Any] = Field(
+        description="This child's value of each swept field (from its resolved spec)."
+    )
+    job: JobOut
+
+
+class SweepOut(SweepSummary):
+    jobs: list[SweepChild] = Field(description="The children, in the order they were made.")
+
+
+class SweepList(BaseModel):
+    items: list[SweepSummary]
+    total: int

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from api.cli import UsageError, apply_overrides
 from api.client import VitqClient, VitqError
@@ -204,3 +205,20 @@ def test_the_readme_finetune_works_from_a_terminal(service: Service, tmp_path: P
     )
     assert (job["spec"]["optim"]["lr"], job["total_steps"], job["status"]) == (0.02, 6, "succeeded")
     assert "expected key=value" in one_line_error(service.cli("submit", spec, "--set", "optim.lr"))
+
+
+def test_sweep_submits_every_child_and_refuses_an_unknown_field(service: Service, tmp_path: Path) -> None:
+    base = yaml.safe_load(tiny_spec("cli-sweep", steps=4))
+    spec = write(
+        tmp_path / "sweep.yaml", yaml.safe_dump({"base": base, "grid": {"optim.lr": [0.001, 0.003]}})
+    )
+    result = service.cli("sweep", spec)
+    assert result.returncode == 0, result.stdout + result.stderr
+    first, header, *rows = result.stdout.splitlines()
+    assert first.startswith("submitted sweep ") and first.endswith("(cli-sweep): 2 jobs")
+    assert header.split() == ["ID", "NAME", "OPTIM.LR"]
+    assert [row.split()[-1] for row in rows] == ["0.001", "0.003"]
+    client = VitqClient(service.url)
+    assert [client.get(int(row.split()[0]))["spec"]["optim"]["lr"] for row in rows] == [0.001, 0.003]
+    bad = write(tmp_path / "bad.yaml", yaml.safe_dump({"base": base, "grid": {"optim.lrr": [0.001]}}))
+    assert "unknown spec field 'optim.lrr'" in one_line_error(service.cli("sweep", bad))
