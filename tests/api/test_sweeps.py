@@ -193,7 +193,7 @@ def test_show_reports_each_childs_metrics_and_the_best(api: Api) -> None:
         (first, "val_top1", 0.4),
         (first, "val_top1", 0.6),
         (second, "val_top1", 0.8),
-        (second, "fewshot_5_top1", 0.5),
+        (second, "few_shot_5", 0.5),
     ]
     with api.session() as session:
         session.execute(
@@ -206,7 +206,7 @@ def test_show_reports_each_childs_metrics_and_the_best(api: Api) -> None:
         session.commit()
     shown = api.client.get(f"/sweeps/{sweep['id']}").json()
     assert [c["job"]["best_val_top1"] for c in shown["jobs"]] == [0.6, 0.8]
-    assert shown["jobs"][1]["job"]["latest_metrics"]["fewshot_5_top1"] == 0.5
+    assert shown["jobs"][1]["job"]["latest_metrics"]["few_shot_5"] == 0.5
     assert shown["best_val_top1"] == 0.8
     assert api.client.get("/sweeps").json()["items"][0]["best_val_top1"] == 0.8
 
