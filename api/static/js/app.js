@@ -1,10 +1,11 @@
 // Hash routes (GET /jobs/{id} is the JSON API, so pages live under #/): #/ list, #/jobs/ID, #/submit,
-// #/compare?ids=1,2,3.
+// #/compare?ids=1,2,3, #/sweeps, #/sweeps/ID.
 
 import { mountCompare } from "./compare.js";
 import { mountJob } from "./job.js";
 import { mountList } from "./list.js";
 import { mountSubmit } from "./submit.js";
+import { mountSweep, mountSweepList } from "./sweep.js";
 
 let current = null;
 
@@ -19,6 +20,12 @@ function route() {
   if (job) {
     view.className = "job-view";
     current = mountJob(view, Number(job[1]));
+  } else if (path.match(/^\/sweeps\/(\d+)$/)) {
+    view.className = "sweep-view";
+    current = mountSweep(view, Number(path.split("/")[2]));
+  } else if (path === "/sweeps") {
+    view.className = "sweeps-view";
+    current = mountSweepList(view);
   } else if (path === "/compare") {
     view.className = "compare-view";
     current = mountCompare(view, params);
