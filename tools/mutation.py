@@ -52,7 +52,14 @@ TARGETS = (
     Target("vit/data/loader.py", ("tests/vit/test_data.py", "tests/vit/test_loader.py")),
     Target("vit/model.py", ("tests/vit/test_model.py",)),
     Target("vit/checkpoint.py", ("tests/vit/test_checkpoint.py", "tests/vit/test_checkpoint_promises.py")),
-    Target("vit/rundir.py", ("tests/vit/test_rundir.py", "tests/vit/test_checkpoint_promises.py")),
+    Target(
+        "vit/rundir.py",
+        (
+            "tests/vit/test_rundir.py",
+            "tests/vit/test_rundir_promises.py",
+            "tests/vit/test_checkpoint_promises.py",
+        ),
+    ),
     Target(
         "api/spec_input.py",
         ("tests/api/test_submit.py", "tests/api/test_fuzz_input.py", "tests/api/test_spec_input.py"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -14,7 +15,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from tests.vit.test_weights import IMAGES, logits, save_npz, small_model, to_jax_layout
-from vit.weights import load_pretrained, read_state_dict, resolve_weights_file, save_weights
+from vit.weights import (
+    jax_to_timm,
+    load_pretrained,
+    read_state_dict,
+    resize_pos_embed,
+    resolve_weights_file,
+    save_weights,
+)
 
 
 def _state(seed: int = 1) -> dict[str, torch.Tensor]:
@@ -181,3 +189,18 @@ def test_suffixes_are_case_insensitive(tmp_path: Path) -> None:
 def test_a_file_that_vanishes_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         read_state_dict(tmp_path / "gone.pt")
+
+
+def test_npz_without_embedding_names_what_it_looked_for() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"^not a ViT \.npz checkpoint: no embedding/kernel \(under opt/target/, params/ or none\)$",
+    ):
+        jax_to_timm({"weights": np.zeros(3)})
+
+
+def test_resized_position_embedding_keeps_its_dtype() -> None:
+    pos = torch.randn(1, 1 + 16, 8, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    resized = resize_pos_embed(pos, (3, 3))
+    assert resized.dtype == torch.bfloat16 and resized.shape == (1, 10, 8)
+    assert torch.equal(resized[:, 0], pos[:, 0])  # the class token's slot is kept as it is
