@@ -56,13 +56,24 @@ def pretrained_job(service: Service, browser: Browser) -> int:
     return job_id
 
 
-def test_submitted_job_succeeds_with_drawn_curves(page: Page, service: Service, pretrained_job: int) -> None:
+def test_submitted_job_succeeds_with_drawn_curves(
+    page: Page, service: Service, client: VitqClient, pretrained_job: int
+) -> None:
     page.goto(f"{service.url}/#/jobs/{pretrained_job}")
     expect(page.locator(".badge")).to_have_text("succeeded")
     expect(page.locator(".job-progress .bar-label")).to_have_text("40/40")
     page.locator("#view[data-metrics-loaded=true]").wait_for()
     assert loss_pixels(page) > 50
-    expect(page.locator(".checkpoints, table.small a", has_text="download").first).to_be_visible()
+    # A checkpoint downloads through fetch (so that an API token can go with it) and is saved whole.
+    with page.expect_download() as saved:
+        page.locator("table.small a", has_text="download").first.click()
+    (first,) = [
+        c
+        for c in client.checkpoints(pretrained_job)
+        if saved.value.suggested_filename.endswith(f"{c['name']}.safetensors")
+    ]
+    assert saved.value.suggested_filename == f"job{pretrained_job}-{first['name']}.safetensors"
+    assert saved.value.path().stat().st_size == first["size_bytes"]
     expect(page.get_by_role("cell", name="1-shot")).to_be_visible()
     expect(page.locator("pre.spec")).to_contain_text("embed_dim: 32")
     expect(page.locator("dl.summary div", has_text="MFU").locator("dd")).to_have_text(

@@ -1,6 +1,6 @@
 // One job: status, live curves, few-shot results, checkpoints, lineage, log tail, resolved spec, and actions.
 
-import { api } from "./api.js";
+import { api, download } from "./api.js";
 import { Board } from "./charts.js";
 import { bytes, duration, h, jobDuration, localTime, number, percent, poll, progressText, setText, statusBadge } from "./format.js";
 import { dumpYaml } from "./yaml.js";
@@ -146,7 +146,10 @@ export function mountJob(view, id) {
           h("td", {}, h("code", {}, c.name)), h("td", { class: "num" }, String(c.step)),
           h("td", { class: "num" }, bytes(c.size_bytes)), h("td", {}, localTime(c.created_at)),
           h("td", { class: "actions" },
-            h("a", { href: c.url, download: `job${id}-${c.name}.safetensors` }, "download"),
+            h("a", { href: c.url, download: `job${id}-${c.name}.safetensors`, onclick: (e) => {
+              e.preventDefault(); // through fetch, so that a token goes with it
+              download(c.url, `job${id}-${c.name}.safetensors`).catch((err) => alert(err.message));
+            } }, "download"),
             h("a", { href: finetuneFrom(c), "data-checkpoint": c.name }, "fine-tune"))))))
       : h("p", { class: "muted" }, "None yet."));
   }
