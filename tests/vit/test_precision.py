@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from safetensors.torch import load_file, save_file
 
 from tests.vit.tiny_specs import SYNTHETIC, TINY_MODEL
 from vit.model import create_model
@@ -18,7 +19,7 @@ from vit.train import EXIT_BAD_INPUT, main
 CPU = torch.device("cpu")
 
 
-def test_fp8_converts_the_block_linears_but_not_a_head_of_10_classes() -> None:
+def test_fp8_converts_the_block_linears_but_not_a_head_of_10_classes(tmp_path: Path) -> None:
     pytest.importorskip("torchao.float8")
     from torchao.float8.float8_linear import Float8Linear
 
@@ -37,7 +38,12 @@ def test_fp8_converts_the_block_linears_but_not_a_head_of_10_classes() -> None:
     ]
     assert isinstance(model.blocks[0].mlp.fc1, Float8Linear)
     assert type(model.head) is torch.nn.Linear  # 10 outputs: not a multiple of 16
-    assert list(model.state_dict()) == keys  # checkpoints keep their format
+    assert list(model.state_dict()) == keys  # checkpoints keep their format: a plain model loads one
+    save_file(model.state_dict(), str(tmp_path / "fp8.safetensors"))
+    plain = create_model(
+        "Ti/4", num_classes=10, image_size=16, embed_dim=32, depth=2, num_heads=2, mlp_dim=64
+    )
+    plain.load_state_dict(load_file(str(tmp_path / "fp8.safetensors")), strict=True)
 
     # A non-zero head, so the loss depends on the blocks; float8 and full precision agree to a few per cent.
     torch.nn.init.normal_(model.head.weight, std=0.5)
