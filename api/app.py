@@ -13,10 +13,11 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import sessionmaker
 
+from api.auth import store_bootstrap_token
 from api.db import make_engine
 from api.prometheus import JobCollector, LatencyMiddleware, request_latency
 from api.queue import JobQueue
-from api.routes import checkpoints, dashboard, health, jobs, logs, metrics, prometheus, sweeps
+from api.routes import checkpoints, dashboard, health, jobs, logs, metrics, prometheus, sweeps, workers
 from api.settings import Settings, get_settings
 from api.state_machine import JobNotFoundError, JobStateError
 from api.sweeps import SweepNotFoundError
@@ -32,6 +33,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.bootstrap_admin_token is not None:
+            store_bootstrap_token(sessions, settings.bootstrap_admin_token.get_secret_value())
         yield
         queue.close()
         engine.dispose()
@@ -40,10 +43,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     # expire_on_commit=False: a committed job is returned as is, without a reload round trip.
-    app.state.sessions = sessionmaker(engine, expire_on_commit=False)
+    app.state.sessions = sessions = sessionmaker(engine, expire_on_commit=False)
     app.state.queue = queue
     app.state.prometheus = CollectorRegistry()
-    app.state.prometheus.register(JobCollector(app.state.sessions))
+    app.state.prometheus.register(JobCollector(app.state.sessions, settings.lease_seconds))
     app.add_middleware(LatencyMiddleware, histogram=request_latency(app.state.prometheus))
 
     app.add_exception_handler(JobNotFoundError, _not_found)
@@ -52,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for error in DATABASE_UNAVAILABLE:
         app.add_exception_handler(error, database_unavailable)
     app.add_middleware(ResponseDeadline)
-    for module in (jobs, sweeps, metrics, checkpoints, logs, health, prometheus, dashboard):
+    for module in (jobs, sweeps, workers, metrics, checkpoints, logs, health, prometheus, dashboard):
         app.include_router(module.router)
     app.openapi = lambda: _openapi_with_spec(app)  # type: ignore[method-assign]
     return app

@@ -19,6 +19,8 @@ from typing import Any, TextIO
 
 import yaml
 
+from api.cli_auth import add_commands as add_auth_commands
+from api.cli_auth import serve_settings
 from api.client import FINISHED_STATUSES, VitqClient, VitqError, default_url
 
 EXIT_OK = 0
@@ -47,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from api.settings import get_settings
 
     configure_logging(args.log_level)
-    settings = get_settings()
+    settings, auth_line = serve_settings(get_settings(), host=args.host, insecure=args.insecure)
     for directory in (settings.home, settings.resolved_storage, settings.resolved_data_dir):
         directory.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
@@ -55,6 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # uvicorn handles SIGINT; SIGTERM must end it the same way so the worker below is always stopped.
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     print(f"vitq: serving http://{args.host}:{args.port}/ (data in {settings.home})", flush=True)
+    print(auth_line, flush=True)
     try:
         # JSON: uvicorn's own loggers go through the root handler too (log_config=None leaves them alone).
         log_config = None if json_requested() else uvicorn.config.LOGGING_CONFIG
@@ -339,10 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--no-worker", action="store_true", help="API only; start workers separately")
     serve.add_argument(
+        "--insecure", action="store_true", help="no authentication even on a non-loopback address"
+    )
+    serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     serve.set_defaults(run=cmd_serve)
     commands.add_parser("worker", help="run a worker (python -m worker)").set_defaults(run=cmd_worker)
+    add_auth_commands(commands)
     train = commands.add_parser("train", help="train locally, without the service")
     train.add_argument("spec")
     train.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")

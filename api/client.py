@@ -14,14 +14,18 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
 
+from api.credentials import saved_token
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+SUBMIT_TRIES = 3  # a submit that timed out is sent again with the same Idempotency-Key: still one job
 
 
 class VitqError(Exception):
@@ -69,9 +73,12 @@ def error_message(response: httpx.Response) -> str:
 
 class VitqClient:
     # `list` is a method here (it lists jobs), so annotations inside the class say `builtins.list`.
-    def __init__(self, url: str | None = None, *, timeout: float = 30.0) -> None:
+    def __init__(self, url: str | None = None, *, timeout: float = 30.0, token: str | None = None) -> None:
+        """`token`: default $VITQ_TOKEN or the one `vitq login` saved (none: a server without auth)."""
         self.url = (url or default_url()).rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        token = token or saved_token()
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
 
     def __enter__(self) -> VitqClient:
         return self
@@ -96,18 +103,25 @@ class VitqClient:
     def health(self) -> dict[str, Any]:
         return dict(self._request("GET", "/healthz").json())
 
-    def submit(self, spec: str | dict[str, Any]) -> dict[str, Any]:
-        """Post a spec: a dict, or the text of a YAML or JSON file (JSON is sent as JSON, the rest as YAML)."""
+    def submit(self, spec: str | dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
+        """Post a spec: a dict, or the text of a YAML or JSON file (JSON is sent as JSON, the rest as YAML).
+        Sent with an Idempotency-Key (default: a new uuid4) and retried with it when the answer is lost (a
+        timeout, a dropped connection): the server makes one job however many tries reach it."""
         if isinstance(spec, dict):
             content, content_type = json.dumps(spec), "application/json"
         elif spec.lstrip().startswith("{"):
             content, content_type = spec, "application/json"
         else:
             content, content_type = spec, "application/yaml"
-        response = self._request(
-            "POST", "/jobs", content=content.encode(), headers={"content-type": content_type}
-        )
-        return dict(response.json())
+        headers = {"content-type": content_type, "idempotency-key": idempotency_key or str(uuid.uuid4())}
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return dict(self._request("POST", "/jobs", content=content.encode(), headers=headers).json())
+            except VitqError as error:
+                if error.status_code is not None or tries == SUBMIT_TRIES:  # an answer, or out of tries
+                    raise
 
     def sweep(self, spec: str | dict[str, Any]) -> dict[str, Any]:
         """Post a sweep (a base spec and a grid or random space): the sweep with its children."""

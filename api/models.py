@@ -14,6 +14,8 @@ MAX_ID = 2**63 - 1
 # Job ids are 32-bit INTEGER columns (jobs.id and every column that refers to a job): a larger id names no job,
 # and PostgreSQL refuses to compare it with them.
 MAX_JOB_ID = 2**31 - 1
+# The owner of jobs made with authentication off, and of every job made before owners existed.
+LOCAL_OWNER = "local"
 
 
 def utcnow() -> datetime:
@@ -55,16 +57,31 @@ class Job(Base):
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int] = mapped_column(Integer)
     resumed_from_step: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Scheduling (from spec.resources): which workers may run it, in what order, and how many devices a node.
+    pool: Mapped[str] = mapped_column(String(64), server_default="default")
+    priority: Mapped[int] = mapped_column(Integer, server_default="0")
+    gpus: Mapped[int] = mapped_column(Integer, server_default="0")
+    devices: Mapped[str | None] = mapped_column(String(255), default=None)  # the attempt's, e.g. "0,1"
     wait_reason: Mapped[str | None] = mapped_column(Text, default=None)  # why a queued job has not started
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # Tenancy (api/principal.py): who created the job (jobs made before tokens existed belong to "local"), who
+    # cancelled it, and the submitter's Idempotency-Key with a hash of the spec it came with.
+    owner: Mapped[str] = mapped_column(String(64), server_default=LOCAL_OWNER)
+    cancelled_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_queue", "status", "pool", "priority", "created_at"),
         Index("ix_jobs_kind_created", "kind", "created_at"),
+        Index("ix_jobs_owner_created", "owner", "created_at"),
+        # Decides between concurrent submits with one key: the second INSERT fails, and reads the first job.
+        Index("ux_jobs_owner_idempotency_key", "owner", "idempotency_key", unique=True),
     )
 
 
@@ -99,6 +116,22 @@ class Checkpoint(Base):
     __table_args__ = (Index("ux_checkpoints_job_name", "job_id", "name", unique=True),)
 
 
+class ApiToken(Base):
+    """A bearer token: only its SHA-256 is stored (the token itself is shown once, when created)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    token_hash: Mapped[str] = mapped_column(String(64))  # hex sha256
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+    __table_args__ = (Index("ux_api_tokens_token_hash", "token_hash", unique=True),)
+
+
 class Worker(Base):
     """A worker process that announced itself; alive while its heartbeat is younger than the lease."""
 
@@ -107,6 +140,11 @@ class Worker(Base):
     name: Mapped[str] = mapped_column(String(255), primary_key=True)  # host:pid, as jobs.worker names it
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
+    address: Mapped[str] = mapped_column(String(255))  # where other nodes reach it (VITQ_ADVERTISE_ADDRESS)
+    pool: Mapped[str] = mapped_column(String(64))
+    cpus: Mapped[int] = mapped_column(Integer)
+    devices: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # [{"index", "name", "memory_mb"}], GPUs
+    concurrency: Mapped[int] = mapped_column(Integer)  # jobs it runs at once
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
@@ -121,3 +159,4 @@ class Sweep(Base):
     name: Mapped[str] = mapped_column(String(128))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # as validated: base, and grid or random
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    owner: Mapped[str] = mapped_column(String(64), server_default=LOCAL_OWNER)  # owns every child, too

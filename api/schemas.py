@@ -31,11 +31,15 @@ class JobOut(BaseModel):
     total_steps: int
     progress: float = Field(description="step / total_steps, 0..1")
     resumed_from_step: int | None
-    wait_reason: str | None
+    wait_reason: str | None  # why a queued job has not started (its parent, no free worker, no worker at all)
+    devices: list[int] = []  # the GPUs the running attempt holds on its worker (CUDA_VISIBLE_DEVICES)
+    queue_position: int | None = None  # 1 = runs next; queued jobs that could run now, in the order they will
     cancel_requested: bool
     error: str | None
     worker: str | None
     parent_job_id: int | None
+    owner: str = Field(description="Who submitted the job.")
+    cancelled_by: str | None = Field(description="Who asked to cancel it (None: nobody).")
     created_at: UtcDatetime
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
@@ -113,3 +117,28 @@ class SweepOut(SweepSummary):
 class SweepList(BaseModel):
     items: list[SweepSummary]
     total: int
+
+
+class DeviceOut(BaseModel):
+    index: int
+    name: str
+    memory_mb: int
+    busy: bool  # a running job holds it
+    job_id: int | None  # that job, when it is the caller's to see
+
+
+class WorkerOut(BaseModel):
+    name: str  # host:pid, as a job's `worker` names it
+    host: str
+    address: str  # where other nodes reach it
+    pool: str
+    cpus: int
+    concurrency: int  # jobs it runs at once
+    started_at: datetime
+    heartbeat_at: datetime
+    jobs: list[int]  # running jobs it holds
+    devices: list[DeviceOut]  # its GPUs (none: a CPU worker)
+
+
+class WorkerList(BaseModel):
+    items: list[WorkerOut]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,9 +26,29 @@ class Settings(BaseSettings):
     queue: str = "training"
     lease_seconds: float = 60.0  # a running job whose heartbeat is older than this belongs to a dead worker
     heartbeat_seconds: float = 5.0
-    reap_seconds: float | None = None  # how often each worker's reaper looks; default a third of the lease, 1-5 s
+    pool: str = "default"  # the group of workers this one belongs to (jobs name it as resources.pool)
+    devices: str | None = None  # the GPUs this worker may use ("0,1", "none"); default: all nvidia-smi lists
+    advertise_address: str | None = None  # where other nodes reach this worker; default: its host name
+    reap_seconds: float | None = (
+        None  # how often each worker's reaper looks; default a third of the lease, 1-5 s
+    )
     max_attempts: int = 3  # attempts per job, the first one included
     max_spec_bytes: int = 64 * 1024
+    # Authentication (api/auth.py): "required" (bearer tokens) or "off" (every request acts as a local admin).
+    # Unset means required, except under `vitq serve` bound to a loopback address.
+    auth: Literal["required", "off"] | None = None
+    # Stored (hashed) at API start if absent: docker compose's first admin token.
+    bootstrap_admin_token: SecretStr | None = None
+    # Quotas per owner (api/quotas.py); None: no limit. Only max_running_jobs delays (a job waits), the rest refuse
+    # a submit with 429.
+    max_running_jobs: int | None = Field(None, ge=1)
+    max_queued_jobs: int | None = Field(None, ge=1)
+    max_gpus: int | None = Field(None, ge=0)  # GPUs asked for by the owner's unfinished jobs together
+    max_job_images: int | None = Field(None, ge=1)  # train.steps x train.batch_size of one job
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth != "off"
 
     @property
     def resolved_database_url(self) -> str:

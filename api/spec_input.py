@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,10 +134,14 @@ def _load_yaml(body: bytes) -> Any:
         raise spec_error((), f"invalid YAML{where}: {problem}", "yaml_invalid") from None
 
 
-def confine_paths(spec: JobSpec, settings: Settings) -> JobSpec:
+def confine_paths(
+    spec: JobSpec, settings: Settings, *, may_read_job: Callable[[int], bool] | None = None
+) -> JobSpec:
     """The spec with data.root and init.weights resolved (symlinks followed; relative to the data directory)
     and checked: datasets inside the data directory (a dataset with download: true writes there, never into
-    run directories), weights inside the data or storage directory. No spec makes the service read elsewhere."""
+    run directories), weights inside the data or storage directory. No spec makes the service read elsewhere.
+    With `may_read_job` (a non-admin's submit), weights under storage must lie in the run directory of a job
+    it allows; any other is answered as missing, so another owner's run does not even show it exists."""
     updates: dict[str, Any] = {}
     if spec.data.root is not None:
         root = _confined(spec.data.root, settings, ("data", "root"), storage_too=False)
@@ -144,7 +149,7 @@ def confine_paths(spec: JobSpec, settings: Settings) -> JobSpec:
     if spec.init is not None and spec.init.weights is not None:
         weights = _confined(spec.init.weights, settings, ("init", "weights"))
         # os.path.exists, not Path.exists: a name too long for the file system is "no such file", not an OSError.
-        if not os.path.exists(weights):
+        if not os.path.exists(weights) or not _in_readable_run(weights, settings, may_read_job):
             # Refused now: accepted, the job could only fail seconds later when its trainer looks.
             raise spec_error(
                 ("init", "weights"),
@@ -154,6 +159,15 @@ def confine_paths(spec: JobSpec, settings: Settings) -> JobSpec:
             )
         updates["init"] = spec.init.model_copy(update={"weights": weights})
     return spec.model_copy(update=updates) if updates else spec
+
+
+def _in_readable_run(path: str, settings: Settings, may_read_job: Callable[[int], bool] | None) -> bool:
+    storage = Path(os.path.realpath(settings.resolved_storage))
+    resolved = Path(path)
+    if may_read_job is None or not resolved.is_relative_to(storage):
+        return True
+    parts = resolved.relative_to(storage).parts  # jobs/<id>/... is the run directory of job <id>
+    return len(parts) >= 2 and parts[0] == "jobs" and parts[1].isdigit() and may_read_job(int(parts[1]))
 
 
 def _confined(path: str, settings: Settings, loc: tuple[str, ...], *, storage_too: bool = True) -> str:

@@ -17,17 +17,37 @@ between the check and the write. A stale runner's writes are refused by the data
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import CursorResult, Select, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
-from api.models import Checkpoint, Job, JobStatus
+from api.models import LOCAL_OWNER, Checkpoint, Job, JobStatus
 from vit.config import JobSpec
 
 FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+# ------------------------------------------------------------------------------------------------ owners
+@dataclass(frozen=True)
+class Principal:
+    """Who asks (api/auth.py): an owner, or an admin, who sees and acts on every owner's jobs."""
+
+    owner: str
+    is_admin: bool = False
+
+
+# Authentication off: every request acts as this one (a person on a laptop owns everything).
+LOCAL_ADMIN = Principal(owner=LOCAL_OWNER, is_admin=True)
+
+
+def visible_to(principal: Principal) -> tuple[Any, ...]:
+    """The WHERE clause of the jobs `principal` may see and act on. Every read and transition the API makes on
+    a principal's behalf adds it, so another owner's job is "not found" (404) everywhere, never "forbidden"."""
+    return () if principal.is_admin else (Job.owner == principal.owner,)
 
 
 class JobNotFoundError(LookupError):
@@ -49,6 +69,7 @@ class Claim:
     worker: str
     spec: JobSpec  # resolved, as stored
     parent_job_id: int | None
+    devices: tuple[int, ...] = ()  # the GPU indices this attempt holds on its worker (none on a CPU worker)
 
 
 def now() -> datetime:
@@ -66,10 +87,20 @@ def waiting_reason(parent_id: int, parent_status: str | None = None) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ submit
-def submit(*, session: Session, spec: JobSpec, max_attempts: int, parent: Job | None) -> Job:
+def submit(
+    *,
+    session: Session,
+    spec: JobSpec,
+    max_attempts: int,
+    parent: Job | None,
+    owner: str = LOCAL_OWNER,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> Job:
     """Add a queued job holding the resolved spec (not committed). A job whose parent has not finished yet
     waits (wait_reason) until release_waiting_children lets it go. (POST /jobs accepts a cancelled or failed
-    parent only when it kept a checkpoint: such a child starts from it at once.)"""
+    parent only when it kept a checkpoint: such a child starts from it at once.) A second job with the owner's
+    `idempotency_key` fails at the commit (IntegrityError): the caller reads the first one instead."""
     resolved = spec.resolved()
     waits = parent is not None and parent.status not in FINISHED
     job = Job(
@@ -80,8 +111,14 @@ def submit(*, session: Session, spec: JobSpec, max_attempts: int, parent: Job | 
         parent_job_id=parent.id if parent is not None else None,
         max_attempts=max_attempts,
         total_steps=resolved.train.steps,
+        pool=resolved.resources.pool,
+        priority=resolved.resources.priority,
+        gpus=resolved.resources.gpus_per_node,
         wait_reason=waiting_reason(parent.id) if waits and parent is not None else None,
         created_at=now(),
+        owner=owner,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
     )
     session.add(job)
     return job
@@ -98,14 +135,17 @@ def settle_waiting_job(*, session: Session, job: Job) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ cancel
-def request_cancel(*, session: Session, job_id: int) -> Job:
-    """A queued job is cancelled at once; a running one is flagged for its runner to stop. Committed."""
+def request_cancel(*, session: Session, job_id: int, principal: Principal = LOCAL_ADMIN) -> Job:
+    """A queued job is cancelled at once; a running one is flagged for its runner to stop. Committed. A job
+    `principal` may not see is not found. The canceller is recorded (the first one, if two race)."""
+    mine = (Job.id == job_id, *visible_to(principal))
+    by = {"cancelled_by": func.coalesce(Job.cancelled_by, principal.owner)}
     # Two tries: the job may move queued -> running between the two conditional updates.
     for _ in range(2):
         cancelled = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.queued)
-            .values(status=JobStatus.cancelled, finished_at=now(), wait_reason=None)
+            .where(*mine, Job.status == JobStatus.queued)
+            .values(status=JobStatus.cancelled, finished_at=now(), wait_reason=None, **by)
         )
         if _won(cancelled):
             fail_waiting_children(
@@ -113,11 +153,11 @@ def request_cancel(*, session: Session, job_id: int) -> Job:
             )
             break
         flagged = session.execute(
-            update(Job).where(Job.id == job_id, Job.status == JobStatus.running).values(cancel_requested=True)
+            update(Job).where(*mine, Job.status == JobStatus.running).values(cancel_requested=True, **by)
         )
         if _won(flagged):
             break
-        status = session.scalar(select(Job.status).where(Job.id == job_id))
+        status = session.scalar(select(Job.status).where(*mine))
         if status is None:
             raise JobNotFoundError(job_id)
         if JobStatus(status).finished:
@@ -134,32 +174,77 @@ def runnable() -> tuple[Any, ...]:
     return (Job.status == JobStatus.queued, Job.wait_reason.is_(None), Job.cancel_requested.is_(False))
 
 
+# The order waiting jobs run in: higher priority first, first come first served within a priority.
+QUEUE_ORDER = (Job.priority.desc(), Job.created_at, Job.id)
+
+
 def queue_order(query: Select[Any]) -> Select[Any]:
-    """The order waiting jobs run in: first come, first served."""
-    return query.order_by(Job.created_at, Job.id)
+    return query.order_by(*QUEUE_ORDER)
 
 
-def claim(*, session: Session, worker: str, prefer: int | None = None, candidates: int = 5) -> Claim | None:
+def fits(*, pool: str, free_devices: Sequence[int] | None) -> tuple[Any, ...]:
+    """The WHERE clause of a job a worker of `pool` can start now: a GPU worker (free_devices a list, maybe
+    empty) only jobs that fit in its free devices; a CPU worker (None) any job of its pool."""
+    clause: tuple[Any, ...] = (Job.pool == pool,)
+    return clause if free_devices is None else (*clause, Job.gpus <= len(free_devices))
+
+
+def owners_at_running_limit(running_limit: int) -> Select[Any]:
+    """The owners with `running_limit` jobs running (their queued jobs wait: a quota that delays, not refuses)."""
+    running = aliased(Job)
+    return (
+        select(running.owner)
+        .where(running.status == JobStatus.running)
+        .group_by(running.owner)
+        .having(func.count() >= running_limit)
+    )
+
+
+def claim(
+    *,
+    session: Session,
+    worker: str,
+    prefer: int | None = None,
+    candidates: int = 5,
+    running_limit: int | None = None,
+    pool: str = "default",
+    free_devices: Sequence[int] | None = None,
+) -> Claim | None:
     """Move a runnable queued job to running for `worker`: `prefer` if it is runnable, else the first in queue
-    order. A broker message is a wake-up, not an assignment: a message that names a job someone else took still
-    gets the next job started, and a lost message costs nothing while any other message or poll arrives."""
+    order, skipping owners at their `running_limit`. A broker message is a wake-up, not an assignment: a message
+    that names a job someone else took still gets the next job started, and a lost message costs nothing while
+    any other message or poll arrives. (Two claims racing for one owner's last slot may both win: the limit
+    is exact one claim at a time.) On a GPU worker the job takes the first of `free_devices` it needs, recorded
+    in the same UPDATE (Claim.devices)."""
+    allowed = (*runnable(), *fits(pool=pool, free_devices=free_devices))
+    if running_limit is not None:
+        allowed = (*allowed, Job.owner.not_in(owners_at_running_limit(running_limit)))
     ids: list[int] = []
     if prefer is not None:
-        ids += session.scalars(select(Job.id).where(Job.id == prefer, *runnable())).all()
+        ids += session.scalars(select(Job.id).where(Job.id == prefer, *allowed)).all()
     ids += [
         j
-        for j in session.scalars(queue_order(select(Job.id).where(*runnable())).limit(candidates))
+        for j in session.scalars(queue_order(select(Job.id).where(*allowed)).limit(candidates))
         if j not in ids
     ]
     session.rollback()
     for job_id in ids:
-        won = _claim_one(session=session, job_id=job_id, worker=worker)
+        won = _claim_one(
+            session=session, job_id=job_id, worker=worker, allowed=allowed, free_devices=free_devices
+        )
         if won is not None:
             return won
     return None
 
 
-def _claim_one(*, session: Session, job_id: int, worker: str) -> Claim | None:
+def _claim_one(
+    *,
+    session: Session,
+    job_id: int,
+    worker: str,
+    allowed: tuple[Any, ...],
+    free_devices: Sequence[int] | None,
+) -> Claim | None:
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.status != JobStatus.queued or job.wait_reason or job.cancel_requested:
         session.rollback()
@@ -167,15 +252,17 @@ def _claim_one(*, session: Session, job_id: int, worker: str) -> Claim | None:
     if job.parent_job_id is not None and not _parent_ready(session=session, job=job):
         return None
     attempt, started = job.attempt + 1, now()
+    devices = list(free_devices[: job.gpus]) if free_devices is not None else []
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.attempt == job.attempt, *runnable())
+        .where(Job.id == job_id, Job.attempt == job.attempt, *allowed)
         .values(
             status=JobStatus.running,
             attempt=attempt,
             worker=worker,
             heartbeat_at=started,
             started_at=job.started_at or started,
+            devices=",".join(map(str, devices)) or None,
         )
     )
     session.commit()
@@ -188,6 +275,7 @@ def _claim_one(*, session: Session, job_id: int, worker: str) -> Claim | None:
         worker=worker,
         spec=JobSpec.model_validate(job.spec),
         parent_job_id=job.parent_job_id,
+        devices=tuple(devices),
     )
 
 
@@ -272,7 +360,13 @@ def finish(
     did not succeed takes its waiting fine-tunes down with it."""
     if status not in FINISHED:
         raise ValueError(f"{status.value} is not a final state")
-    values: dict[str, Any] = {"status": status, "error": error, "finished_at": now(), "wait_reason": None}
+    values: dict[str, Any] = {
+        "status": status,
+        "error": error,
+        "finished_at": now(),
+        "wait_reason": None,
+        "devices": None,
+    }
     if step is not None:
         values["step"] = step
     result = session.execute(update(Job).where(*held_by(claim)).values(**values))
@@ -294,7 +388,14 @@ def release(*, session: Session, claim: Claim, error: str | None = None, count_a
     result = session.execute(
         update(Job)
         .where(*held_by(claim))
-        .values(status=JobStatus.queued, worker=None, heartbeat_at=None, error=error, attempt=attempt)
+        .values(
+            status=JobStatus.queued,
+            worker=None,
+            heartbeat_at=None,
+            error=error,
+            attempt=attempt,
+            devices=None,
+        )
     )
     session.commit()
     return _won(result)
@@ -305,7 +406,7 @@ def _cancel_instead(*, session: Session, where: tuple[Any, ...]) -> bool:
     result = session.execute(
         update(Job)
         .where(*where, Job.cancel_requested.is_(True))
-        .values(status=JobStatus.cancelled, worker=None, heartbeat_at=None, finished_at=now())
+        .values(status=JobStatus.cancelled, worker=None, heartbeat_at=None, finished_at=now(), devices=None)
     )
     session.commit()
     return _won(result)
@@ -338,7 +439,9 @@ def requeue_stale(*, session: Session, lease_seconds: float) -> list[int]:
             if final
             else {"status": JobStatus.queued, "error": lost}
         )
-        result = session.execute(update(Job).where(*where).values(worker=None, heartbeat_at=None, **values))
+        result = session.execute(
+            update(Job).where(*where).values(worker=None, heartbeat_at=None, devices=None, **values)
+        )
         if _won(result) and final:
             fail_waiting_children(
                 session=session, parent_id=job_id, error=f"parent job {job_id} failed: {lost}"
@@ -407,8 +510,9 @@ def _fail_orphan(*, session: Session, child_id: int, parent: Job | None, parent_
         )
 
 
-def runnable_count(*, session: Session) -> int:
-    """How many jobs a worker could claim now (the reaper keeps at least this many wake-ups in the broker)."""
-    count = session.scalar(select(func.count()).select_from(Job).where(*runnable())) or 0
+def runnable_count(*, session: Session, pool: str | None = None) -> int:
+    """How many jobs a worker (of `pool`) could claim now (the reaper keeps as many wake-ups in the broker)."""
+    in_pool = () if pool is None else (Job.pool == pool,)
+    count = session.scalar(select(func.count()).select_from(Job).where(*runnable(), *in_pool)) or 0
     session.rollback()
     return count

@@ -12,8 +12,9 @@ from sqlalchemy.orm import Session
 
 from api import jobs, state_machine
 from api.metric_queries import BEST_METRIC
-from api.models import Job, JobStatus, MetricPoint, Sweep
+from api.models import LOCAL_OWNER, Job, JobStatus, MetricPoint, Sweep
 from api.schemas import SweepChild, SweepOut, SweepSummary
+from api.state_machine import Principal
 from api.sweep_spec import SweepSpec, value_at
 from vit.config import JobSpec
 
@@ -24,23 +25,31 @@ class SweepNotFoundError(LookupError):
 
 
 def create_sweep(
-    *, session: Session, sweep: SweepSpec, children: Sequence[tuple[JobSpec, Job | None]], max_attempts: int
+    *,
+    session: Session,
+    sweep: SweepSpec,
+    children: Sequence[tuple[JobSpec, Job | None]],
+    max_attempts: int,
+    owner: str = LOCAL_OWNER,
 ) -> tuple[Sweep, list[Job]]:
     """The sweep and its queued children, added in the session's transaction (the caller commits once)."""
-    row = Sweep(name=sweep.display_name, spec=sweep.model_dump(mode="json", exclude_none=True))
+    row = Sweep(name=sweep.display_name, spec=sweep.model_dump(mode="json", exclude_none=True), owner=owner)
     session.add(row)
     session.flush()  # the sweep's id, for the children
     made = []
     for spec, parent in children:
-        job = state_machine.submit(session=session, spec=spec, max_attempts=max_attempts, parent=parent)
+        job = state_machine.submit(
+            session=session, spec=spec, max_attempts=max_attempts, parent=parent, owner=owner
+        )
         job.sweep_id = row.id
         made.append(job)
     return row, made
 
 
-def get_sweep(*, session: Session, sweep_id: int) -> Sweep:
+def get_sweep(*, session: Session, sweep_id: int, principal: Principal) -> Sweep:
+    """The sweep, if `principal` may see it (the owner rule of api.state_machine.visible_to); 404 otherwise."""
     row = session.get(Sweep, sweep_id)
-    if row is None:
+    if row is None or not (principal.is_admin or row.owner == principal.owner):
         raise SweepNotFoundError(sweep_id)
     return row
 
@@ -49,23 +58,30 @@ def children_of(*, session: Session, sweep_id: int) -> list[Job]:
     return list(session.scalars(select(Job).where(Job.sweep_id == sweep_id).order_by(Job.id)).all())
 
 
-def list_sweeps(*, session: Session, limit: int, offset: int) -> tuple[list[Sweep], int]:
-    """Newest first, and how many there are."""
-    total = session.scalar(select(func.count()).select_from(Sweep)) or 0
+def list_sweeps(
+    *, session: Session, principal: Principal, limit: int, offset: int
+) -> tuple[list[Sweep], int]:
+    """Newest first, and how many there are (those `principal` may see)."""
+    mine = () if principal.is_admin else (Sweep.owner == principal.owner,)
+    total = session.scalar(select(func.count()).select_from(Sweep).where(*mine)) or 0
     rows = session.scalars(
-        select(Sweep).order_by(Sweep.created_at.desc(), Sweep.id.desc()).limit(limit).offset(offset)
+        select(Sweep)
+        .where(*mine)
+        .order_by(Sweep.created_at.desc(), Sweep.id.desc())
+        .limit(limit)
+        .offset(offset)
     ).all()
     return list(rows), total
 
 
-def cancel_sweep(*, session: Session, sweep_id: int) -> Sweep:
+def cancel_sweep(*, session: Session, sweep_id: int, principal: Principal) -> Sweep:
     """Cancel every child that has not finished (queued ones at once, running ones stop within seconds)."""
-    row = get_sweep(session=session, sweep_id=sweep_id)
+    row = get_sweep(session=session, sweep_id=sweep_id, principal=principal)
     for job in children_of(session=session, sweep_id=sweep_id):
         if not JobStatus(job.status).finished:
             # It may finish between the read and the cancel: then there is nothing left to stop.
             with suppress(state_machine.JobStateError):
-                state_machine.request_cancel(session=session, job_id=job.id)
+                state_machine.request_cancel(session=session, job_id=job.id, principal=principal)
     return row
 
 

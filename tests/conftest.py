@@ -16,6 +16,9 @@ from api.client import VitqClient
 from api.db import scratch_database
 from tests.cli.service import Service, running_service
 
+# Tests written before tokens existed drive the API as the local admin: authentication is off unless a test
+# asks for it (Settings(auth="required"); tests/api/test_tenants.py). Subprocesses (vitq serve) inherit it.
+os.environ.setdefault("VITQ_AUTH", "off")
 PG_ADMIN_URL = os.environ.get("VITQ_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("VITQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -33,6 +33,7 @@ from api.state_machine import Claim
 from vit import rundir
 from vit.config import JobSpec
 from worker import fenced_writes
+from worker.devices import DeviceSlots
 from worker.launch import Trainer, trainer_command, trainer_env
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,9 @@ BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 5.0
 # Set when the Celery worker begins a warm shutdown: the running job is checkpointed and handed back.
 SHUTDOWN = threading.Event()
 
-Enqueue = Callable[[int], None]
+Enqueue = Callable[[int, str], None]
+# The worker's GPUs and which its running jobs hold; set by `python -m worker` (none: a CPU worker).
+DEVICE_SLOTS = DeviceSlots([])
 T = TypeVar("T")
 
 
@@ -119,16 +122,32 @@ def supervise(job_id: int, *, settings: Settings, enqueue: Enqueue) -> None:
     database = Database(sessions, job_id)
     name = worker_name()
     deadline = time.monotonic() + settings.lease_seconds
+    slots = DEVICE_SLOTS
 
     def claim(session: Session) -> Claim | bool:
-        return state_machine.claim(session=session, worker=name, prefer=job_id) or False
+        won = state_machine.claim(
+            session=session,
+            worker=name,
+            prefer=job_id,
+            running_limit=settings.max_running_jobs,
+            pool=settings.pool,
+            free_devices=slots.free(),
+        )
+        return won or False
 
-    won = database.until(claim, deadline)
+    with slots.claiming:  # this worker's other threads claim after us, and see the devices we took
+        won = database.until(claim, deadline)
+        if isinstance(won, Claim):
+            slots.take(won.devices)
     if not isinstance(won, Claim):
         log.info("job %s: nothing to claim (taken, finished, cancelled, waiting or database down)", job_id)
         return
-    log.info("job %s: claimed, attempt %s of %s", won.job_id, won.attempt, won.max_attempts)
-    Run(claim=won, settings=settings, enqueue=enqueue, database=Database(sessions, won.job_id)).execute()
+    devices = f" on devices {','.join(map(str, won.devices))}" if won.devices else ""
+    log.info("job %s: claimed, attempt %s of %s%s", won.job_id, won.attempt, won.max_attempts, devices)
+    try:
+        Run(claim=won, settings=settings, enqueue=enqueue, database=Database(sessions, won.job_id)).execute()
+    finally:
+        slots.give_back(won.devices)
 
 
 @dataclass
@@ -167,7 +186,8 @@ class Run:
         log_start = self._write_log_header(log_path)
         procs = spec.resources.procs_per_node
         command = trainer_command(spec_path, self.run_dir, procs, attempt=self.claim.attempt)
-        trainer = Trainer(command, trainer_env(procs), log_path)
+        devices = self.claim.devices if DEVICE_SLOTS.gpu_worker else None
+        trainer = Trainer(command, trainer_env(procs, devices), log_path)
         try:
             outcome = self._watch(trainer)
         except BaseException:
@@ -366,6 +386,6 @@ class Run:
 
     def _enqueue(self) -> None:
         try:
-            self.enqueue(self.job_id)
+            self.enqueue(self.job_id, self.claim.spec.resources.pool)
         except Exception as error:  # the broker may be down: the reaper sends a wake-up when it is back
             log.warning("job %s: could not enqueue (%s); the reaper will", self.job_id, error)

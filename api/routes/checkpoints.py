@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Path
 from fastapi.responses import FileResponse
 
 from api import jobs
+from api.auth import PrincipalDep
 from api.deps import NO_NUL, JobId, SessionDep, SettingsDep
 from api.schemas import CheckpointList, CheckpointOut
 
@@ -18,9 +19,9 @@ CheckpointName = Annotated[str, Path(max_length=255, pattern=NO_NUL, description
 
 
 @router.get("/jobs/{job_id}/checkpoints", responses={404: {}})
-def list_checkpoints(job_id: JobId, session: SessionDep) -> CheckpointList:
-    jobs.get_job(session=session, job_id=job_id)
-    rows = jobs.list_checkpoints(session=session, job_id=job_id)
+def list_checkpoints(job_id: JobId, session: SessionDep, principal: PrincipalDep) -> CheckpointList:
+    jobs.get_job(session=session, job_id=job_id, principal=principal)
+    rows = jobs.list_checkpoints(session=session, job_id=job_id, principal=principal)
     return CheckpointList(
         items=[
             CheckpointOut(
@@ -41,11 +42,11 @@ def list_checkpoints(job_id: JobId, session: SessionDep) -> CheckpointList:
     responses={200: {"content": {"application/octet-stream": {}}}, 404: {}},
 )
 def download_checkpoint(
-    job_id: JobId, name: CheckpointName, session: SessionDep, settings: SettingsDep
+    job_id: JobId, name: CheckpointName, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
 ) -> FileResponse:
     """The checkpoint's weights (timm key names): loadable by `vit.load_pretrained` and by timm."""
-    jobs.get_job(session=session, job_id=job_id)
-    checkpoint = jobs.find_checkpoint(session=session, job_id=job_id, name=name)
+    jobs.get_job(session=session, job_id=job_id, principal=principal)
+    checkpoint = jobs.find_checkpoint(session=session, job_id=job_id, name=name, principal=principal)
     # The stored name is a directory name the worker registered; refuse anything that could leave the run dir.
     if checkpoint is None or "/" in checkpoint.name or checkpoint.name in ("", ".", ".."):
         raise HTTPException(404, f"job {job_id} has no checkpoint {name!r}")

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 
 from api import jobs
+from api.auth import PrincipalDep
 from api.deps import JobId, SessionDep, SettingsDep
 
 router = APIRouter(tags=["logs"])
@@ -23,9 +24,10 @@ def get_logs(
     job_id: JobId,
     session: SessionDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     tail: Annotated[int, Query(ge=1, le=100_000, description="How many of the last lines.")] = 200,
 ) -> PlainTextResponse:
-    jobs.get_job(session=session, job_id=job_id)
+    jobs.get_job(session=session, job_id=job_id, principal=principal)
     path = settings.run_dir(job_id) / LOG_FILE
     text = tail_lines(path, tail) if path.is_file() else ""
     return PlainTextResponse(text)

@@ -6,6 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
+from api import jobs
+from api.auth import PrincipalDep
 from api.deps import NO_NUL, JobId, SessionDep
 from api.metric_queries import query_metrics
 from api.models import MAX_ID
@@ -19,6 +21,7 @@ router = APIRouter(tags=["metrics"])
 def get_metrics(
     job_id: JobId,
     session: SessionDep,
+    principal: PrincipalDep,
     names: Annotated[
         str | None,
         Query(max_length=10_000, pattern=NO_NUL, description="Comma-separated metric names; default all."),
@@ -28,6 +31,7 @@ def get_metrics(
     ] = None,
     max_points: Annotated[int, Query(ge=10, le=1_000_000, description="Point budget per series.")] = 1000,
 ) -> Response:
+    jobs.get_job(session=session, job_id=job_id, principal=principal)
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
     out = query_metrics(session=session, job_id=job_id, names=wanted, since=since, max_points=max_points)
     if out is None:

@@ -11,14 +11,16 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from api import state_machine, sweeps
+from api import quotas, state_machine, sweeps
+from api.auth import PrincipalDep
 from api.deps import SessionDep
-from api.models import MAX_JOB_ID, Job
+from api.models import MAX_ID, MAX_JOB_ID, Job
 from api.queue import JobQueue
-from api.routes.jobs import _parent_of as parent_of
+from api.routes.jobs import may_read_job, parent_of
 from api.schemas import SweepList, SweepOut
 from api.settings import Settings
 from api.spec_input import YAML_TYPES, check_spec, confine_paths, load_document, read_body
+from api.state_machine import Principal
 from api.sweep_spec import Point, SweepSpec, SweepSpecError, child_spec, points
 from vit.config import JobSpec
 
@@ -38,7 +40,7 @@ _SWEEP_BODY: dict[str, Any] = {
 
 
 @router.post("", status_code=201, response_model=SweepOut, openapi_extra=_SWEEP_BODY)
-async def submit_sweep(request: Request) -> SweepOut:
+async def submit_sweep(request: Request, principal: PrincipalDep) -> SweepOut:
     """Make one queued job per point of the grid (or per random draw) from the base spec, all or none: a bad
     field, a child that fails validation or too many children is a 422 and nothing is stored."""
     state = request.app.state
@@ -50,26 +52,39 @@ async def submit_sweep(request: Request) -> SweepOut:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"]), "ctx": None} for e in error.errors(include_url=False)]
         ) from None
-    return await run_in_threadpool(_store_and_enqueue, sweep, state.settings, state.sessions, state.queue)
+    return await run_in_threadpool(
+        _store_and_enqueue, sweep, principal, state.settings, state.sessions, state.queue
+    )
 
 
 def _store_and_enqueue(
-    sweep: SweepSpec, settings: Settings, sessions: sessionmaker[Session], queue: JobQueue
+    sweep: SweepSpec,
+    principal: Principal,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    queue: JobQueue,
 ) -> SweepOut:
     with sessions() as session:
-        children = _child_specs(sweep, settings=settings, session=session)
+        children = _child_specs(sweep, settings=settings, session=session, principal=principal)
+        quotas.check(
+            session=session, owner=principal.owner, specs=[spec for spec, _ in children], settings=settings
+        )
         row, made = sweeps.create_sweep(
-            session=session, sweep=sweep, children=children, max_attempts=settings.max_attempts
+            session=session,
+            sweep=sweep,
+            children=children,
+            max_attempts=settings.max_attempts,
+            owner=principal.owner,
         )
         session.commit()  # every child or none; then enqueue, so a worker finds the job it is handed
         for job in made:
             if job.wait_reason is None or state_machine.settle_waiting_job(session=session, job=job):
-                queue.enqueue(job.id)
+                queue.enqueue(job.id, job.pool)
         return sweeps.sweep_out(session=session, row=row)
 
 
 def _child_specs(
-    sweep: SweepSpec, *, settings: Settings, session: Session
+    sweep: SweepSpec, *, settings: Settings, session: Session, principal: Principal
 ) -> list[tuple[JobSpec, Job | None]]:
     """Each child's spec, checked exactly as POST /jobs checks one (paths confined, init.from_job usable),
     with its parent job. The first bad child is a 422 that names it."""
@@ -80,8 +95,9 @@ def _child_specs(
     children = []
     for index, point in enumerate(grid):
         try:
-            spec = confine_paths(check_spec(child_spec(sweep, point)), settings)
-            children.append((spec, parent_of(spec, session=session)))
+            readable = may_read_job(session, principal)
+            spec = confine_paths(check_spec(child_spec(sweep, point)), settings, may_read_job=readable)
+            children.append((spec, parent_of(spec, session=session, principal=principal)))
         except SweepSpecError as error:
             raise _sweep_error(error.loc, str(error)) from None
         except RequestValidationError as error:
@@ -108,22 +124,24 @@ def _blame_child(error: RequestValidationError, sweep: SweepSpec, point: Point, 
 @router.get("")
 def list_sweeps(
     session: SessionDep,
+    principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,  # the database's OFFSET is 64-bit
 ) -> SweepList:
     """Sweeps, newest first, each with its children counted by status and its best val_top1."""
-    rows, total = sweeps.list_sweeps(session=session, limit=limit, offset=offset)
+    rows, total = sweeps.list_sweeps(session=session, principal=principal, limit=limit, offset=offset)
     return SweepList(items=sweeps.summaries(session=session, sweeps=rows), total=total)
 
 
 @router.get("/{sweep_id}", responses={404: {"description": "Unknown sweep"}})
-def get_sweep(sweep_id: SweepId, session: SessionDep) -> SweepOut:
+def get_sweep(sweep_id: SweepId, session: SessionDep, principal: PrincipalDep) -> SweepOut:
     """The sweep and its children: each one's swept values, status and metrics (best val_top1, latest few-shot)."""
-    return sweeps.sweep_out(session=session, row=sweeps.get_sweep(session=session, sweep_id=sweep_id))
+    row = sweeps.get_sweep(session=session, sweep_id=sweep_id, principal=principal)
+    return sweeps.sweep_out(session=session, row=row)
 
 
 @router.post("/{sweep_id}/cancel", status_code=202, responses={404: {"description": "Unknown sweep"}})
-def cancel_sweep(sweep_id: SweepId, session: SessionDep) -> SweepOut:
+def cancel_sweep(sweep_id: SweepId, session: SessionDep, principal: PrincipalDep) -> SweepOut:
     """Cancel every child that has not finished: queued ones at once, running ones within seconds."""
-    row = sweeps.cancel_sweep(session=session, sweep_id=sweep_id)
+    row = sweeps.cancel_sweep(session=session, sweep_id=sweep_id, principal=principal)
     return sweeps.sweep_out(session=session, row=row)
