@@ -45,6 +45,8 @@ def test_offsets_and_cursors_are_bounded_by_the_64_bit_columns(api: Api) -> None
     job_id = submit(api)["id"]
     assert_422_at(api.client.get("/jobs", params={"offset": MAX_ID + 1}), ["query", "offset"])
     assert api.client.get("/jobs", params={"offset": MAX_ID}).json() == {"items": [], "total": 1}
+    assert_422_at(api.client.get("/sweeps", params={"offset": MAX_ID + 1}), ["query", "offset"])
+    assert api.client.get("/sweeps", params={"offset": MAX_ID}).json() == {"items": [], "total": 0}
     metrics = f"/jobs/{job_id}/metrics"
     assert_422_at(api.client.get(metrics, params={"since": MAX_ID + 1}), ["query", "since"])
     assert api.client.get(metrics, params={"since": MAX_ID}).status_code == 200
