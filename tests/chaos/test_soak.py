@@ -26,9 +26,9 @@ pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(900)]
 
 PASSES = int(30 * 60 / reap_interval(Settings(lease_seconds=60, reap_seconds=None)))  # 360 at 5 s
 FAST_INTERVAL_S = 0.05  # VITQ_REAP_SECONDS for the soak (a worker without the setting passes once a second)
-LEASE_S = (
-    3.0  # short, so a reaper that only looks at jobs queued for a lease looks at the waiting one at once
-)
+# Short, so that a reaper that only looks at jobs queued for a lease soon looks at the waiting one; long enough
+# that a heartbeat every second renews it well within the 30 % after which the supervisor stops the trainer.
+LEASE_S = 6.0
 PASS_WORK_S = 0.1  # a pass's queries on a crowded CPU, on top of the interval it sleeps
 SLACK = 3  # descriptors or connections that may come and go between two samples
 
