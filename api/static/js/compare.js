@@ -89,12 +89,13 @@ export function mountCompare(view, params) {
     Object.assign(boardRun, { name: run.job.name, batchSize: run.job.spec.train.batch_size });
     const query = run.cursor === null ? `max_points=${POINTS_PER_SERIES}` : `since=${run.cursor}`;
     const result = await api(`/jobs/${id}/metrics?${query}`);
-    if (!board.setPoints(id, result.series, { replace: run.cursor === null })) {
+    const replace = run.cursor === null;
+    if (!board.setPoints(id, result.series, { replace })) {
       run.cursor = null; // a resumed attempt rewrote the history: reload it whole next time
-      return true;
+      return false;
     }
     run.cursor = result.cursor ?? 0;
-    return true;
+    return replace || Object.values(result.series).some((s) => s.steps.length); // new points: redraw
   }
 
   for (const id of ids) board.addRun({ id, name: `#${id}`, batchSize: 0 });
@@ -102,7 +103,7 @@ export function mountCompare(view, params) {
   async function tick() {
     const changed = await Promise.all(ids.map(load));
     renderTable();
-    if (changed.some(Boolean)) board.render();
+    if (changed.some(Boolean)) board.render(); // only then: a redraw resets the axes, undoing a reader's zoom
     view.dataset.loaded = "true";
     return ids.some((id) => runs.get(id).job && !FINISHED.has(runs.get(id).job.status)); // until all have finished
   }

@@ -124,7 +124,8 @@ export function mountJob(view, id) {
       cursor = null;
       return loadMetrics();
     }
-    board.render();
+    // Redraw only for new points: a redraw resets the axes, which would undo a reader's zoom every poll.
+    if (replace || Object.values(result.series).some((s) => s.steps.length)) board.render();
     if (result.cursor != null) cursor = result.cursor;
     else if (cursor === null) cursor = 0;
     view.dataset.metricsLoaded = "true";
