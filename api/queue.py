@@ -22,6 +22,14 @@ from redis.retry import Retry
 from api.settings import Settings
 
 RUN_JOB_TASK = "vitq.run_job"
+DEFAULT_POOL = "default"
+
+
+def pool_queue(base: str, pool: str) -> str:
+    """The broker queue of a pool of workers: the configured queue for the default pool, `queue.pool` else."""
+    return base if pool == DEFAULT_POOL else f"{base}.{pool}"
+
+
 CONNECT_TIMEOUT_S = 2.0
 SOCKET_TIMEOUT_S = 5.0
 log = logging.getLogger(__name__)
@@ -62,17 +70,18 @@ class JobQueue:
             else None
         )
 
-    def enqueue(self, job_id: int) -> bool:
-        """Send the job's task; False (logged) when the broker is unreachable: the job stays queued in the
-        database, and the reaper re-enqueues queued jobs that no worker has claimed."""
+    def enqueue(self, job_id: int, pool: str = DEFAULT_POOL) -> bool:
+        """Send the job's task to its pool's queue; False (logged) when the broker is unreachable: the job stays
+        queued in the database, and the reapers send a wake-up for every runnable job that lacks one."""
+        queue = pool_queue(self.queue, pool)
         try:
             if self._redis is not None:
-                self._redis.lpush(self.queue, self._redis_message(job_id))
+                self._redis.lpush(queue, self._redis_message(job_id, queue))
             else:
                 self._app.send_task(
                     RUN_JOB_TASK,
                     args=[job_id],
-                    queue=self.queue,
+                    queue=queue,
                     retry=True,
                     retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
                 )
@@ -80,14 +89,14 @@ class JobQueue:
             log.error(
                 "could not enqueue job %s on queue %s (%s); it stays queued",
                 job_id,
-                self.queue,
+                queue,
                 error,
                 extra={"job_id": job_id},
             )
             return False
         return True
 
-    def _redis_message(self, job_id: int) -> str:
+    def _redis_message(self, job_id: int, queue: str) -> str:
         """What `send_task` would push: Celery builds the task message, wrapped as kombu's Redis transport
         wraps it (body base64-encoded JSON, routed straight to the queue's list by the default exchange)."""
         task_id = str(uuid.uuid4())
@@ -108,7 +117,7 @@ class JobQueue:
                 "properties": {
                     **message.properties,
                     "delivery_mode": 2,  # persistent
-                    "delivery_info": {"exchange": "", "routing_key": self.queue},
+                    "delivery_info": {"exchange": "", "routing_key": queue},
                     "priority": 0,
                     "body_encoding": "base64",
                     "delivery_tag": str(uuid.uuid4()),

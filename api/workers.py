@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -16,9 +17,34 @@ from api.models import Worker
 from api.state_machine import now
 
 
-def announce(*, session: Session, name: str, host: str, pid: int) -> None:
+def announce(
+    *,
+    session: Session,
+    name: str,
+    host: str,
+    pid: int,
+    address: str | None = None,
+    pool: str = "default",
+    cpus: int = 1,
+    devices: Sequence[dict[str, Any]] = (),
+    concurrency: int = 1,
+) -> None:
+    """Register (or re-register) a worker: where it runs, where other nodes reach it, its pool and its GPUs."""
     session.execute(delete(Worker).where(Worker.name == name))
-    session.add(Worker(name=name, host=host, pid=pid, started_at=now(), heartbeat_at=now()))
+    session.add(
+        Worker(
+            name=name,
+            host=host,
+            pid=pid,
+            address=address or host,
+            pool=pool,
+            cpus=cpus,
+            devices=list(devices),
+            concurrency=concurrency,
+            started_at=now(),
+            heartbeat_at=now(),
+        )
+    )
     session.commit()
 
 
@@ -47,3 +73,13 @@ def forget_dead(*, session: Session, older_than_seconds: float) -> None:
     cutoff = now() - timedelta(seconds=older_than_seconds)
     session.execute(delete(Worker).where(Worker.heartbeat_at < cutoff))
     session.commit()
+
+
+def largest_fit(*, session: Session, pool: str, lease_seconds: float) -> int | None:
+    """The most devices one live worker of `pool` has; None when none is alive or one is a CPU worker (a CPU
+    worker runs any job of its pool, so no GPU count is too large for the pool)."""
+    found = live(session=session, lease_seconds=lease_seconds)
+    in_pool = [w for w in found if w.pool == pool]
+    if not in_pool or any(not w.devices for w in in_pool):
+        return None
+    return max(len(w.devices) for w in in_pool)

@@ -215,6 +215,15 @@ class ResourcesSpec(_Strict):
     nodes: int = Field(1, ge=1, le=1024)
     procs_per_node: int = Field(1, ge=1, le=64)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    pool: str = Field("default", pattern=r"^[\w.\-]{1,64}$", description="The group of workers that runs it.")
+    priority: int = Field(
+        0, ge=-1000, le=1000, description="Higher runs first; first come first served within."
+    )
+
+    @property
+    def gpus_per_node(self) -> int:
+        """Devices the job takes on each node of a GPU worker: one per process, none for a CPU job."""
+        return 0 if self.device == "cpu" else self.procs_per_node
 
 
 class InitSpec(_Strict):

@@ -17,11 +17,13 @@ from kombu.exceptions import ChannelError
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
-    parser.add_argument("--concurrency", type=int, default=1, help="training jobs at once (default 1)")
+    parser.add_argument(
+        "--concurrency", type=int, help="training jobs at once (default: one per GPU, or 1 on a CPU machine)"
+    )
     parser.add_argument("--queue", help="queue to consume (default: VITQ_QUEUE or 'training')")
     parser.add_argument("--loglevel", default="INFO")
     args = parser.parse_args(argv)
-    if args.concurrency < 1:
+    if args.concurrency is not None and args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
     return args
 
@@ -63,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["VITQ_QUEUE"] = args.queue
     from api import workers
     from api.db import session_scope
+    from api.queue import pool_queue
     from api.settings import get_settings
+    from worker import devices, supervisor
     from worker.celery_app import app
     from worker.reaper import Reaper
     from worker.supervisor import SHUTDOWN, worker_name
@@ -75,9 +79,22 @@ def main(argv: list[str] | None = None) -> None:
     settings.resolved_storage.mkdir(parents=True, exist_ok=True)
     name = worker_name()
     database = settings.resolved_database_url
+    gpus = devices.detect(settings.devices)
+    supervisor.DEVICE_SLOTS = devices.DeviceSlots([d["index"] for d in gpus])
+    concurrency = args.concurrency or max(1, len(gpus))
     try:
         with session_scope(database) as session:
-            workers.announce(session=session, name=name, host=socket.gethostname(), pid=os.getpid())
+            workers.announce(
+                session=session,
+                name=name,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                address=settings.advertise_address or socket.gethostname(),
+                pool=settings.pool,
+                cpus=os.cpu_count() or 1,
+                devices=gpus,
+                concurrency=concurrency,
+            )
     except Exception:
         logging.getLogger(__name__).exception("could not register in the database; the reaper will retry")
 
@@ -86,16 +103,17 @@ def main(argv: list[str] | None = None) -> None:
 
     worker_shutting_down.connect(on_shutdown, weak=False)
     stop = threading.Event()
-    queue_size = QueueSize(app, settings.queue)
+    queue = pool_queue(settings.queue, settings.pool)
+    queue_size = QueueSize(app, queue)
     Reaper(settings=settings, name=name, enqueue=enqueue_job, queue_size=queue_size).start(stop)
-    pool = "solo" if args.concurrency == 1 else "threads"
+    pool = "solo" if concurrency == 1 else "threads"
     try:
         app.worker_main(
             [
                 "worker",
                 f"--pool={pool}",
-                f"--concurrency={args.concurrency}",
-                f"--queues={settings.queue}",
+                f"--concurrency={concurrency}",
+                f"--queues={queue}",
                 f"--loglevel={args.loglevel}",
                 f"--hostname=vitq-{socket.gethostname()}-{os.getpid()}",
                 "--without-gossip",  # no chatter between workers: the database coordinates them

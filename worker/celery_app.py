@@ -11,6 +11,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from api.queue import pool_queue
 from api.settings import Settings, get_settings
 
 # A job may train for hours; Redis would hand an unacknowledged message to another worker after this long.
@@ -36,8 +37,8 @@ def create_celery_app(settings: Settings) -> Celery:
     broker_url = settings.resolved_broker_url
     app = Celery("vitq", broker=broker_url, include=["worker.tasks"])
     app.conf.update(
-        task_queues=[Queue(settings.queue)],
-        task_default_queue=settings.queue,
+        task_queues=[Queue(pool_queue(settings.queue, settings.pool))],
+        task_default_queue=pool_queue(settings.queue, settings.pool),
         task_create_missing_queues=False,
         task_acks_late=True,  # ack when the job is over, so a worker lost mid-task leaves the message
         task_reject_on_worker_lost=True,

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from api.parent_death import term_when_parent_dies
@@ -36,8 +37,12 @@ def trainer_command(spec_path: Path, run_dir: Path, procs_per_node: int, *, atte
     ]
 
 
-def trainer_env(procs_per_node: int) -> dict[str, str]:
+def trainer_env(procs_per_node: int, devices: Sequence[int] | None = None) -> dict[str, str]:
+    """The trainer's environment; on a GPU worker (`devices` not None) it sees only the devices it holds (none
+    for a CPU job), so jobs packed on one machine never share a device."""
     env = dict(os.environ)
+    if devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
     # Without this each CPU process would start one thread per core and they would fight over the cores.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // procs_per_node)))
     env["PYTHONUNBUFFERED"] = "1"  # progress lines reach train.log as they are printed

@@ -25,7 +25,7 @@ from api.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Enqueue = Callable[[int], None]
+Enqueue = Callable[[int, str], None]
 QueueSize = Callable[[], int]
 FORGET_WORKERS_AFTER_S = 24 * 3600
 
@@ -50,26 +50,25 @@ class Reaper:
             stale = state_machine.requeue_stale(session=session, lease_seconds=self.settings.lease_seconds)
             for job_id in stale:
                 log.warning("job %s: its runner stopped renewing the lease; queued again", job_id)
-            released = state_machine.release_waiting_children(session=session)
-            for job_id in [*stale, *released]:
-                self.enqueue(job_id)
-            self._wake_up_for_lost_messages(session=session, sent=len(stale) + len(released))
+            state_machine.release_waiting_children(session=session)
+            # Requeued and released jobs get their wake-ups here too, each from its own pool's reapers.
+            self._wake_up_for_lost_messages(session=session)
             workers.forget_dead(session=session, older_than_seconds=FORGET_WORKERS_AFTER_S)
 
-    def _wake_up_for_lost_messages(self, *, session: Session, sent: int) -> None:
-        runnable = state_machine.runnable_count(session=session)
+    def _wake_up_for_lost_messages(self, *, session: Session) -> None:
+        pool = self.settings.pool
+        runnable = state_machine.runnable_count(session=session, pool=pool)
         if not runnable:
             return
-        missing = runnable - self.queue_size() - sent
+        missing = runnable - self.queue_size()
         if missing <= 0:
             return
-        ids = session.scalars(
-            state_machine.queue_order(select(Job.id).where(*state_machine.runnable())).limit(missing)
-        ).all()
+        in_pool = (*state_machine.runnable(), Job.pool == pool)
+        ids = session.scalars(state_machine.queue_order(select(Job.id).where(*in_pool)).limit(missing)).all()
         session.rollback()
         for job_id in ids:
             log.info("job %s: runnable with no message in the broker; sending a wake-up", job_id)
-            self.enqueue(job_id)
+            self.enqueue(job_id, pool)
 
     def run_forever(self, stop: threading.Event) -> None:
         interval = reap_interval(self.settings)

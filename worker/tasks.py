@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api.queue import RUN_JOB_TASK
+from api.queue import DEFAULT_POOL, RUN_JOB_TASK, pool_queue
 from api.settings import get_settings
 from worker.celery_app import app
 from worker.supervisor import supervise
@@ -13,5 +13,5 @@ def run_job(job_id: int) -> None:
     supervise(job_id, settings=get_settings(), enqueue=enqueue_job)
 
 
-def enqueue_job(job_id: int) -> None:
-    run_job.apply_async(args=[job_id], queue=get_settings().queue)
+def enqueue_job(job_id: int, pool: str = DEFAULT_POOL) -> None:
+    run_job.apply_async(args=[job_id], queue=pool_queue(get_settings().queue, pool))

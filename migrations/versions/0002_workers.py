@@ -1,4 +1,5 @@
-"""Workers announce themselves with a heartbeat (liveness for /healthz, the dashboard and the scheduler).
+"""Workers announce themselves (address, pool, CPUs, GPUs) with a heartbeat; jobs carry their scheduling fields
+(pool, priority, devices per node, the devices an attempt holds).
 
 Revision ID: 0002
 Revises: 0001
@@ -24,11 +25,25 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=255), primary_key=True),
         sa.Column("host", sa.String(length=255), nullable=False),
         sa.Column("pid", sa.Integer(), nullable=False),
+        sa.Column("address", sa.String(length=255), nullable=False),
+        sa.Column("pool", sa.String(length=64), nullable=False),
+        sa.Column("cpus", sa.Integer(), nullable=False),
+        sa.Column("devices", sa.JSON(), nullable=False),
+        sa.Column("concurrency", sa.Integer(), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("stopped_at", sa.DateTime(timezone=True), nullable=True),
     )
+    op.add_column("jobs", sa.Column("pool", sa.String(length=64), server_default="default", nullable=False))
+    op.add_column("jobs", sa.Column("priority", sa.Integer(), server_default="0", nullable=False))
+    op.add_column("jobs", sa.Column("gpus", sa.Integer(), server_default="0", nullable=False))
+    op.add_column("jobs", sa.Column("devices", sa.String(length=255), nullable=True))
+    op.create_index("ix_jobs_queue", "jobs", ["status", "pool", "priority", "created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_jobs_queue", table_name="jobs")
+    with op.batch_alter_table("jobs") as jobs:  # batch: SQLite drops a column by copying the table
+        for column in ("devices", "gpus", "priority", "pool"):
+            jobs.drop_column(column)
     op.drop_table("workers")

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from api.app import create_app
 from api.db import make_engine, scratch_database
 from api.migrate import upgrade
-from api.models import Job, Sweep
+from api.models import Job, Sweep, Worker
 from api.settings import Settings
 
 TINY_SPEC: dict[str, Any] = {
@@ -93,6 +93,7 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
         with Session(engine) as session:
             session.execute(delete(Job))  # cascades to metric points and checkpoints
             session.execute(delete(Sweep))
+            session.execute(delete(Worker))
             session.commit()
         engine.dispose()
 

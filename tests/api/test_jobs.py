@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import insert, update
 
+from api import workers
 from api.models import Job, JobStatus, MetricPoint
 
 from .conftest import Api, submit
@@ -138,3 +139,24 @@ def test_ids_beyond_64_bits_are_refused_not_a_server_error(api: Api) -> None:
     response = api.client.post("/jobs", json={"kind": "finetune", "init": {"from_job": too_big}})
     assert response.status_code == 422
     assert response.json()["detail"][0]["msg"] == f"job {too_big} does not exist"
+
+
+def test_a_queued_job_says_its_place_in_the_queue_and_why_it_waits(api: Api) -> None:
+    first, second, third = (submit(api, name=f"q{i}")["id"] for i in range(3))
+    waiting = submit(api, {"kind": "finetune", "init": {"from_job": first}})["id"]
+    set_status(api, first, JobStatus.running)
+    jobs = {j["id"]: j for j in api.client.get("/jobs").json()["items"]}
+    assert [jobs[i]["queue_position"] for i in (first, second, third, waiting)] == [None, 1, 2, None]
+    assert jobs[third]["wait_reason"].startswith("no worker is running")
+    assert jobs[waiting]["wait_reason"] == f"waiting for job {first} to succeed"  # its own reason first
+    with api.session() as session:
+        workers.announce(session=session, name="host-a:1", host="host-a", pid=1)
+    try:
+        shown = api.client.get(f"/jobs/{third}").json()
+        assert (shown["queue_position"], shown["wait_reason"]) == (
+            2,
+            "waiting for a free worker (1 job ahead)",
+        )
+    finally:
+        with api.session() as session:
+            workers.retire(session=session, name="host-a:1")

@@ -315,3 +315,40 @@ def test_a_shutdown_release_gives_the_attempt_back_and_a_retry_keeps_it(engine: 
         assert sm.release(session=session, claim=again, error="trainer exited with code 1")
         last = claim(session, "w3")
     assert last.attempt == 2
+
+
+def add_spec_job(engine: Engine, **resources: object) -> int:
+    spec = JobSpec.model_validate({"kind": "pretrain", "resources": resources})
+    with Session(engine) as session:
+        job = sm.submit(session=session, spec=spec, max_attempts=3, parent=None)
+        session.commit()
+        return job.id
+
+
+def test_higher_priority_runs_first_then_first_come_first_served(engine: Engine) -> None:
+    low, high, normal, high_later = (add_spec_job(engine, priority=p) for p in (-5, 10, 0, 10))
+    with Session(engine) as session:
+        order = [claim(session, f"w{i}").job_id for i in range(4)]
+    assert order == [high, high_later, normal, low]
+
+
+def test_a_worker_claims_only_its_pool_and_what_fits_its_free_devices(engine: Engine) -> None:
+    h100 = add_spec_job(engine, pool="h100", procs_per_node=1)
+    four = add_spec_job(engine, procs_per_node=4)
+    two = add_spec_job(engine, procs_per_node=2)
+    cpu_job = add_spec_job(engine, device="cpu", procs_per_node=2)
+    with Session(engine) as session:
+        # Three free devices: the 4-GPU job does not fit and waits; the 2-GPU one takes the lowest two.
+        first = sm.claim(session=session, worker="w", free_devices=[0, 1, 2])
+        assert first is not None and (first.job_id, first.devices) == (two, (0, 1))
+        second = sm.claim(session=session, worker="w", free_devices=[2])
+        assert second is not None and (second.job_id, second.devices) == (cpu_job, ())  # a CPU job needs none
+        assert sm.claim(session=session, worker="w", free_devices=[2]) is None
+        assert (
+            sm.claim(session=session, worker="cpu-worker", pool="h100") is not None
+        )  # a CPU worker: any fit
+        assert sm.release(session=session, claim=first)
+    assert get_job(engine, two).devices is None  # handed back with the job
+    assert (
+        get_job(engine, four).status == JobStatus.queued and get_job(engine, h100).status == JobStatus.running
+    )
