@@ -4,9 +4,10 @@ Runs the real app under uvicorn (one worker process) and, side by side in the sa
 FastAPI app on the same database and Redis that validates the body, does one INSERT, one commit and one Redis
 LPUSH. httpx async clients drive POST /jobs and GET /jobs/{id} at 1, 8 and 32 concurrent clients. Then metric
 ingest through worker.fenced_writes.add_metric_points (the worker's path) and GET /jobs/{id}/metrics on a 100k-point job,
-whole and downsampled. Creates and drops its own database and queue.
+whole and downsampled. Creates and drops its own database and queue. The API runs with authentication on (a bearer
+token looked up on every request; --auth off to compare); the floor checks nothing.
 
-    .venv/bin/python bench/service.py [--seconds 5] [--points 100000]
+    .venv/bin/python bench/service.py [--seconds 5] [--points 100000] [--auth required|off]
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sqlalchemy.orm import Session
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from api import tokens  # noqa: E402
 from api.db import scratch_database  # noqa: E402
 from api.migrate import upgrade  # noqa: E402
 from api.models import Job, JobStatus  # noqa: E402
@@ -127,13 +129,15 @@ def server(app: str, port: int, env: dict[str, str]) -> Iterator[str]:
 # ------------------------------------------------------------------------------------------- load
 
 
-async def load(url: str, method: str, clients: int, seconds: float, job_ids: list[int]) -> dict[str, float]:
+async def load(
+    url: str, method: str, clients: int, seconds: float, job_ids: list[int], headers: dict[str, str]
+) -> dict[str, float]:
     latencies: list[float] = []
     body = httpx.Request("POST", url, json=SPEC).content
     deadline = time.perf_counter() + seconds
 
     async def client(index: int) -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=url, timeout=30, headers=headers) as http:
             n = index
             while time.perf_counter() < deadline:
                 start = time.perf_counter()
@@ -162,11 +166,11 @@ async def load(url: str, method: str, clients: int, seconds: float, job_ids: lis
 
 
 def timed_get(
-    url: str, path: str, params: dict[str, Any] | None = None, repeats: int = 7
+    url: str, path: str, headers: dict[str, str], params: dict[str, Any] | None = None, repeats: int = 7
 ) -> tuple[float, int]:
     """Median wall time of a GET (ms), and the number of metric points in the answer (0 for other routes)."""
     times, points = [], 0
-    with httpx.Client(base_url=url, timeout=60) as http:
+    with httpx.Client(base_url=url, timeout=60, headers=headers) as http:
         for _ in range(repeats):
             start = time.perf_counter()
             response = http.get(path, params=params)
@@ -185,6 +189,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per load level and endpoint")
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--auth", choices=["required", "off"], default="required", help="the API's VITQ_AUTH")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
 
@@ -195,9 +200,11 @@ def main() -> None:
             "VITQ_BROKER_URL": REDIS_URL,
             "VITQ_QUEUE": queue,
             "VITQ_HOME": home,
+            "VITQ_AUTH": args.auth,
         }
         try:
             upgrade(database_url)
+            headers = {"authorization": f"Bearer {bench_token(database_url)}"}
             rows: list[tuple[str, int, dict[str, float], dict[str, float]]] = []
             with (
                 server("api.app:create_app", 18731, env) as api,
@@ -209,17 +216,31 @@ def main() -> None:
                         for label, url in (("floor", floor), ("api", api)):
                             ids: list[int] = []
                             if method == "GET":
-                                ids = [httpx.post(url + "/jobs", json=SPEC).json()["id"] for _ in range(20)]
-                            results[label] = asyncio.run(load(url, method, clients, args.seconds, ids))
+                                post = [
+                                    httpx.post(url + "/jobs", json=SPEC, headers=headers) for _ in range(20)
+                                ]
+                                ids = [response.json()["id"] for response in post]
+                            run = load(url, method, clients, args.seconds, ids, headers)
+                            results[label] = asyncio.run(run)
                         rows.append((method, clients, results["api"], results["floor"]))
-                metrics = bench_metrics(api, database_url, args.points)
+                metrics = bench_metrics(api, database_url, args.points, headers)
+            print(f"\nAPI authentication: {args.auth}")
             report(rows, metrics)
         finally:
             redis.Redis.from_url(REDIS_URL).delete(queue)
 
 
-def bench_metrics(api: str, database_url: str, points: int) -> dict[str, float]:
-    job_id = httpx.post(api + "/jobs", json=SPEC).json()["id"]
+def bench_token(database_url: str) -> str:
+    engine = create_engine(database_url)
+    try:
+        with Session(engine) as session:
+            return tokens.create(session=session, owner="bench")[1]
+    finally:
+        engine.dispose()
+
+
+def bench_metrics(api: str, database_url: str, points: int, headers: dict[str, str]) -> dict[str, float]:
+    job_id = httpx.post(api + "/jobs", json=SPEC, headers=headers).json()["id"]
     engine = create_engine(database_url)
     now = time.time()
     # The trainer's mix: train lines (loss, lr, grad_norm, images_per_s) every step, eval lines now and then.
@@ -236,7 +257,7 @@ def bench_metrics(api: str, database_url: str, points: int) -> dict[str, float]:
             add_metric_points(session=session, claim=claim, points=batch, step=batch[-1].step)
     ingest_s = time.perf_counter() - started
     # And one 100k-point series, the size the targets are stated for.
-    long_job = httpx.post(api + "/jobs", json=SPEC).json()["id"]
+    long_job = httpx.post(api + "/jobs", json=SPEC, headers=headers).json()["id"]
     with Session(engine) as session:
         long = [MetricRow("loss", step, 1.0 / step, now) for step in range(1, points + 1)]
         add_metric_points(session=session, claim=hold_job(session, long_job), points=long, step=points)
@@ -245,9 +266,9 @@ def bench_metrics(api: str, database_url: str, points: int) -> dict[str, float]:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text("VACUUM ANALYZE metric_points"))
     engine.dispose()
-    whole_ms, whole_n = timed_get(api, f"/jobs/{long_job}/metrics", {"max_points": points})
-    down_ms, down_n = timed_get(api, f"/jobs/{long_job}/metrics", {"max_points": 1000})
-    job_ms, _ = timed_get(api, f"/jobs/{long_job}")
+    whole_ms, whole_n = timed_get(api, f"/jobs/{long_job}/metrics", headers, {"max_points": points})
+    down_ms, down_n = timed_get(api, f"/jobs/{long_job}/metrics", headers, {"max_points": 1000})
+    job_ms, _ = timed_get(api, f"/jobs/{long_job}", headers)
     return {
         "ingest_points_per_s": len(series) / ingest_s,
         "whole_ms": whole_ms,
