@@ -4,7 +4,8 @@ Each is a 422 naming the field, on PostgreSQL and SQLite alike."""
 
 from __future__ import annotations
 
-import httpx
+from typing import Any, Protocol
+
 import pytest
 
 from api.models import MAX_ID, MAX_JOB_ID
@@ -16,7 +17,17 @@ JOB_ROUTES = ("", "/metrics", "/checkpoints", "/checkpoints/step-000010", "/logs
 TOO_DEEP = 10_000
 
 
-def assert_422_at(response: httpx.Response, loc: list[str]) -> dict[str, str]:
+class Answer(Protocol):
+    """What the test client answers (httpx's or httpx2's Response, whichever starlette found)."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def text(self) -> str: ...
+    def json(self) -> Any: ...
+
+
+def assert_422_at(response: Answer, loc: list[str]) -> dict[str, str]:
     assert response.status_code == 422, response.text
     error: dict[str, str] = response.json()["detail"][0]
     assert error["loc"] == loc, error
@@ -67,7 +78,7 @@ def test_nul_characters_are_422(api: Api) -> None:
     assert api.client.get("/jobs", params={"q": "tiny"}).json()["total"] == 1
 
 
-def _post(api: Api, body: str, content_type: str) -> httpx.Response:
+def _post(api: Api, body: str, content_type: str) -> Answer:
     return api.client.post("/jobs", content=body.encode(), headers={"content-type": content_type})
 
 
