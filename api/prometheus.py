@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import workers
 from api.models import Job, JobStatus, MetricPoint
 
 # Jobs carry no pool yet: every queue figure is for this one.
@@ -28,11 +29,12 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class JobCollector(Collector):
-    """Jobs by status, queue depth and oldest queued age, running jobs' heartbeat age and images/s, and the
-    metric points ingested so far; one short read transaction per scrape."""
+    """Jobs by status, queue depth and oldest queued age, live and busy workers, running jobs' heartbeat age and
+    images/s, and the metric points ingested so far; a few short reads per scrape."""
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], lease_seconds: float) -> None:
         self._sessions = sessions
+        self._lease_seconds = lease_seconds
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         now = datetime.now(UTC)
@@ -42,11 +44,15 @@ class JobCollector(Collector):
                 select(func.min(Job.created_at)).where(Job.status == JobStatus.queued)
             )
             running = session.execute(
-                select(Job.id, Job.heartbeat_at).where(Job.status == JobStatus.running)
+                select(Job.id, Job.heartbeat_at, Job.worker).where(Job.status == JobStatus.running)
             ).all()
-            throughput = _latest_values(session, [job_id for job_id, _ in running], THROUGHPUT_METRIC)
+            throughput = _latest_values(session, [job_id for job_id, _, _ in running], THROUGHPUT_METRIC)
             # Point ids only grow (a sequence): the highest is the count ingested, without counting a big table.
             ingested = session.scalar(select(func.max(MetricPoint.id))) or 0
+            # The registry's rule: a heartbeat younger than the lease, not retired.
+            live = {
+                worker.name for worker in workers.live(session=session, lease_seconds=self._lease_seconds)
+            }
 
         jobs = GaugeMetricFamily("vitq_jobs", "Jobs by status.", labels=["status"])
         for status in JobStatus:
@@ -65,12 +71,20 @@ class JobCollector(Collector):
         oldest.add_metric([POOL], _age(now, oldest_queued))
         yield oldest
 
+        alive = GaugeMetricFamily("vitq_workers_live", "Workers whose heartbeat is younger than the lease.")
+        alive.add_metric([], len(live))
+        yield alive
+
+        busy = GaugeMetricFamily("vitq_workers_busy", "Live workers running a job.")
+        busy.add_metric([], len(live & {worker for _, _, worker in running}))
+        yield busy
+
         heartbeat = GaugeMetricFamily(
             "vitq_job_heartbeat_age_seconds",
             "Seconds since each running job's last heartbeat.",
             labels=["job_id"],
         )
-        for job_id, heartbeat_at in running:
+        for job_id, heartbeat_at, _ in running:
             heartbeat.add_metric([str(job_id)], _age(now, heartbeat_at))
         yield heartbeat
 

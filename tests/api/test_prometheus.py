@@ -27,6 +27,8 @@ FAMILIES = {
     "vitq_job_heartbeat_age_seconds": "gauge",
     "vitq_job_images_per_second": "gauge",
     "vitq_metric_points_ingested": "counter",
+    "vitq_workers_live": "gauge",
+    "vitq_workers_busy": "gauge",
     "vitq_http_request_duration_seconds": "histogram",
 }
 
@@ -98,6 +100,7 @@ def test_running_job_moves_every_job_metric(stack: Stack, tmp_path: Path) -> Non
     assert value(queued["vitq_job_heartbeat_age_seconds"], "vitq_job_heartbeat_age_seconds") is None
     ingested_before = value(queued["vitq_metric_points_ingested"], "vitq_metric_points_ingested_total")
     assert ingested_before is not None
+    assert value(queued["vitq_workers_live"], "vitq_workers_live") == 0
 
     stack.start_worker()
     stack.wait_for(job_id, lambda job: job["status"] == "running" and job["step"] >= 20, what="running")
@@ -110,6 +113,8 @@ def test_running_job_moves_every_job_metric(stack: Stack, tmp_path: Path) -> Non
         time.sleep(0.5)
     assert speed is not None and speed > 0, "no images/s for the running job"
     assert value(running["vitq_jobs"], "vitq_jobs", status="running") == 1
+    assert value(running["vitq_workers_live"], "vitq_workers_live") == 1
+    assert value(running["vitq_workers_busy"], "vitq_workers_busy") == 1
     assert value(running["vitq_queue_depth"], "vitq_queue_depth", pool="default") == 0
     heartbeat_age = value(
         running["vitq_job_heartbeat_age_seconds"], "vitq_job_heartbeat_age_seconds", job_id=str(job_id)
@@ -124,3 +129,8 @@ def test_running_job_moves_every_job_metric(stack: Stack, tmp_path: Path) -> Non
     assert value(ended["vitq_jobs"], "vitq_jobs", status="cancelled") == 1
     assert value(ended["vitq_jobs"], "vitq_jobs", status="running") == 0
     assert value(ended["vitq_job_images_per_second"], "vitq_job_images_per_second") is None
+    assert value(ended["vitq_workers_busy"], "vitq_workers_busy") == 0
+
+    stack.workers[0].terminate()  # a warm shutdown retires the worker at once
+    stack.workers[0].wait(60)
+    assert value(scrape(stack.client)["vitq_workers_live"], "vitq_workers_live") == 0
