@@ -170,6 +170,7 @@ def chaos_stack(
             lease_seconds=lease_seconds,
             heartbeat_seconds=heartbeat_seconds,
             max_attempts=3,
+            auth="off",  # every request a local admin: these tests break servers, not permissions
         )
         stack = resources.enter_context(running_stack(settings))
         sampler = resources.enter_context(TrainerSampler(settings.resolved_storage / "jobs"))

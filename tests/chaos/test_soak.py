@@ -70,7 +70,7 @@ def soak(stack: Stack, *, done: Callable[[], bool], server_connections: Callable
 
 
 def test_embedded_default_worker_lives_through_30_minutes_of_reaper_passes(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path, lease_seconds=LEASE_S, heartbeat_seconds=1)
+    settings = Settings(home=tmp_path, lease_seconds=LEASE_S, heartbeat_seconds=1, auth="off")
     assert settings.resolved_broker_url.startswith("sqla+sqlite:///")
     # Time is the only measure of passes here (SQLite keeps no statement counts): the intervals, plus the time a
     # pass's own queries take.
