@@ -156,12 +156,24 @@ def settings_errors(env: dict[str, str]) -> set[str]:
 
 def test_every_service_of_the_image_has_the_same_valid_settings(services: dict[str, Any]) -> None:
     envs = [environment(services[name]) for name in IMAGE_SERVICES]
+    assert not any(settings_errors(env) for env in envs)
+    envs = [{k: v for k, v in env.items() if k not in API_ONLY} for env in envs]
     assert envs[0] == envs[1] == envs[2]
     env = envs[0]
-    assert not settings_errors(env)
     assert env["VITQ_DATABASE_URL"].startswith("postgresql+psycopg://vitq:${POSTGRES_PASSWORD")
     assert "@postgres:5432/vitq" in env["VITQ_DATABASE_URL"]
     assert services["postgres"]["environment"]["POSTGRES_DB"] == "vitq"
+
+
+API_ONLY = {"VITQ_AUTH", "VITQ_BOOTSTRAP_ADMIN_TOKEN"}  # only the API checks tokens
+
+
+def test_the_api_requires_tokens_and_its_first_admin_token_comes_from_env(services: dict[str, Any]) -> None:
+    env = environment(services["api"])
+    assert env["VITQ_AUTH"] == "required"
+    assert env["VITQ_BOOTSTRAP_ADMIN_TOKEN"].startswith("${VITQ_ADMIN_TOKEN:?")
+    assert "VITQ_ADMIN_TOKEN" in env_example() and not env_example()["VITQ_ADMIN_TOKEN"]  # no default token
+    assert not API_ONLY & set(environment(services["worker"]))
 
 
 def test_remote_worker_uses_the_heads_database_broker_and_shared_storage(services: dict[str, Any]) -> None:

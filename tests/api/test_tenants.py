@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 from starlette.routing import Mount
@@ -313,3 +315,20 @@ def test_revocation_takes_effect_on_the_next_request(tenants: Tenants) -> None:
 def test_malformed_authorization_is_401(tenants: Tenants, header: str) -> None:
     response = tenants.client.get("/jobs", headers={"authorization": header})
     assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+
+
+def test_the_bootstrap_admin_token_is_stored_hashed_once(tenants: Tenants) -> None:
+    """docker compose's first admin: VITQ_BOOTSTRAP_ADMIN_TOKEN, stored at API start unless already there."""
+    token = secrets.token_hex(32)
+    settings = tenants.settings.model_copy(update={"bootstrap_admin_token": SecretStr(token)})
+    for _ in range(2):  # a restart finds it stored
+        with TestClient(create_app(settings)) as client:
+            listed = client.get("/jobs", headers={"authorization": f"Bearer {token}"})
+            assert listed.status_code == 200
+    rows = tenants.session.scalars(
+        select(ApiToken).where(ApiToken.token_hash == tokens.hash_token(token))
+    ).all()
+    assert len(rows) == 1 and rows[0].is_admin
+    short = tenants.settings.model_copy(update={"bootstrap_admin_token": SecretStr("too-short")})
+    with pytest.raises(ValueError, match="shorter than 32"), TestClient(create_app(short)):
+        pass

@@ -141,6 +141,7 @@ class Project:
     name: str
     env_file: Path
     api_url: str
+    headers: dict[str, str]  # the bootstrap admin's token
     files: tuple[str, ...] = ("docker-compose.yml",)
 
     def compose(
@@ -181,13 +182,17 @@ def compose_project(tmp_path: Path, **settings: str) -> Iterator[Project]:
             "POSTGRES_PASSWORD": secrets.token_hex(12),
             "REDIS_PASSWORD": secrets.token_hex(12),
             "VITQ_API_ADDRESS": f"127.0.0.1:{port}",
+            "VITQ_ADMIN_TOKEN": secrets.token_urlsafe(32),
             **pip_settings,
             **settings,
         }
         env_file = tmp_path / "compose.env"
         env_file.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
         project = Project(
-            name=f"vitq-test-{secrets.token_hex(4)}", env_file=env_file, api_url=f"http://127.0.0.1:{port}"
+            name=f"vitq-test-{secrets.token_hex(4)}",
+            env_file=env_file,
+            api_url=f"http://127.0.0.1:{port}",
+            headers={"authorization": f"Bearer {values['VITQ_ADMIN_TOKEN']}"},
         )
         try:
             yield project

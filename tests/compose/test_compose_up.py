@@ -71,7 +71,7 @@ def post(api: httpx.Client, spec: dict[str, Any]) -> int:
 
 
 def test_up_trains_a_job_and_serves_its_checkpoint(project: Project, tmp_path: Path) -> None:
-    with httpx.Client(base_url=project.api_url, timeout=30) as api:
+    with httpx.Client(base_url=project.api_url, timeout=30, headers=project.headers) as api:
         assert api.get("/healthz").json() == {"database": "ok", "broker": "ok"}
         job_id = post(api, tiny_spec(steps=30, checkpoint_every=10))
         wait_status(api, job_id, "succeeded", project)
@@ -87,7 +87,7 @@ def test_two_workers_run_two_jobs_at_once_without_recreating_the_api(project: Pr
     project.compose("up", "-d", "--scale", "worker=2")
     wait_healthy(project, {"api": 1, "worker": 2})
     assert project.container_ids("api") == api_before, "scaling the workers recreated the API"
-    with httpx.Client(base_url=project.api_url, timeout=30) as api:
+    with httpx.Client(base_url=project.api_url, timeout=30, headers=project.headers) as api:
         jobs = [post(api, tiny_spec(steps=3000, checkpoint_every=1000)) for _ in range(2)]
         deadline = time.monotonic() + JOB_TIMEOUT_S
         while True:
