@@ -63,9 +63,12 @@ class Stack:
             "OMP_NUM_THREADS": "1",
         }
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
+    def start_worker(self, **env: str) -> subprocess.Popen[bytes]:
+        """A `python -m worker` process; `env` adds VITQ_* settings of its own (e.g. VITQ_DEVICES, VITQ_POOL)."""
         log = (self.settings.home / f"worker-{len(self.workers)}.log").open("ab")
-        worker = subprocess.Popen([sys.executable, "-m", "worker"], env=self.env(), stdout=log, stderr=log)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "worker"], env={**self.env(), **env}, stdout=log, stderr=log
+        )
         self.workers.append(worker)
         return worker
 
