@@ -204,3 +204,31 @@ def test_resized_position_embedding_keeps_its_dtype() -> None:
     resized = resize_pos_embed(pos, (3, 3))
     assert resized.dtype == torch.bfloat16 and resized.shape == (1, 10, 8)
     assert torch.equal(resized[:, 0], pos[:, 0])  # the class token's slot is kept as it is
+
+
+def test_npz_of_a_deeper_model_converts_every_block(tmp_path: Path) -> None:
+    source, target = small_model(1, depth=3), small_model(2, depth=3)
+    save_npz(tmp_path / "ViT.npz", to_jax_layout(source.state_dict(), num_heads=2))
+    report = load_pretrained(target, tmp_path / "ViT.npz")
+    assert report.unexpected == [] and report.missing == []
+    assert (logits(source) - logits(target)).abs().max() <= 1e-5
+
+
+def test_other_patch_size_error_says_which_model_to_build(tmp_path: Path) -> None:
+    save_weights(small_model(1), tmp_path / "w.safetensors")
+    with pytest.raises(ValueError) as raised:
+        load_pretrained(small_model(2, patch_size=8), tmp_path / "w.safetensors")
+    assert str(raised.value) == (
+        "the checkpoint uses 4x4 patches but the model 8x8: build the model with patch_size 4 (e.g. variant '.../4')"
+    )
+
+
+def test_a_non_square_patch_kernel_is_named_as_it_is(tmp_path: Path) -> None:
+    state = _state()
+    state["patch_embed.proj.weight"] = torch.zeros(64, 3, 4, 2)
+    torch.save(state, tmp_path / "w.pt")
+    with pytest.raises(
+        ValueError,
+        match=r"^the checkpoint uses 4x2 patches but the model 4x4: .* patch_size 2 \(e\.g\. variant '\.\.\./2'\)$",
+    ):
+        load_pretrained(small_model(2), tmp_path / "w.pt")
