@@ -8,6 +8,7 @@ import { h, percent, poll, setText, statusBadge } from "./format.js";
 const MAX_JOBS = 20;
 const POINTS_PER_SERIES = 1500; // the server downsamples each series to this budget: 10 jobs stay fast
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
+const CONCURRENT_LOADS = 3;
 
 // The spec as dotted paths to values: {"model.variant": "Ti/4", "eval.few_shot": "[1,5]", ...}.
 export function flatten(value, prefix = "", out = {}) {
@@ -100,12 +101,20 @@ export function mountCompare(view, params) {
 
   for (const id of ids) board.addRun({ id, name: `#${id}`, batchSize: 0 });
 
+  // A few jobs at a time: ten whole-series downsamplings at once queue up on the server (which answers 503 to
+  // a request it cannot start within seconds), and the charts fill in as each group arrives. A job whose
+  // fetch failed is tried again at the next tick; the others are drawn meanwhile.
   async function tick() {
-    const changed = await Promise.all(ids.map(load));
-    renderTable();
-    if (changed.some(Boolean)) board.render(); // only then: a redraw resets the axes, undoing a reader's zoom
-    view.dataset.loaded = "true";
-    return ids.some((id) => runs.get(id).job && !FINISHED.has(runs.get(id).job.status)); // until all have finished
+    for (let i = 0; i < ids.length; i += CONCURRENT_LOADS) {
+      const results = await Promise.allSettled(ids.slice(i, i + CONCURRENT_LOADS).map(load));
+      for (const result of results) if (result.status === "rejected") console.warn(result.reason);
+      renderTable();
+      // Only with new points: a redraw resets the axes, undoing a reader's zoom.
+      if (results.some((r) => r.value)) board.render();
+    }
+    const settled = ids.every((id) => runs.get(id).missing || runs.get(id).cursor !== null);
+    if (settled) view.dataset.loaded = "true";
+    return !settled || ids.some((id) => runs.get(id).job && !FINISHED.has(runs.get(id).job.status)); // until all have finished
   }
 
   const stop = poll(tick, 3000);
