@@ -6,6 +6,7 @@ import { mountJob } from "./job.js";
 import { mountList } from "./list.js";
 import { mountSubmit } from "./submit.js";
 import { mountSweep, mountSweepList } from "./sweep.js";
+import { watchWorkers } from "./workers_banner.js";
 
 let current = null;
 
@@ -41,3 +42,4 @@ function route() {
 
 window.addEventListener("hashchange", route);
 route();
+watchWorkers(document.getElementById("no-worker"));

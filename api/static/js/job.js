@@ -82,6 +82,7 @@ export function mountJob(view, id) {
       ["Attempt", `${job.attempt} of ${job.max_attempts}`],
       ["Worker", job.worker],
       ["Waiting", job.wait_reason],
+      ["Place in queue", job.queue_position], // 1: runs next in its pool
       ["Resumed from step", job.resumed_from_step],
       ["Created", localTime(job.created_at)],
       ["Started", localTime(job.started_at)],
