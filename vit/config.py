@@ -31,6 +31,11 @@ FILE_DATASETS = ("cifar10", "cifar100", "pets", "flowers102", "imagefolder")
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
+class SpecError(ValueError):
+    """A spec that cannot run as written: a problem the user fixes in the spec, not a bug (the trainer exits
+    with code 2, the worker fails the job at once: retrying cannot help)."""
+
+
 class _Strict(BaseModel):
     # Unknown fields are errors, not silently ignored typos (`lerning_rate`).
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -23,11 +23,11 @@ import pydantic
 import yaml
 
 from vit import rundir
-from vit.config import JobSpec, load_spec
+from vit.config import JobSpec, SpecError, load_spec
 from vit.data import DataError
 from vit.distributed import DistContext, setup, teardown
 from vit.rundir import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_FENCED, EXIT_INTERRUPTED, EXIT_OK
-from vit.trainer import Fence, Fenced, SpecError, StopRequest, Trainer
+from vit.trainer import Fence, Fenced, StopRequest, Trainer
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from vit import checkpoint, rng, rundir
 from vit.compile import compile_for_training, wanted
-from vit.config import JobSpec
+from vit.config import JobSpec, SpecError
 from vit.data import build_datasets, build_loader, set_epoch, training_augmentation
 from vit.data.device_batches import build_train_batches
 from vit.data.splits import subset_indices
@@ -37,10 +37,6 @@ from vit.weights import load_pretrained
 # What the ranks agree to do at a step boundary (the largest wish wins): go on, checkpoint and stop, or stop at
 # once without saving because this attempt's lease ran out (a successor may be about to take the run directory).
 GO_ON, STOP_AND_SAVE, STOP_FENCED = 0, 1, 2
-
-
-class SpecError(ValueError):
-    """The spec cannot run as written (a problem the user fixes in the spec, not a bug)."""
 
 
 class StopRequest:
@@ -283,7 +279,9 @@ class Trainer:
         wish = STOP_FENCED if not self.fence.held() else STOP_AND_SAVE if self.stop.requested else GO_ON
         agreed = max_over_ranks(self.ctx, wish)
         if agreed == STOP_FENCED:
-            self._say(f"lease lost at step {self.step}: stopping without saving (the job is someone else's now)")
+            self._say(
+                f"lease lost at step {self.step}: stopping without saving (the job is someone else's now)"
+            )
             raise Fenced
         if agreed == STOP_AND_SAVE:
             self._say(f"stop requested: saving a checkpoint at step {self.step}")

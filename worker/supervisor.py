@@ -31,7 +31,7 @@ from api.models import JobStatus
 from api.settings import Settings
 from api.state_machine import Claim
 from vit import rundir
-from vit.config import JobSpec
+from vit.config import JobSpec, SpecError
 from worker import fenced_writes
 from worker.devices import DeviceSlots
 from worker.launch import Trainer, trainer_command, trainer_env
@@ -64,10 +64,6 @@ class Outcome(enum.Enum):
     SHUTDOWN = "the worker is shutting down; the trainer saved a checkpoint"
     OUTAGE = "the database was unreachable too long; the trainer saved a checkpoint"
     LEASE_LOST = "the job is no longer ours; the trainer was stopped"
-
-
-class SpecError(Exception):
-    """The job's spec cannot be turned into something the trainer runs (message for the user)."""
 
 
 def worker_name() -> str:
