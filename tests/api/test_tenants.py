@@ -260,6 +260,9 @@ def test_queued_quota_counts_per_owner(tenants: Tenants) -> None:
     refused = tenants.client.post("/jobs", json=TINY_SPEC, headers=tenants.alice.headers)
     assert refused.status_code == 429 and "max_queued_jobs" in refused.json()["detail"]
     tenants.submit(tenants.bob)  # Bob's quota is his own
+    sweep = {"base": TINY_SPEC, "grid": {"train.steps": [10, 20]}}  # two jobs: one more than Bob has left
+    refused = tenants.client.post("/sweeps", json=sweep, headers=tenants.bob.headers)
+    assert refused.status_code == 429 and "max_queued_jobs" in refused.json()["detail"]
 
 
 def test_running_limit_makes_jobs_wait_not_fail(tenants: Tenants) -> None:
