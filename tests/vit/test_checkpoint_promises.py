@@ -39,6 +39,18 @@ def test_state_with_arbitrary_objects_is_never_unpickled(tmp_path: Path) -> None
     assert UNPICKLED == []
 
 
+def test_state_is_never_unpickled_even_when_the_environment_asks_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torch.load's default obeys TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD; an explicit weights_only=True does not.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    saved = _save(tmp_path, 10, keep=1)
+    torch.save({"step": 10, "payload": Payload()}, saved / rundir.STATE_FILE)
+    with pytest.raises(pickle.UnpicklingError):
+        checkpoint.load_state(saved)
+    assert UNPICKLED == []
+
+
 def test_state_that_is_not_a_dict_is_refused(tmp_path: Path) -> None:
     saved = _save(tmp_path, 10, keep=1)
     torch.save([1, 2], saved / rundir.STATE_FILE)

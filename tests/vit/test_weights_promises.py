@@ -5,6 +5,7 @@ when every key has it, position embeddings of another width or a non-square grid
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from tests.vit.test_weights import IMAGES, logits, save_npz, small_model, to_jax_layout
+from tests.vit.test_weights import IMAGES, UNPICKLED, Payload, logits, save_npz, small_model, to_jax_layout
 from vit.weights import (
     jax_to_timm,
     load_pretrained,
@@ -82,7 +83,10 @@ def test_npz_extras_are_reported_as_unexpected(tmp_path: Path) -> None:
 )
 def test_anything_but_a_dict_of_tensors_is_refused(tmp_path: Path, content: object) -> None:
     torch.save(content, tmp_path / "w.pth")
-    with pytest.raises(ValueError, match="is not a state dict of tensors"):
+    path = re.escape(str(tmp_path / "w.pth"))
+    with pytest.raises(
+        ValueError, match=rf"checkpoint: {path} is not a state dict of tensors \(nor one under 'model'"
+    ):
         read_state_dict(tmp_path / "w.pth")
 
 
@@ -232,3 +236,41 @@ def test_a_non_square_patch_kernel_is_named_as_it_is(tmp_path: Path) -> None:
         match=r"^the checkpoint uses 4x2 patches but the model 4x4: .* patch_size 2 \(e\.g\. variant '\.\.\./2'\)$",
     ):
         load_pretrained(small_model(2), tmp_path / "w.pt")
+
+
+def test_every_mismatched_shape_is_named(tmp_path: Path) -> None:
+    save_weights(small_model(1), tmp_path / "w.safetensors")
+    with pytest.raises(ValueError) as raised:
+        load_pretrained(small_model(2, mlp_dim=256), tmp_path / "w.safetensors")
+    prefix, _, listed = str(raised.value).partition(" has a different architecture: ")
+    assert prefix == str(tmp_path / "w.safetensors")
+    expected = [
+        f"blocks.{i}.mlp.{name}: checkpoint {old}, model {new}"
+        for i in range(2)
+        for name, old, new in (
+            ("fc1.weight", (128, 64), (256, 64)),
+            ("fc1.bias", (128,), (256,)),
+            ("fc2.weight", (64, 128), (64, 256)),
+        )
+    ]
+    assert sorted(listed.split("; ")) == sorted(expected)
+
+
+def test_a_directory_that_is_neither_checkpoint_nor_run_says_what_was_expected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as raised:
+        resolve_weights_file(tmp_path)
+    assert str(raised.value) == (
+        f"{tmp_path} is a directory without model.safetensors or checkpoints/latest: "
+        "expected a checkpoint directory or a run directory"
+    )
+
+
+def test_weights_are_never_unpickled_even_when_the_environment_asks_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torch.load's default obeys TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD; an explicit weights_only=True does not.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    torch.save({"model": _state(), "payload": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="refusing to unpickle"):
+        read_state_dict(tmp_path / "evil.pth")
+    assert UNPICKLED == []
