@@ -7,6 +7,7 @@ import argparse
 import getpass
 import ipaddress
 import sys
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from api.settings import Settings, get_settings
@@ -108,8 +109,8 @@ def _owner(text: str) -> str:
     return text
 
 
-def _when(value: object) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if hasattr(value, "strftime") else "-"
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
