@@ -65,6 +65,8 @@ def test_state_and_meta_round_trip(tmp_path: Path) -> None:
     assert state["step"] == 10 and torch.equal(state["values"], torch.arange(3))
     meta = checkpoint.read_meta(saved)
     assert meta["step"] == 10 and meta["spec"] == {"kind": "x"} and before <= meta["time"] <= time.time()
+    # meta.json is for people too: indented by two spaces, one trailing newline.
+    assert (saved / rundir.META_FILE).read_text() == json.dumps(meta, indent=2) + "\n"
 
 
 @pytest.mark.parametrize("content", ["[1, 2]", '"text"', "3", "null"])
