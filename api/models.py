@@ -6,7 +6,19 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Enum, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # The largest id SQLite's INTEGER and PostgreSQL's bigint hold (SQLite's driver cannot even send a larger one).
@@ -61,6 +73,7 @@ class Job(Base):
     pool: Mapped[str] = mapped_column(String(64), server_default="default")
     priority: Mapped[int] = mapped_column(Integer, server_default="0")
     gpus: Mapped[int] = mapped_column(Integer, server_default="0")
+    nodes: Mapped[int] = mapped_column(Integer, server_default="1")  # > 1: started by a gang (api/gangs.py)
     devices: Mapped[str | None] = mapped_column(String(255), default=None)  # the attempt's, e.g. "0,1"
     wait_reason: Mapped[str | None] = mapped_column(Text, default=None)  # why a queued job has not started
     cancel_requested: Mapped[bool] = mapped_column(default=False)
@@ -148,6 +161,29 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class JobNode(Base):
+    """A worker's place in a multi-node job's gang for one attempt (api/gangs.py): its node rank, its address,
+    and a heartbeat. The unique (job, attempt, rank) lets two workers never take one rank."""
+
+    __tablename__ = "job_nodes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)  # the attempt the gang runs (the job's fencing token)
+    node_rank: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(255))
+    address: Mapped[str] = mapped_column(String(255))  # the worker's advertised address
+    port: Mapped[int | None] = mapped_column(Integer, default=None)  # rank 0: the rendezvous port it chose
+    devices: Mapped[str | None] = mapped_column(String(255), default=None)  # on that node, e.g. "0,1"
+    joined_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "attempt", "node_rank", name="ux_job_nodes_rank"),
+        UniqueConstraint("job_id", "attempt", "worker", name="ux_job_nodes_worker"),
+    )
 
 
 class Sweep(Base):

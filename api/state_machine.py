@@ -114,6 +114,7 @@ def submit(
         pool=resolved.resources.pool,
         priority=resolved.resources.priority,
         gpus=resolved.resources.gpus_per_node,
+        nodes=resolved.resources.nodes,
         wait_reason=waiting_reason(parent.id) if waits and parent is not None else None,
         created_at=now(),
         owner=owner,
@@ -216,7 +217,8 @@ def claim(
     any other message or poll arrives. (Two claims racing for one owner's last slot may both win: the limit
     is exact one claim at a time.) On a GPU worker the job takes the first of `free_devices` it needs, recorded
     in the same UPDATE (Claim.devices)."""
-    allowed = (*runnable(), *fits(pool=pool, free_devices=free_devices))
+    # Multi-node jobs start only as a gang (api/gangs.py), never by one worker's claim.
+    allowed = (*runnable(), *fits(pool=pool, free_devices=free_devices), Job.nodes == 1)
     if running_limit is not None:
         allowed = (*allowed, Job.owner.not_in(owners_at_running_limit(running_limit)))
     ids: list[int] = []
@@ -431,25 +433,33 @@ def requeue_stale(*, session: Session, lease_seconds: float) -> list[int]:
             Job.attempt == attempt,
             Job.heartbeat_at < cutoff,
         )
-        if _cancel_instead(session=session, where=where):
-            continue
-        final = attempt >= max_attempts
-        values: dict[str, Any] = (
-            {"status": JobStatus.failed, "error": lost, "finished_at": now()}
-            if final
-            else {"status": JobStatus.queued, "error": lost}
-        )
-        result = session.execute(
-            update(Job).where(*where).values(worker=None, heartbeat_at=None, devices=None, **values)
-        )
-        if _won(result) and final:
-            fail_waiting_children(
-                session=session, parent_id=job_id, error=f"parent job {job_id} failed: {lost}"
-            )
-        elif _won(result):
+        if requeue(
+            session=session, job_id=job_id, attempt=attempt, max_attempts=max_attempts, where=where, lost=lost
+        ):
             requeued.append(job_id)
     session.commit()
     return requeued
+
+
+def requeue(
+    *, session: Session, job_id: int, attempt: int, max_attempts: int, where: tuple[Any, ...], lost: str
+) -> bool:
+    """A lost running job (`where` still true) back to queued, failed once it used every attempt, cancelled
+    if a cancel was requested. True when it was queued again (not committed, except a cancel)."""
+    if _cancel_instead(session=session, where=where):
+        return False
+    final = attempt >= max_attempts
+    values: dict[str, Any] = (
+        {"status": JobStatus.failed, "error": lost, "finished_at": now()}
+        if final
+        else {"status": JobStatus.queued, "error": lost}
+    )
+    result = session.execute(
+        update(Job).where(*where).values(worker=None, heartbeat_at=None, devices=None, **values)
+    )
+    if _won(result) and final:
+        fail_waiting_children(session=session, parent_id=job_id, error=f"parent job {job_id} failed: {lost}")
+    return _won(result) and not final
 
 
 def release_waiting_children(*, session: Session, parent_id: int | None = None) -> list[int]:
