@@ -55,14 +55,17 @@ def _is_alive(pid_dir: Path) -> bool:
 
 
 def _writes_metrics(pid_dir: Path, run_dir: str) -> bool:
+    """Holds RUN_DIR/metrics.jsonl open, or a file of that name since replaced (a successor's rewrite): a
+    trainer writing into a replaced file still runs in the directory."""
     metrics = os.path.realpath(f"{run_dir}/{METRICS_FILE}")
+    targets = (metrics, f"{metrics} (deleted)")
     try:
         descriptors = list(pid_dir.joinpath("fd").iterdir())
     except OSError:
         return False
     for descriptor in descriptors:
         try:
-            if os.readlink(descriptor) == metrics:
+            if os.readlink(descriptor) in targets:
                 return True
         except OSError:  # closed while we looked
             continue
