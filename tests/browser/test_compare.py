@@ -112,6 +112,11 @@ def test_comparison_overlays_the_jobs_and_lists_only_differing_fields(
     for panel in ("Validation top-1", "Learning rate", "Few-shot accuracy", "Gradient norm", "Epoch"):
         assert stroke_pixels(page, panel, RED) > 20, panel
 
+    page.goto(f"{service.url}/#/compare?ids={low},{high},999999")  # a link to a job since deleted, or a typo
+    page.locator("#view[data-loaded=true]").wait_for()
+    expect(page.locator("#view > p").first).to_have_text("Not found: #999999.")
+    expect(page.locator("table.diff th[data-job-id]")).to_have_count(2)
+
     for axis in ("images seen", "train time"):
         page.get_by_label("x axis").select_option(label=axis)
         expect(loss.locator(".u-legend .u-series").first).to_contain_text(axis)
