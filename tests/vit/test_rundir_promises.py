@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -235,3 +237,35 @@ def test_log_tail_without_a_traceback_cuts_at_the_report(tmp_path: Path) -> None
     log = tmp_path / rundir.LOG_FILE
     log.write_text(f"training\n{rundir.LAUNCHER_FAILURE}: \n  exitcode  : 3\n")
     assert rundir.log_tail(log) == ("training", 3)
+
+
+# Another process holding the lock, as a predecessor trainer would; plain Python, so it starts in milliseconds.
+HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_lock_waits_while_told_to_and_is_free_once_its_holder_dies(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path / rundir.LOCK_FILE)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        assert rundir.lock_held(tmp_path)
+        asked: list[int] = []
+        with rundir.trainer_lock(
+            tmp_path, keep_waiting=lambda: asked.append(1) is None and len(asked) < 3, poll_s=0.01
+        ) as locked:
+            assert not locked and len(asked) == 3
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not rundir.lock_held(tmp_path)
+    with rundir.trainer_lock(tmp_path, keep_waiting=lambda: False) as locked:
+        assert locked
+        assert rundir.lock_held(tmp_path)
+    assert not rundir.lock_held(tmp_path)
