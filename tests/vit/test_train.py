@@ -177,18 +177,27 @@ def test_missing_init_weights_exits_2(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.slow
-def test_the_digits_pretrain_example_learns(tmp_path: Path) -> None:
-    # examples/digits-pretrain.yaml as shipped, evaluated only at the end (~1 CPU minute).
-    spec = yaml.safe_load((EXAMPLES / "digits-pretrain.yaml").read_text())
-    spec["train"].update(eval_every=0, checkpoint_every=0)
-    spec["eval"]["few_shot"] = []
-    spec["resources"]["device"] = "cpu"
-    run_dir = tmp_path / "run"
-    assert main([str(write_spec(tmp_path / "digits.yaml", spec)), "--out", str(run_dir)]) == 0
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    evals = [line for line in lines if "val_top1" in line]
-    assert [line["step"] for line in evals] == [spec["train"]["steps"]]
-    assert evals[0]["val_top1"] >= 0.90, evals
+@pytest.mark.timeout(3600)  # ~5 minutes on an idle CPU; on a crowded one it took 50
+def test_the_digits_examples_learn(tmp_path: Path) -> None:
+    # examples/digits-pretrain.yaml, then digits-finetune.yaml from it at 32 px, as shipped, each evaluated only
+    # at the end (~5 CPU minutes). The README's clean run reached 99.4 % on both (one of the 179 validation
+    # images wrong); 97 % leaves four more mistakes of margin for other platforms' arithmetic.
+    def run(example: str, name: str, **init: str) -> float:
+        spec = yaml.safe_load((EXAMPLES / example).read_text())
+        spec["train"].update(eval_every=0, checkpoint_every=0)
+        spec["eval"]["few_shot"] = []
+        spec["resources"]["device"] = "cpu"
+        if init:
+            spec["init"] = init
+        run_dir = tmp_path / name
+        assert main([str(write_spec(tmp_path / f"{name}.yaml", spec)), "--out", str(run_dir)]) == 0
+        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        evals = [line for line in lines if "val_top1" in line]
+        assert [line["step"] for line in evals] == [spec["train"]["steps"]]
+        return float(evals[0]["val_top1"])
+
+    assert run("digits-pretrain.yaml", "pre") >= 0.97
+    assert run("digits-finetune.yaml", "ft", weights=str(tmp_path / "pre")) >= 0.97
 
 
 def test_resuming_with_more_steps_follows_the_new_schedule(tmp_path: Path) -> None:
