@@ -274,3 +274,17 @@ def test_weights_are_never_unpickled_even_when_the_environment_asks_for_it(
     with pytest.raises(ValueError, match="refusing to unpickle"):
         read_state_dict(tmp_path / "evil.pth")
     assert UNPICKLED == []
+
+
+def test_a_refused_pickle_names_only_torch_s_reason(tmp_path: Path) -> None:
+    torch.save({"model": _state(), "payload": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError) as raised:
+        read_state_dict(tmp_path / "evil.pth")
+    message = str(raised.value)
+    # torch's paragraph about weights_only and its documentation link are cut; its one-line reason is kept.
+    assert message.startswith(
+        f"{tmp_path / 'evil.pth'} is corrupt or holds objects other than tensors and plain containers: "
+        "refusing to unpickle it (Unsupported global: GLOBAL getattr was not an allowed global by default. "
+    )
+    assert message.endswith("if you trust this class/function.)")
+    assert "\n" not in message and "\t" not in message and "Check the documentation" not in message
