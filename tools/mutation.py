@@ -144,11 +144,15 @@ def prepare(target: Target, workdir: Path) -> None:
         pyproject.write("\n".join(lines) + "\n")
 
 
-def mutate(workdir: Path, jobs: int, log: Path) -> None:
+def mutate(workdir: Path, jobs: int, log: Path, names: list[str] | None = None) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with log.open("w") as out:
         run = subprocess.run(
-            [str(MUTMUT), "run", "--max-children", str(jobs)], cwd=workdir, env=env, stdout=out, stderr=out
+            [str(MUTMUT), "run", "--max-children", str(jobs), *(names or [])],
+            cwd=workdir,
+            env=env,
+            stdout=out,
+            stderr=out,
         )
     if run.returncode != 0:
         raise SystemExit(f"mutmut failed in {workdir} (exit {run.returncode}); see {log}")
@@ -171,13 +175,24 @@ def write_survivor_diffs(workdir: Path, survivors: set[str]) -> None:
     (workdir / "survivors.diff").write_text("\n".join(diffs))
 
 
-def run_target(target: Target, jobs: int) -> None:
-    """Mutate one module and store its mutants' statuses (.mutation/<module>/statuses.json)."""
+def run_target(target: Target, jobs: int, *, survivors_only: bool = False) -> None:
+    """Mutate one module and store its mutants' statuses (.mutation/<module>/statuses.json). survivors_only:
+    test only the last run's survivors again, against the checkout's tests as they are now (the source must be
+    unchanged; a mutant that tests killed stays killed when tests are only added)."""
     workdir = SCRATCH / target.name
     started = datetime.now(UTC)
     print(f"{target.source}: mutating against {' '.join(target.tests)} ...", flush=True)
-    prepare(target, workdir)
-    mutate(workdir, jobs, SCRATCH / f"{target.name}.log")
+    if survivors_only:
+        last = json.loads((workdir / "statuses.json").read_text())["statuses"]
+        if (CHECKOUT / target.source).read_bytes() != (workdir / target.source).read_bytes():
+            raise SystemExit(f"{target.source} changed since its last run: run it in full")
+        shutil.rmtree(workdir / "tests")
+        shutil.copytree(CHECKOUT / "tests", workdir / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+        survivors = sorted(name for name, status in last.items() if status not in CAUGHT)
+        mutate(workdir, jobs, SCRATCH / f"{target.name}.log", survivors)
+    else:
+        prepare(target, workdir)
+        mutate(workdir, jobs, SCRATCH / f"{target.name}.log")
     found = statuses(workdir)
     write_survivor_diffs(workdir, {name for name, status in found.items() if status not in CAUGHT})
     stored = {"date": f"{started:%Y-%m-%d}", "tests": list(target.tests), "statuses": found}
@@ -226,6 +241,11 @@ def main() -> None:
     parser.add_argument(
         "--table", action="store_true", help="run nothing: the table of every module's last stored run"
     )
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="test only the last run's survivors again (after adding tests)",
+    )
     args = parser.parse_args()
     unknown = set(args.only) - {t.name for t in TARGETS}
     if unknown:
@@ -233,7 +253,7 @@ def main() -> None:
     chosen = [t for t in TARGETS if not args.only or t.name in args.only]
     if not args.table:
         for target in chosen:
-            run_target(target, args.jobs)
+            run_target(target, args.jobs, survivors_only=args.survivors)
     equivalent = listed_equivalents()
     outcomes = [o for t in (TARGETS if args.table else chosen) if (o := stored_outcome(t, equivalent))]
     print_table(outcomes)
