@@ -60,6 +60,10 @@ class Chaos:
         """A trainer of the job is alive right now (seen in /proc: works while the database is down)."""
         return any(t.job_id == job_id for t in trainer_processes(self.jobs_root))
 
+    def launched(self, job_id: int) -> int:
+        """The job's trainer processes alive now, started or still waiting to start."""
+        return sum(t.job_id == job_id for t in trainer_processes(self.jobs_root, writing=False))
+
     def wait_finished(self, job_id: int, timeout: float) -> None:
         """Until the job ends, however it ends: assert_ran_once then says what went wrong."""
         self.stack.wait_for(job_id, lambda j: j["status"] in FINISHED, timeout, "the end")

@@ -72,8 +72,9 @@ def _writes_metrics(pid_dir: Path, run_dir: str) -> bool:
     return False
 
 
-def trainer_processes(jobs_root: Path) -> list[TrainerProcess]:
-    """Live rank-0 trainers writing a run directory under `jobs_root` (STORAGE/jobs)."""
+def trainer_processes(jobs_root: Path, *, writing: bool = True) -> list[TrainerProcess]:
+    """Live rank-0 trainers of run directories under `jobs_root` (STORAGE/jobs): those writing one, or with
+    `writing=False` every one started, a trainer still waiting for its predecessor to go included."""
     found = []
     root = str(jobs_root)
     for pid_dir in Path("/proc").iterdir():
@@ -86,7 +87,9 @@ def trainer_processes(jobs_root: Path) -> list[TrainerProcess]:
         parent, _, name = out.rstrip("/").rpartition("/")
         if parent != root or not name.isdigit():
             continue
-        if _is_alive(pid_dir) and _is_rank_zero(pid_dir) and _writes_metrics(pid_dir, out.rstrip("/")):
+        if not (_is_alive(pid_dir) and _is_rank_zero(pid_dir)):
+            continue
+        if not writing or _writes_metrics(pid_dir, out.rstrip("/")):
             found.append(TrainerProcess(pid=int(pid_dir.name), job_id=int(name)))
     return found
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import chaos_stack, freeze, thaw
+from .harness import chaos_stack, freeze, thaw, wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]  # a crowded CPU makes minutes of seconds
 
@@ -37,7 +37,15 @@ def test_stalled_worker_never_shares_its_job(tmp_path: Path, with_trainer: bool)
         freeze(stalled, with_descendants=with_trainer)
         try:
             chaos.stack.wait_for(job_id, lambda j: j["attempt"] == 2, timeout=lease * 5, what="attempt 2")
-            time.sleep(lease * 2)  # the successor (or a trainer left running) trains beside the frozen worker
+            if with_trainer:
+                # The frozen trainer cannot stop itself: its successor must wait for it, however long. Long
+                # enough for a successor that did not wait to be training on a crowded CPU.
+                wait_until(lambda: chaos.launched(job_id) >= 2, lease * 5, "the successor's process")
+                time.sleep(20)
+            else:
+                # The old trainer runs on: it must stop itself, and only then may the successor start.
+                wait_until(lambda: len(chaos.sampler.pids.get(job_id, ())) >= 2, 60, "the successor training")
+                time.sleep(lease)
         finally:
             thaw(stalled, with_descendants=with_trainer)
         chaos.wait_finished(job_id, timeout=240)
