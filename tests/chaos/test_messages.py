@@ -10,7 +10,7 @@ import redis
 
 from .harness import QUEUE, chaos_stack, wait_until
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]  # a crowded CPU makes minutes of seconds
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]  # a crowded CPU makes minutes of seconds
 
 
 def test_lost_message_is_sent_again_within_a_lease_while_others_wait(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from .harness import chaos_stack
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]  # a crowded CPU makes minutes of seconds
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]  # a crowded CPU makes minutes of seconds
 
 
 def test_database_restart_shorter_than_half_the_lease_costs_no_attempt(tmp_path: Path) -> None:
