@@ -52,7 +52,7 @@ TARGETS = (
     Target("vit/weights.py", ("tests/vit/test_weights.py", "tests/vit/test_weights_promises.py")),
     Target("vit/data/splits.py", ("tests/vit/test_data.py", "tests/vit/test_splits.py")),
     Target("vit/data/loader.py", ("tests/vit/test_data.py", "tests/vit/test_loader.py")),
-    Target("vit/model.py", ("tests/vit/test_model.py",)),
+    Target("vit/model.py", ("tests/vit/test_model.py", "tests/vit/test_model_promises.py")),
     Target("vit/checkpoint.py", ("tests/vit/test_checkpoint.py", "tests/vit/test_checkpoint_promises.py")),
     Target(
         "vit/rundir.py",
