@@ -22,8 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import workers
 from api.models import Job, JobStatus, MetricPoint
 
-# Jobs carry no pool yet: every queue figure is for this one.
-POOL = "default"
+POOL = "default"  # always reported, so its series exist before the first job
 THROUGHPUT_METRIC = "images_per_s"  # what the trainer logs (vit.trainer)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -40,9 +39,11 @@ class JobCollector(Collector):
         now = datetime.now(UTC)
         with self._sessions() as session:
             by_status = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-            oldest_queued = session.scalar(
-                select(func.min(Job.created_at)).where(Job.status == JobStatus.queued)
-            )
+            queued = session.execute(
+                select(Job.pool, func.count(), func.min(Job.created_at))
+                .where(Job.status == JobStatus.queued)
+                .group_by(Job.pool)
+            ).all()
             running = session.execute(
                 select(Job.id, Job.heartbeat_at, Job.worker).where(Job.status == JobStatus.running)
             ).all()
@@ -60,7 +61,12 @@ class JobCollector(Collector):
         yield jobs
 
         depth = GaugeMetricFamily("vitq_queue_depth", "Queued jobs, per pool.", labels=["pool"])
-        depth.add_metric([POOL], by_status.get(JobStatus.queued, 0))
+        by_pool: dict[str, tuple[int, datetime | None]] = {
+            pool: (n, oldest_at) for pool, n, oldest_at in queued
+        }
+        by_pool.setdefault(POOL, (0, None))
+        for pool, (count, _) in sorted(by_pool.items()):
+            depth.add_metric([pool], count)
         yield depth
 
         oldest = GaugeMetricFamily(
@@ -68,7 +74,8 @@ class JobCollector(Collector):
             "Age of the oldest queued job (0: none queued).",
             labels=["pool"],
         )
-        oldest.add_metric([POOL], _age(now, oldest_queued))
+        for pool, (_, oldest_at) in sorted(by_pool.items()):
+            oldest.add_metric([pool], _age(now, oldest_at))
         yield oldest
 
         alive = GaugeMetricFamily("vitq_workers_live", "Workers whose heartbeat is younger than the lease.")

@@ -59,12 +59,18 @@ def test_queue_figures_and_route_templates(api: Api) -> None:
     assert value(before["vitq_queue_oldest_job_age_seconds"], "vitq_queue_oldest_job_age_seconds") == 0
 
     job = submit(api)
+    submit(api, resources={"pool": "big"})
     time.sleep(0.3)
     assert api.client.get(f"/jobs/{job['id']}").status_code == 200
     assert api.client.get("/jobs/999999").status_code == 404
     after = scrape(api.client)
-    assert value(after["vitq_jobs"], "vitq_jobs", status="queued") == 1
+    assert value(after["vitq_jobs"], "vitq_jobs", status="queued") == 2
     assert value(after["vitq_queue_depth"], "vitq_queue_depth", pool="default") == 1
+    assert value(after["vitq_queue_depth"], "vitq_queue_depth", pool="big") == 1
+    big_age = value(
+        after["vitq_queue_oldest_job_age_seconds"], "vitq_queue_oldest_job_age_seconds", pool="big"
+    )
+    assert big_age is not None and 0.3 <= big_age < 60
     age = value(
         after["vitq_queue_oldest_job_age_seconds"], "vitq_queue_oldest_job_age_seconds", pool="default"
     )
@@ -72,7 +78,7 @@ def test_queue_figures_and_route_templates(api: Api) -> None:
 
     latency = after["vitq_http_request_duration_seconds"]
     count = "vitq_http_request_duration_seconds_count"
-    assert value(latency, count, method="POST", route="/jobs", status="201") == 1
+    assert value(latency, count, method="POST", route="/jobs", status="201") == 2
     assert value(latency, count, method="GET", route="/jobs/{job_id}", status="200") == 1
     assert value(latency, count, method="GET", route="/jobs/{job_id}", status="404") == 1
     routes = {s.labels["route"] for s in latency}
