@@ -269,3 +269,18 @@ def test_the_lock_waits_while_told_to_and_is_free_once_its_holder_dies(tmp_path:
         assert locked
         assert rundir.lock_held(tmp_path)
     assert not rundir.lock_held(tmp_path)
+
+
+def test_reader_starts_at_step_zero_and_moves_past_a_leading_blank_line(tmp_path: Path) -> None:
+    reader = rundir.MetricsReader(tmp_path)
+    assert (reader.offset, reader.last_step, reader.malformed) == (0, 0, 0)
+    (tmp_path / rundir.METRICS_FILE).write_text('\n{"step": 1')
+    assert (
+        reader.read_new() == [] and reader.offset == 1
+    )  # the blank line is consumed, the partial one is not
+
+
+def test_reader_survives_bytes_that_are_not_utf8(tmp_path: Path) -> None:
+    (tmp_path / rundir.METRICS_FILE).write_bytes(b'{"step": 3, "time": 1.0, "lo\xffss": 2.0}\n')
+    points = rundir.MetricsReader(tmp_path).read_new()
+    assert [(p.name, p.step, p.value) for p in points] == [("lo\ufffdss", 3, 2.0)]
