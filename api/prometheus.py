@@ -9,13 +9,14 @@ label set stays bounded. Each app gets its own registry: several apps in one pro
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,8 +29,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class JobCollector(Collector):
-    """Jobs by status, queue depth and oldest queued age, live and busy workers, running jobs' heartbeat age and
-    images/s, and the metric points ingested so far; a few short reads per scrape."""
+    """Jobs by status; per pool the queue depth, the oldest queued job's age, live and busy workers and their
+    GPUs busy or free; running jobs' heartbeat age and images/s; the metric points ingested so far. A few short
+    reads per scrape."""
 
     def __init__(self, sessions: sessionmaker[Session], lease_seconds: float) -> None:
         self._sessions = sessions
@@ -45,15 +47,16 @@ class JobCollector(Collector):
                 .group_by(Job.pool)
             ).all()
             running = session.execute(
-                select(Job.id, Job.heartbeat_at, Job.worker).where(Job.status == JobStatus.running)
+                select(Job.id, Job.heartbeat_at, Job.worker, Job.spec).where(Job.status == JobStatus.running)
             ).all()
-            throughput = _latest_values(session, [job_id for job_id, _, _ in running], THROUGHPUT_METRIC)
+            throughput = _latest_values(session, [row.id for row in running], THROUGHPUT_METRIC)
             # Point ids only grow (a sequence): the highest is the count ingested, without counting a big table.
             ingested = session.scalar(select(func.max(MetricPoint.id))) or 0
             # The registry's rule: a heartbeat younger than the lease, not retired.
-            live = {
-                worker.name for worker in workers.live(session=session, lease_seconds=self._lease_seconds)
-            }
+            live = [
+                LiveWorker(worker.name, worker.pool, len(worker.devices or []))
+                for worker in workers.live(session=session, lease_seconds=self._lease_seconds)
+            ]
 
         jobs = GaugeMetricFamily("vitq_jobs", "Jobs by status.", labels=["status"])
         for status in JobStatus:
@@ -78,21 +81,33 @@ class JobCollector(Collector):
             oldest.add_metric([pool], _age(now, oldest_at))
         yield oldest
 
-        alive = GaugeMetricFamily("vitq_workers_live", "Workers whose heartbeat is younger than the lease.")
-        alive.add_metric([], len(live))
+        pools = sorted(set(by_pool) | {worker.pool for worker in live})
+        figures = {pool: _pool_figures([w for w in live if w.pool == pool], running) for pool in pools}
+        alive = GaugeMetricFamily(
+            "vitq_workers_live", "Workers whose heartbeat is younger than the lease.", labels=["pool"]
+        )
+        busy = GaugeMetricFamily("vitq_workers_busy", "Live workers running a job.", labels=["pool"])
+        gpus = GaugeMetricFamily(
+            "vitq_gpus",
+            "GPUs of live workers: busy (held by running GPU jobs) or free.",
+            labels=["pool", "state"],
+        )
+        for pool, figure in figures.items():
+            alive.add_metric([pool], figure.live)
+            busy.add_metric([pool], figure.busy)
+            gpus.add_metric([pool, "busy"], figure.gpus_busy)
+            gpus.add_metric([pool, "free"], figure.gpus - figure.gpus_busy)
         yield alive
-
-        busy = GaugeMetricFamily("vitq_workers_busy", "Live workers running a job.")
-        busy.add_metric([], len(live & {worker for _, _, worker in running}))
         yield busy
+        yield gpus
 
         heartbeat = GaugeMetricFamily(
             "vitq_job_heartbeat_age_seconds",
             "Seconds since each running job's last heartbeat.",
             labels=["job_id"],
         )
-        for job_id, heartbeat_at, _ in running:
-            heartbeat.add_metric([str(job_id)], _age(now, heartbeat_at))
+        for row in running:
+            heartbeat.add_metric([str(row.id)], _age(now, row.heartbeat_at))
         yield heartbeat
 
         speed = GaugeMetricFamily(
@@ -105,6 +120,34 @@ class JobCollector(Collector):
         yield CounterMetricFamily(
             "vitq_metric_points_ingested", "Training metric points stored (all jobs).", value=ingested
         )
+
+
+class LiveWorker(NamedTuple):
+    name: str
+    pool: str
+    gpus: int
+
+
+class PoolFigures(NamedTuple):
+    live: int
+    busy: int
+    gpus: int
+    gpus_busy: int
+
+
+def _pool_figures(live: list[LiveWorker], running: Sequence[Row[Any]]) -> PoolFigures:
+    """A worker's GPUs are busy as far as its running jobs ask for them: procs_per_node each, unless on the CPU."""
+    asked: dict[str, int] = {}
+    for row in running:
+        resources = (row.spec or {}).get("resources", {})
+        if row.worker is not None and resources.get("device") != "cpu":
+            asked[row.worker] = asked.get(row.worker, 0) + int(resources.get("procs_per_node", 1))
+    return PoolFigures(
+        live=len(live),
+        busy=sum(1 for worker in live if any(row.worker == worker.name for row in running)),
+        gpus=sum(worker.gpus for worker in live),
+        gpus_busy=sum(min(worker.gpus, asked.get(worker.name, 0)) for worker in live),
+    )
 
 
 def _age(now: datetime, then: datetime | None) -> float:

@@ -29,6 +29,7 @@ FAMILIES = {
     "vitq_metric_points_ingested": "counter",
     "vitq_workers_live": "gauge",
     "vitq_workers_busy": "gauge",
+    "vitq_gpus": "gauge",
     "vitq_http_request_duration_seconds": "histogram",
 }
 
@@ -121,6 +122,9 @@ def test_running_job_moves_every_job_metric(stack: Stack, tmp_path: Path) -> Non
     assert value(running["vitq_jobs"], "vitq_jobs", status="running") == 1
     assert value(running["vitq_workers_live"], "vitq_workers_live") == 1
     assert value(running["vitq_workers_busy"], "vitq_workers_busy") == 1
+    # This host's worker has no GPU (and the job runs on the CPU): both states present, both zero.
+    assert value(running["vitq_gpus"], "vitq_gpus", pool="default", state="free") == 0
+    assert value(running["vitq_gpus"], "vitq_gpus", pool="default", state="busy") == 0
     assert value(running["vitq_queue_depth"], "vitq_queue_depth", pool="default") == 0
     heartbeat_age = value(
         running["vitq_job_heartbeat_age_seconds"], "vitq_job_heartbeat_age_seconds", job_id=str(job_id)
