@@ -2,8 +2,9 @@
 refused with 429 naming the limit. max_running_jobs never refuses: the claim skips an owner at it
 (api/state_machine.claim), so the job waits.
 
-The checks read, then the caller writes: two submits racing for an owner's last queued slot may both pass. A
-quota is a guard against a runaway script, not an accounting ledger.
+On PostgreSQL the checks take the owner's advisory lock (api/state_machine.lock_owner) until the submit
+commits, so submits racing for an owner's last queued slot or GPU are decided one at a time. On SQLite they
+read, then write: concurrent submits may both pass (one person on a laptop).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from api.models import Job, JobStatus
 from api.settings import Settings
+from api.state_machine import lock_owner
 from vit.config import JobSpec
 
 UNFINISHED = (JobStatus.queued, JobStatus.running)
@@ -30,6 +32,8 @@ def gpus_of(spec: JobSpec) -> int:
 def check(*, session: Session, owner: str, specs: Sequence[JobSpec], settings: Settings) -> None:
     """Raise 429 if storing the jobs of `specs` (one submit, or a sweep's children) for `owner` would exceed a
     hard quota."""
+    if settings.max_queued_jobs is not None or settings.max_gpus is not None:
+        lock_owner(session=session, owner=owner)
     for spec in specs:
         images = spec.train.steps * spec.train.batch_size
         if settings.max_job_images is not None and images > settings.max_job_images:

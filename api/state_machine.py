@@ -40,8 +40,18 @@ class Principal:
     is_admin: bool = False
 
 
+OWNER_LOCKS = 0x76697471  # "vitq": the advisory lock space of lock_owner
+
 # Authentication off: every request acts as this one (a person on a laptop owns everything).
 LOCAL_ADMIN = Principal(owner=LOCAL_OWNER, is_admin=True)
+
+
+def lock_owner(*, session: Session, owner: str) -> None:
+    """Serialize decisions about one owner's quotas until the transaction ends: on PostgreSQL a transaction
+    advisory lock keyed by the owner (READ COMMITTED: a statement after it sees what the previous holder
+    committed). SQLite runs one writer at a time and takes no lock here."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(OWNER_LOCKS, func.hashtext(owner))))
 
 
 def visible_to(principal: Principal) -> tuple[Any, ...]:
@@ -212,10 +222,9 @@ def claim(
     free_devices: Sequence[int] | None = None,
 ) -> Claim | None:
     """Move a runnable queued job to running for `worker`: `prefer` if it is runnable, else the first in queue
-    order, skipping owners at their `running_limit`. A broker message is a wake-up, not an assignment: a message
-    that names a job someone else took still gets the next job started, and a lost message costs nothing while
-    any other message or poll arrives. (Two claims racing for one owner's last slot may both win: the limit
-    is exact one claim at a time.) On a GPU worker the job takes the first of `free_devices` it needs, recorded
+    order, skipping owners at their `running_limit` (exact: claims of one owner take its lock_owner). A broker
+    message is a wake-up, not an assignment: a message that names a job someone else took still gets the next
+    job started, and a lost message costs nothing while any other message or poll arrives. On a GPU worker the job takes the first of `free_devices` it needs, recorded
     in the same UPDATE (Claim.devices)."""
     # Multi-node jobs start only as a gang (api/gangs.py), never by one worker's claim.
     allowed = (*runnable(), *fits(pool=pool, free_devices=free_devices), Job.nodes == 1)
@@ -232,7 +241,12 @@ def claim(
     session.rollback()
     for job_id in ids:
         won = _claim_one(
-            session=session, job_id=job_id, worker=worker, allowed=allowed, free_devices=free_devices
+            session=session,
+            job_id=job_id,
+            worker=worker,
+            allowed=allowed,
+            free_devices=free_devices,
+            limited=running_limit is not None,
         )
         if won is not None:
             return won
@@ -246,6 +260,7 @@ def _claim_one(
     worker: str,
     allowed: tuple[Any, ...],
     free_devices: Sequence[int] | None,
+    limited: bool = False,
 ) -> Claim | None:
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.status != JobStatus.queued or job.wait_reason or job.cancel_requested:
@@ -253,6 +268,8 @@ def _claim_one(
         return None
     if job.parent_job_id is not None and not _parent_ready(session=session, job=job):
         return None
+    if limited:  # two claims for one owner's last running slot: the second counts after the first commits
+        lock_owner(session=session, owner=job.owner)
     attempt, started = job.attempt + 1, now()
     devices = list(free_devices[: job.gpus]) if free_devices is not None else []
     result = session.execute(

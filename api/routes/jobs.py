@@ -94,8 +94,9 @@ def _store_and_enqueue(
         # realpath: file system calls
         spec = confine_paths(spec, settings, may_read_job=may_read_job(session, principal))
         parent = parent_of(spec, session=session, principal=principal)
-        quotas.check(session=session, owner=principal.owner, specs=[spec], settings=settings)
         check_fits(spec, session=session, settings=settings)
+        # Last before the INSERT: it holds the owner's lock until the commit (nothing may roll back in between).
+        quotas.check(session=session, owner=principal.owner, specs=[spec], settings=settings)
         job = state_machine.submit(
             session=session,
             spec=spec,
@@ -134,6 +135,20 @@ def check_fits(spec: JobSpec, *, session: Session, settings: Settings) -> None:
             f"{fit}: at most procs_per_node {fit}",
             "does_not_fit",
         )
+    if resources.nodes > 1:
+        nodes = workers.nodes_that_fit(
+            session=session,
+            pool=resources.pool,
+            gpus=resources.gpus_per_node,
+            lease_seconds=settings.lease_seconds,
+        )
+        if nodes is not None and resources.nodes > nodes:
+            raise spec_error(
+                ("resources", "nodes"),
+                f"needs {resources.nodes} nodes (one worker each); pool {resources.pool!r} has {nodes} live "
+                f"workers that fit a node of it: at most nodes {nodes}",
+                "does_not_fit",
+            )
 
 
 def may_read_job(session: Session, principal: Principal) -> Callable[[int], bool] | None:

@@ -32,10 +32,18 @@ KEYS, COPIES, CLIENTS = 200, 5, 16
 
 
 @pytest.fixture
-def server(api_pg_url: str, redis_url: str, unique_queue: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """The API with authentication on, under uvicorn on a free port; its URL and a token."""
+def server(
+    request: pytest.FixtureRequest, api_pg_url: str, redis_url: str, unique_queue: str, tmp_path: Path
+) -> Iterator[tuple[str, str]]:
+    """The API with authentication on (and the settings a test passes as the fixture's param), under uvicorn on
+    a free port; its URL and a token."""
     settings = Settings(
-        home=tmp_path, database_url=api_pg_url, broker_url=redis_url, queue=unique_queue, auth="required"
+        home=tmp_path,
+        database_url=api_pg_url,
+        broker_url=redis_url,
+        queue=unique_queue,
+        auth="required",
+        **getattr(request, "param", {}),
     )
     settings.resolved_data_dir.mkdir()
     settings.resolved_storage.mkdir()
@@ -189,3 +197,22 @@ def test_each_client_submit_sends_a_new_uuid4_key(server: tuple[str, str], api_p
             assert all(key is not None and uuid.UUID(key).version == 4 for key in keys)
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("server", [{"max_queued_jobs": 5}], indirect=True)
+def test_concurrent_submits_never_pass_the_queued_quota(server: tuple[str, str]) -> None:
+    """The owner's advisory lock decides: 48 submits at once for 5 slots make exactly 5 jobs."""
+    url, token = server
+    local = threading.local()
+
+    def post(_: int) -> int:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(
+                base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=60
+            )
+        return local.client.post("/jobs", json=TINY_SPEC).status_code
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        statuses = list(pool.map(post, range(48)))
+    assert sorted(set(statuses)) == [201, 429] and statuses.count(201) == 5
+    assert _jobs_made(url, token) == 5

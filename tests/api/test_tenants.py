@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import pytest
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.orm import Session
 from starlette.routing import Mount
 
@@ -335,3 +337,27 @@ def test_the_bootstrap_admin_token_is_stored_hashed_once(tenants: Tenants) -> No
     short = tenants.settings.model_copy(update={"bootstrap_admin_token": SecretStr("too-short")})
     with pytest.raises(ValueError, match="shorter than 32"), TestClient(create_app(short)):
         pass
+
+
+def test_racing_claims_never_pass_the_running_limit(tenants: Tenants) -> None:
+    """Claims of one owner take its lock: a claim made while another claim of the same owner has updated its job
+    but not committed yet waits for that commit, then sees the slot taken (without the lock both would win)."""
+    first, second = tenants.submit(tenants.alice)["id"], tenants.submit(tenants.alice)["id"]
+    engine = tenants.session.get_bind()
+    with Session(engine) as in_flight:  # the first claim, stopped between its UPDATE and its commit
+        state_machine.lock_owner(session=in_flight, owner="alice")
+        # It holds the later job: the racing claim's first candidate is free of row locks.
+        in_flight.execute(update(Job).where(Job.id == second).values(status=JobStatus.running, worker="w1"))
+        with ThreadPoolExecutor(1) as pool:
+            racing = pool.submit(_claim_in_own_session, engine, "w2")
+            time.sleep(1.0)  # the racing claim is now waiting on the lock (or, without it, already done)
+            in_flight.commit()
+            won = racing.result(timeout=30)
+    assert won is None, f"claimed job {won.job_id} past the running limit"
+    with Session(engine) as session:
+        assert session.scalar(select(Job.status).where(Job.id == first)) == JobStatus.queued
+
+
+def _claim_in_own_session(engine: Any, worker: str) -> state_machine.Claim | None:
+    with Session(engine) as session:
+        return state_machine.claim(session=session, worker=worker, running_limit=1)
