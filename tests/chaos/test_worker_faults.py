@@ -38,10 +38,12 @@ def test_stalled_worker_never_shares_its_job(tmp_path: Path, with_trainer: bool)
         try:
             chaos.stack.wait_for(job_id, lambda j: j["attempt"] == 2, timeout=90, what="attempt 2")
             if with_trainer:
-                # The frozen trainer cannot stop itself: its successor must wait for it, however long. Long
-                # enough for a successor that did not wait to be training on a crowded CPU.
+                # The frozen trainer cannot stop itself: its successor must wait for it, however long. Frozen
+                # until a successor that did not wait would be training, even on a crowded CPU (or until it is).
                 wait_until(lambda: chaos.launched(job_id) >= 2, 90, "the successor's process")
-                time.sleep(20)
+                deadline = time.monotonic() + 45
+                while time.monotonic() < deadline and len(chaos.sampler.pids.get(job_id, ())) < 2:
+                    time.sleep(0.5)
             else:
                 # The old trainer runs on: it must stop itself, and only then may the successor start.
                 wait_until(lambda: len(chaos.sampler.pids.get(job_id, ())) >= 2, 90, "the successor training")
