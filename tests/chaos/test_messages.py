@@ -22,7 +22,7 @@ def test_lost_message_is_sent_again_within_a_lease_while_others_wait(tmp_path: P
         busy = chaos.post(steps=100_000)  # keeps the one worker busy (cancelled once the message is back)...
         waiting = chaos.post(steps=30)  # ...so this message waits in the queue the whole time
         chaos.stack.start_worker()
-        chaos.stack.wait_status(busy, "running", timeout=60)
+        chaos.stack.wait_status(busy, "running", timeout=120)
         worker_up = time.monotonic()
 
         wait_until(lambda: lost in chaos.queued_messages(), timeout=lease * 6, what="the lost message again")
