@@ -83,3 +83,12 @@ def largest_fit(*, session: Session, pool: str, lease_seconds: float) -> int | N
     if not in_pool or any(not w.devices for w in in_pool):
         return None
     return max(len(w.devices) for w in in_pool)
+
+
+def nodes_that_fit(*, session: Session, pool: str, gpus: int, lease_seconds: float) -> int | None:
+    """How many live workers of `pool` could each run a node needing `gpus` GPUs (a CPU worker runs any);
+    None when none of the pool is alive yet. One worker is one node of a multi-node job."""
+    in_pool = [w for w in live(session=session, lease_seconds=lease_seconds) if w.pool == pool]
+    if not in_pool:
+        return None
+    return sum(1 for w in in_pool if not w.devices or len(w.devices) >= gpus)

@@ -76,3 +76,26 @@ def test_a_job_no_worker_could_fit_is_refused_with_the_largest_fit(api: Api) -> 
     assert submit(api, {**TINY_SPEC, "resources": {"procs_per_node": 16, "device": "cpu", "pool": "a100"}})
     register(api, "cpu-c:3", devices=0, pool="a100")
     assert submit(api, {**TINY_SPEC, "resources": {"procs_per_node": 16, "pool": "a100"}})
+
+
+def test_a_multi_node_job_needs_as_many_workers_that_fit_a_node(api: Api) -> None:
+    train = {**TINY_SPEC["train"], "batch_size": 48}  # divisible by every world size below
+    three_nodes = {
+        **TINY_SPEC,
+        "train": train,
+        "resources": {"nodes": 3, "procs_per_node": 4, "pool": "h100"},
+    }
+    assert submit(api, three_nodes)["status"] == "queued"  # no worker of the pool yet: it waits
+    register(api, "gpu-a:1", devices=4, pool="h100")
+    register(api, "gpu-b:2", devices=8, pool="h100")
+    register(api, "gpu-c:3", devices=2, pool="h100")  # too small for a node of four GPUs
+    refused = api.client.post("/jobs", json=three_nodes)
+    assert refused.status_code == 422
+    [error] = refused.json()["detail"]
+    assert error["loc"] == ["body", "resources", "nodes"]
+    assert "pool 'h100' has 2 live workers that fit a node of it: at most nodes 2" in error["msg"]
+    with api.session() as session:
+        assert session.query(Job).filter(Job.nodes == 3).count() == 1  # the refused one was not stored
+    smaller = {**three_nodes, "resources": {"nodes": 3, "procs_per_node": 2, "pool": "h100"}}
+    accepted = submit(api, smaller)
+    assert accepted["status"] == "queued"
