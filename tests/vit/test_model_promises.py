@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from tests.vit.test_model import SMALL
-from vit.model import create_model
+from vit.model import Block, create_model
 
 
 def test_attention_dropout_alone_is_active_in_training_only() -> None:
@@ -18,3 +18,15 @@ def test_attention_dropout_alone_is_active_in_training_only() -> None:
     assert not torch.equal(model.forward_features(x), model.forward_features(x))
     model.eval()
     assert torch.equal(model.forward_features(x), model.forward_features(x))
+
+
+def test_dropout_follows_every_dense_layer_but_qkv_and_the_position_embedding() -> None:
+    model = create_model("Ti/4", num_classes=10, image_size=32, drop_rate=0.1, **SMALL)
+    blocks = [block for block in model.blocks if isinstance(block, Block)]
+    places: list[torch.nn.Module] = [model.pos_drop]
+    places += [drop for b in blocks for drop in (b.attn.proj_drop, b.mlp.drop1, b.mlp.drop2)]
+    assert all(isinstance(drop, torch.nn.Dropout) and drop.p == 0.1 for drop in places)
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(blocks) == SMALL["depth"] and len(dropouts) == len(places) == 1 + 3 * len(
+        blocks
+    )  # and nowhere else
