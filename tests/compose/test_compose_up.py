@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import safetensors.torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.stack import tiny_spec
 
@@ -79,6 +80,14 @@ def test_up_trains_a_job_and_serves_its_checkpoint(project: Project, tmp_path: P
         checkpoints = api.get(f"/jobs/{job_id}/checkpoints").raise_for_status().json()["items"]
         assert checkpoints, "no checkpoint registered"
         weights = api.get(f"/jobs/{job_id}/checkpoints/{checkpoints[-1]['name']}").raise_for_status()
+        metrics = api.get("/metrics").raise_for_status().text  # prometheus-client in the API image
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+    }
+    assert samples[("vitq_jobs", (("status", "succeeded"),))] == 1
+    assert samples[("vitq_workers_live", (("pool", "default"),))] == 1
     tensors = safetensors.torch.load(weights.content)
     assert "cls_token" in tensors and "head.weight" in tensors, sorted(tensors)[:10]
 
