@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["VITQ_QUEUE"] = args.queue
     from api import workers
     from api.db import session_scope
+    from api.logging_setup import configure_logging
     from api.queue import pool_queue
     from api.settings import get_settings
     from worker import devices, supervisor
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     from worker.supervisor import SHUTDOWN, worker_name
     from worker.tasks import enqueue_job
 
-    logging.basicConfig(level=args.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.loglevel)  # VITQ_LOG_FORMAT=json: JSON lines, each about a job with its job_id
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)  # the embedded default keeps its SQLite files here
     settings.resolved_storage.mkdir(parents=True, exist_ok=True)
