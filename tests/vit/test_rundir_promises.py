@@ -284,3 +284,30 @@ def test_reader_survives_bytes_that_are_not_utf8(tmp_path: Path) -> None:
     (tmp_path / rundir.METRICS_FILE).write_bytes(b'{"step": 3, "time": 1.0, "lo\xffss": 2.0}\n')
     points = rundir.MetricsReader(tmp_path).read_new()
     assert [(p.name, p.step, p.value) for p in points] == [("lo\ufffdss", 3, 2.0)]
+
+
+def test_reader_goes_on_after_a_malformed_line(tmp_path: Path) -> None:
+    good = rundir.metrics_line(4, {"loss": 1.0}, at=0.0)
+    (tmp_path / rundir.METRICS_FILE).write_text("garbage\n" + good)
+    reader = rundir.MetricsReader(tmp_path)
+    assert [p.step for p in reader.read_new()] == [4] and reader.malformed == 1
+
+
+def test_log_tail_of_an_empty_log_or_attempt(tmp_path: Path) -> None:
+    log = tmp_path / rundir.LOG_FILE
+    log.write_text("")
+    assert rundir.log_tail(log) == ("", None)
+    log.write_text("attempt 1\n")
+    assert rundir.log_tail(log, len("attempt 1\n")) == ("", None)
+
+
+def test_log_tail_finds_a_report_on_the_last_line(tmp_path: Path) -> None:
+    log = tmp_path / rundir.LOG_FILE
+    log.write_text(f"training\n{rundir.LAUNCHER_FAILURE}: killed\n")
+    assert rundir.log_tail(log) == ("training", None)
+
+
+def test_log_tail_survives_bytes_that_are_not_utf8(tmp_path: Path) -> None:
+    log = tmp_path / rundir.LOG_FILE
+    log.write_bytes(b"loss \xff\n")
+    assert rundir.log_tail(log) == ("loss \ufffd", None)
