@@ -64,7 +64,8 @@ def main() -> None:
             }
             lines = run(spec, Path(tmp), setting.replace(":", "-"))
             losses = {line["step"]: line["loss"] for line in lines if "loss" in line}
-            rates = [line["images_per_s"] for line in lines if "images_per_s" in line][1:]
+            rates = [line["images_per_s"] for line in lines if "images_per_s" in line]
+            rates = rates[1:] or rates  # the first window holds the warm-up
             top1 = next(line["val_top1"] for line in reversed(lines) if "val_top1" in line)
             reference = reference or losses
             gap = max(abs(losses[step] - reference[step]) for step in reference)
