@@ -83,6 +83,7 @@ class Outcome:
     statuses: dict[str, str]  # mutant name -> mutmut status
     equivalent: set[str]  # the module's mutants tests/MUTANTS.md lists
     date: str  # of the run
+    tests: tuple[str, ...]  # the test files that run used
 
     @property
     def caught(self) -> int:
@@ -97,7 +98,7 @@ class Outcome:
         survived = len(self.survivors)
         counted = total - len(self.equivalent & self.survivors)
         return (
-            f"| {self.target.source} ({', '.join(Path(t).name for t in self.target.tests)}) | {total} "
+            f"| {self.target.source} ({', '.join(Path(t).name for t in self.tests)}) | {total} "
             f"| {self.caught} | {survived} | {_percent(self.caught, total)} | {_percent(self.caught, counted)} "
             f"| {self.date} |"
         )
@@ -202,15 +203,13 @@ def run_target(target: Target, jobs: int, *, survivors_only: bool = False) -> No
 
 
 def stored_outcome(target: Target, equivalent: set[str]) -> Outcome | None:
-    """The last run's result for `target`, if it was run with the tests it has now."""
+    """The last run's result for `target` (with the tests that run used, which may be fewer than now)."""
     path = SCRATCH / target.name / "statuses.json"
     if not path.exists():
         return None
     stored = json.loads(path.read_text())
-    if stored["tests"] != list(target.tests):
-        return None
     mine = {name for name in equivalent if name.startswith(target.module + ".")}
-    return Outcome(target, stored["statuses"], mine, stored["date"])
+    return Outcome(target, stored["statuses"], mine, stored["date"], tuple(stored["tests"]))
 
 
 def print_table(outcomes: list[Outcome]) -> None:
