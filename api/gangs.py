@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.models import Job, JobNode, JobStatus
-from api.state_machine import Claim, _won, fits, now, queue_order, requeue, runnable
+from api.state_machine import QUEUE_ORDER, Claim, _won, fits, now, requeue, runnable
 from vit.config import JobSpec
 
 
@@ -61,12 +61,17 @@ class Gang:
         return f"{first.address}:{first.port}"
 
 
-def first_gang_job(*, session: Session, pool: str, free_devices: Sequence[int] | None) -> int | None:
-    """The multi-node job a free worker of `pool` should join: the first runnable one that fits it."""
-    query = select(Job.id).where(*runnable(), *fits(pool=pool, free_devices=free_devices), Job.nodes > 1)
-    job_id = session.scalar(queue_order(query).limit(1))
+def first_gang_job(
+    *, session: Session, pool: str, free_devices: Sequence[int] | None
+) -> tuple[int, int] | None:
+    """The multi-node job a free worker of `pool` should join, the first runnable one that fits it: (its id,
+    the GPUs it needs on each node)."""
+    query = select(Job.id, Job.gpus).where(
+        *runnable(), *fits(pool=pool, free_devices=free_devices), Job.nodes > 1
+    )
+    row = session.execute(query.order_by(*QUEUE_ORDER).limit(1)).one_or_none()
     session.rollback()
-    return job_id
+    return None if row is None else (int(row.id), int(row.gpus))
 
 
 def _lock_forming(*, session: Session, job_id: int, attempt: int) -> bool:
@@ -253,3 +258,24 @@ def requeue_broken_gangs(*, session: Session, lease_seconds: float) -> list[int]
             requeued.append(job_id)
     session.commit()
     return requeued
+
+
+def fail_attempt(*, session: Session, membership: Membership, error: str) -> bool:
+    """A member ends the gang's attempt (its trainer failed, its storage is not shared): the job is requeued,
+    or failed once out of attempts. Committed. True when it was queued again (the caller enqueues it)."""
+    job = session.get(Job, membership.job_id, populate_existing=True)
+    if job is None:
+        session.rollback()
+        return False
+    where = (Job.id == job.id, Job.status == JobStatus.running, Job.attempt == membership.attempt)
+    lost = f"node {membership.node_rank} ({membership.worker}): {error}"
+    queued = requeue(
+        session=session,
+        job_id=job.id,
+        attempt=membership.attempt,
+        max_attempts=job.max_attempts,
+        where=where,
+        lost=lost,
+    )
+    session.commit()
+    return queued

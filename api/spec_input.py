@@ -68,9 +68,6 @@ def check_spec(data: Any) -> JobSpec:
         for detail in details:
             detail["loc"] = ["body", *detail["loc"]]
         raise RequestValidationError(details) from None
-    if spec.resources.nodes != 1:
-        # Refused here rather than failed later: the workers launch every job on one node.
-        raise spec_error(("resources", "nodes"), "multi-node jobs are not supported yet: set nodes to 1")
     return spec
 
 

@@ -77,6 +77,7 @@ class PrivatePostgres:
     port: int
     directory: Path
     _frozen: list[int] = field(default_factory=list)
+    also_listen: str | None = None  # another address to listen on (reached from network namespaces)
 
     @property
     def data_dir(self) -> Path:
@@ -96,7 +97,8 @@ class PrivatePostgres:
 
     def start(self) -> None:
         options = (
-            f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.directory} "
+            f"-c port={self.port} -c listen_addresses={','.join(filter(None, ['127.0.0.1', self.also_listen]))} "
+            f"-c unix_socket_directories={self.directory} "
             # A stop kills the server, never the machine: what reached the kernel survives, so fsync may go. A
             # commit must still reach the kernel before it returns (synchronous_commit stays on), or a stop
             # right after it would lose a row the client was told is stored.
@@ -166,13 +168,13 @@ def _run_as_postgres(command: list[str]) -> None:
 
 
 @contextmanager
-def private_postgres() -> Iterator[PrivatePostgres]:
+def private_postgres(also_listen: str | None = None) -> Iterator[PrivatePostgres]:
     """initdb + pg_ctl start in a new temporary directory on a spare port; the database `vitq` created; the
     server stopped and the directory removed on exit."""
     directory = Path(tempfile.mkdtemp(prefix="vitq-pg-"))
     if os.geteuid() == 0:
         shutil.chown(directory, POSTGRES_USER, POSTGRES_USER)
-    server = PrivatePostgres(port=spare_port(), directory=directory)
+    server = PrivatePostgres(port=spare_port(), directory=directory, also_listen=also_listen)
     try:
         initdb = [
             str(POSTGRES_BIN / "initdb"),
@@ -184,6 +186,9 @@ def private_postgres() -> Iterator[PrivatePostgres]:
             "trust",
         ]
         _run_as_postgres([*initdb, "--no-sync", "--no-instructions", "-E", "UTF8", "--locale=C"])
+        if also_listen is not None:  # initdb trusts loopback only; the other address's subnet too
+            with (server.data_dir / "pg_hba.conf").open("a") as hba:
+                hba.write("host all all samenet trust\n")
         server.start()
         admin = create_engine(server.admin_url, isolation_level="AUTOCOMMIT")
         try:
@@ -212,6 +217,7 @@ class PrivateRedis:
     port: int
     directory: Path
     process: subprocess.Popen[bytes] | None = None
+    also_listen: str | None = None  # another address to listen on (reached from network namespaces)
 
     @property
     def url(self) -> str:
@@ -219,6 +225,8 @@ class PrivateRedis:
 
     def start(self) -> None:
         listen = ["--port", str(self.port), "--bind", "127.0.0.1"]
+        if self.also_listen is not None:  # protected mode refuses every client not on loopback
+            listen += [self.also_listen, "--protected-mode", "no"]
         no_persistence = ["--save", "", "--appendonly", "no"]
         files = ["--dir", str(self.directory), "--logfile", str(self.directory / "redis.log")]
         self.process = subprocess.Popen(
@@ -277,10 +285,10 @@ def _accepts(port: int) -> bool:
 
 
 @contextmanager
-def private_redis() -> Iterator[PrivateRedis]:
+def private_redis(also_listen: str | None = None) -> Iterator[PrivateRedis]:
     """redis-server on a spare port in a new temporary directory; killed and the directory removed on exit."""
     directory = Path(tempfile.mkdtemp(prefix="vitq-redis-"))
-    server = PrivateRedis(port=spare_port(), directory=directory)
+    server = PrivateRedis(port=spare_port(), directory=directory, also_listen=also_listen)
     try:
         server.start()
         yield server

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api import state_machine, workers
+from api import gangs, state_machine, workers
 from api.db import session_factory
 from api.models import Job
 from api.settings import Settings
@@ -48,6 +48,7 @@ class Reaper:
         with self.sessions() as session:
             workers.beat(session=session, name=self.name)
             stale = state_machine.requeue_stale(session=session, lease_seconds=self.settings.lease_seconds)
+            stale += gangs.requeue_broken_gangs(session=session, lease_seconds=self.settings.lease_seconds)
             for job_id in stale:
                 log.warning("job %s: its runner stopped renewing the lease; queued again", job_id)
             state_machine.release_waiting_children(session=session)

@@ -25,14 +25,15 @@ from typing import TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import state_machine
+from api import gangs, state_machine
 from api.db import session_factory
+from api.logging_setup import job_context
 from api.models import JobStatus
 from api.settings import Settings
 from api.state_machine import Claim
 from vit import rundir
 from vit.config import JobSpec, SpecError
-from worker import fenced_writes
+from worker import fenced_writes, gang
 from worker.devices import DeviceSlots
 from worker.launch import Trainer, trainer_command, trainer_env
 
@@ -119,6 +120,8 @@ def supervise(job_id: int, *, settings: Settings, enqueue: Enqueue) -> None:
     name = worker_name()
     deadline = time.monotonic() + settings.lease_seconds
     slots = DEVICE_SLOTS
+    if _run_gang(settings=settings, enqueue=enqueue, sessions=sessions, database=database, name=name):
+        return
 
     def claim(session: Session) -> Claim | bool:
         won = state_machine.claim(
@@ -141,9 +144,60 @@ def supervise(job_id: int, *, settings: Settings, enqueue: Enqueue) -> None:
     devices = f" on devices {','.join(map(str, won.devices))}" if won.devices else ""
     log.info("job %s: claimed, attempt %s of %s%s", won.job_id, won.attempt, won.max_attempts, devices)
     try:
-        Run(claim=won, settings=settings, enqueue=enqueue, database=Database(sessions, won.job_id)).execute()
+        with job_context(won.job_id):  # every line logged while running it carries its id
+            Run(
+                claim=won, settings=settings, enqueue=enqueue, database=Database(sessions, won.job_id)
+            ).execute()
     finally:
         slots.give_back(won.devices)
+
+
+def _run_gang(
+    *, settings: Settings, enqueue: Enqueue, sessions: sessionmaker[Session], database: Database, name: str
+) -> bool:
+    """Join the first multi-node job of the pool that fits, and run this node's part once its gang starts.
+    False when there was no such job or its gang did not start with us (the caller claims a one-node job)."""
+    slots = DEVICE_SLOTS
+    pool = settings.pool
+
+    def first_gang_job(session: Session) -> tuple[int, int] | None:
+        return gangs.first_gang_job(session=session, pool=pool, free_devices=slots.free())
+
+    # Looked at before taking the claim lock, so one-node claims wait for no extra query (nor change order).
+    if database.call(first_gang_job) is None:
+        return False
+    with slots.claiming:
+        first = database.call(first_gang_job)
+        if first is None:
+            return False
+        job_id, gpus = first
+        free = slots.free()
+        devices = list(free[:gpus]) if free is not None else []
+        slots.take(devices)
+    try:
+        place = gang.form(
+            sessions=sessions,
+            job_id=job_id,
+            worker=name,
+            settings=settings,
+            devices=devices,
+            wake_others=lambda others: _wake(enqueue, job_id, pool, others),
+        )
+        if place is None:
+            return False
+        log.info("job %s: gang started; this worker is node %s", job_id, place.node_rank)
+        database = Database(sessions, job_id)
+        Run(
+            claim=place.gang.claim, settings=settings, enqueue=enqueue, database=database, node=place
+        ).execute()
+        return True
+    finally:
+        slots.give_back(devices)
+
+
+def _wake(enqueue: Enqueue, job_id: int, pool: str, count: int) -> None:
+    for _ in range(count):
+        enqueue(job_id, pool)
 
 
 @dataclass
@@ -152,6 +206,7 @@ class Run:
     settings: Settings
     enqueue: Enqueue
     database: Database
+    node: gang.GangPlace | None = None  # this node's place when the job runs on several (worker/gang.py)
     run_dir: Path = field(init=False)
     reader: rundir.MetricsReader = field(init=False)
     history_started: bool = False
@@ -178,12 +233,30 @@ class Run:
         spec_path = self.run_dir / rundir.SPEC_FILE
         rundir.write_json(spec_path, spec.model_dump(mode="json"))
         self._renew_lease_file()
-        log_path = self.run_dir / rundir.LOG_FILE
+        # Another node's launcher logs to a file of its own: appends from two machines to one file on NFS mix.
+        log_name = (
+            rundir.LOG_FILE if self._leads() else f"train-node-{self.node.node_rank if self.node else 0}.log"
+        )
+        log_path = self.run_dir / log_name
         log_start = self._write_log_header(log_path)
         procs = spec.resources.procs_per_node
         command = trainer_command(spec_path, self.run_dir, procs, attempt=self.claim.attempt)
+        if self.node is not None:
+            if not self._gang_storage_shared():
+                return
+            command = gang.trainer_command(
+                spec_path,
+                self.run_dir,
+                procs,
+                attempt=self.claim.attempt,
+                place=self.node,
+                join_timeout_s=max(1, int(self.settings.lease_seconds)),
+            )
         devices = self.claim.devices if DEVICE_SLOTS.gpu_worker else None
-        trainer = Trainer(command, trainer_env(procs, devices), log_path)
+        env = trainer_env(procs, devices)
+        if self.node is not None:
+            env = {**gang.network_env(self.node), **env}  # a setting of the worker's own wins
+        trainer = Trainer(command, env, log_path)
         try:
             outcome = self._watch(trainer)
         except BaseException:
@@ -193,6 +266,11 @@ class Run:
         exit_code = trainer.poll()
         log.info("job %s: %s (exit code %s)", self.job_id, outcome.value, exit_code)
         if outcome == Outcome.LEASE_LOST:
+            return
+        if not self._leads():  # rank 0's supervisor ends the job; another node only ends a failed attempt
+            if exit_code != rundir.EXIT_OK:
+                tail, trainer_exit = rundir.log_tail(log_path, log_start)
+                self._fail_gang_attempt(f"its trainers exited with code {trainer_exit or exit_code}:\n{tail}")
             return
         self._catch_up()
         if outcome == Outcome.CANCELLED:
@@ -208,7 +286,7 @@ class Run:
     def _trainer_spec(self) -> JobSpec:
         """The stored spec, with init.from_job replaced by the parent's checkpoint directory."""
         spec = self.claim.spec
-        if spec.resources.nodes != 1:
+        if spec.resources.nodes != 1 and self.node is None:
             raise SpecError("multi-node jobs are not supported: this worker runs resources.nodes = 1")
         init = spec.init
         if init is None or init.from_job is None:
@@ -226,9 +304,33 @@ class Run:
         new_init = init.model_copy(update={"from_job": None, "checkpoint": None, "weights": str(weights)})
         return spec.model_copy(update={"init": new_init}).resolved()
 
+    def _leads(self) -> bool:
+        """True on a one-node job, and on a gang's rank-0 node: the supervisor that writes the job's rows."""
+        return self.node is None or self.node.node_rank == 0
+
+    def _gang_storage_shared(self) -> bool:
+        """Rank 0 leaves a token in the run directory; every other node must read it before it launches."""
+        assert self.node is not None
+        if self._leads():
+            gang.write_storage_token(self.run_dir, self.node)
+            return True
+        error = gang.check_shared_storage(self.run_dir, self.node)
+        if error is None:
+            return True
+        log.error("job %s: %s", self.job_id, error)
+        self._fail_gang_attempt(error)
+        return False
+
+    def _fail_gang_attempt(self, error: str) -> None:
+        assert self.node is not None
+        place = self.node
+        if self._final(lambda s: gang.fail_attempt(session=s, place=place, error=error), "requeued"):
+            self._enqueue()
+
     def _write_log_header(self, log_path: Path) -> int:
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
-        header = f"=== {stamp} attempt {self.claim.attempt} on {self.claim.worker} ===\n"
+        node = f" node {self.node.node_rank}" if self.node is not None else ""
+        header = f"=== {stamp} attempt {self.claim.attempt} on {worker_name()}{node} ===\n"
         with log_path.open("a") as log_file:
             log_file.write(header)
             return log_file.tell()
@@ -247,9 +349,7 @@ class Run:
                 return Outcome.LEASE_LOST
             if now - heartbeat_at >= self.settings.heartbeat_seconds or exited:
                 heartbeat_at = now
-                renewed = self.database.call(
-                    lambda s: state_machine.renew(session=s, claim=self.claim, step=self._step())
-                )
+                renewed = self.database.call(self._renew)
                 if renewed is not None:
                     held, cancel = renewed
                     if not held:
@@ -277,16 +377,25 @@ class Run:
                 trainer.kill()
             time.sleep(POLL_SECONDS)
 
+    def _renew(self, session: Session) -> tuple[bool, bool]:
+        if self.node is None:
+            return state_machine.renew(session=session, claim=self.claim, step=self._step())
+        return gang.renew(session=session, place=self.node, step=self._step())
+
     def _renew_lease_file(self) -> None:
         """Tell the trainer it may go on: until the fence, timed from the renewal the database confirmed (a
-        renewal written late, after a stall, is already expired)."""
+        renewal written late, after a stall, is already expired). A gang's lease file is its rank 0's."""
+        if not self._leads():
+            return
         elapsed = time.monotonic() - self.renewed_at
         valid_until = time.time() - elapsed + self.settings.lease_seconds * FENCE_FRACTION
         rundir.renew_lease(self.run_dir, self.claim.attempt, valid_until)
 
     def _follow(self) -> bool:
         """Move new metric points and checkpoint rows into the database; False once a write was refused (the
-        job was taken from us). A database error only delays them."""
+        job was taken from us). A database error only delays them. Rank 0's supervisor alone does this."""
+        if not self._leads():
+            return True
         if not self.history_started:
             started, resumed_from = rundir.attempt_started(self.run_dir, self.claim.attempt)
             if not started:

@@ -157,10 +157,11 @@ def test_two_gang_jobs_and_three_workers_never_deadlock(engine: Engine) -> None:
         try:
             while time.monotonic() < deadline and len(finished) < 2:
                 with Session(engine) as session:
-                    job_id = gangs.first_gang_job(session=session, pool="default", free_devices=None)
-                if job_id is None:
+                    first = gangs.first_gang_job(session=session, pool="default", free_devices=None)
+                if first is None:
                     time.sleep(0.02)
                     continue
+                job_id, _gpus = first
                 member = join(engine, job_id, name)
                 if member is None:
                     continue

@@ -177,13 +177,9 @@ def test_validation_errors_are_located_in_the_body() -> None:
     assert error["msg"] == "Input should be greater than 0" and error["type"] == "greater_than"
 
 
-def test_multi_node_is_refused_at_its_field() -> None:
-    error = _error(b"kind: pretrain\nresources: {nodes: 2}\n", "application/yaml")
-    assert error == {
-        "loc": ("body", "resources", "nodes"),
-        "msg": "multi-node jobs are not supported yet: set nodes to 1",
-        "type": "value_error",
-    }
+def test_multi_node_specs_pass() -> None:
+    spec = check_spec(load_document(b"kind: pretrain\nresources: {nodes: 2}\n", "application/yaml"))
+    assert spec.resources.nodes == 2
 
 
 def test_a_valid_spec_passes() -> None:

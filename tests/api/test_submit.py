@@ -59,15 +59,6 @@ def test_bad_field_is_422_at_its_path(api: Api) -> None:
     _assert_nothing_stored(api)
 
 
-def test_multi_node_job_is_refused_until_workers_launch_across_nodes(api: Api) -> None:
-    response = _post(api, json.dumps({**TINY_SPEC, "resources": {"nodes": 2}}))
-    assert response.status_code == 422
-    (error,) = response.json()["detail"]
-    assert error["loc"] == ["body", "resources", "nodes"]
-    assert "not supported" in error["msg"]
-    _assert_nothing_stored(api)
-
-
 def test_unknown_field_is_rejected(api: Api) -> None:
     response = _post(api, json.dumps({**TINY_SPEC, "train": {"steps": 10, "lerning_rate": 1}}))
     assert response.status_code == 422
