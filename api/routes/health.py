@@ -28,7 +28,7 @@ _checks = {part: ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"healthz-
 async def healthz(request: Request, queue: QueueDep) -> JSONResponse:
     sessions = request.app.state.sessions
     lease = request.app.state.settings.lease_seconds
-    seen: dict[str, object] = {}
+    seen: dict[str, tuple[str, list[str]]] = {}
 
     def database() -> None:
         with sessions() as session:
