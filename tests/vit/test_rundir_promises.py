@@ -257,9 +257,12 @@ def test_the_lock_waits_while_told_to_and_is_free_once_its_holder_dies(tmp_path:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
         assert rundir.lock_held(tmp_path)
         asked: list[int] = []
-        with rundir.trainer_lock(
-            tmp_path, keep_waiting=lambda: asked.append(1) is None and len(asked) < 3, poll_s=0.01
-        ) as locked:
+
+        def keep_waiting() -> bool:
+            asked.append(1)
+            return len(asked) < 3
+
+        with rundir.trainer_lock(tmp_path, keep_waiting=keep_waiting, poll_s=0.01) as locked:
             assert not locked and len(asked) == 3
     finally:
         holder.kill()
@@ -311,3 +314,29 @@ def test_log_tail_survives_bytes_that_are_not_utf8(tmp_path: Path) -> None:
     log = tmp_path / rundir.LOG_FILE
     log.write_bytes(b"loss \xff\n")
     assert rundir.log_tail(log) == ("loss \ufffd", None)
+
+
+def test_step_zero_sorts_first(tmp_path: Path) -> None:
+    for name in ("step-000001", "step-000000", "step-000002"):
+        _complete(tmp_path, name)
+    assert [p.name for p in rundir.complete_checkpoints(tmp_path)] == [
+        "step-000000",
+        "step-000001",
+        "step-000002",
+    ]
+
+
+def test_rewind_drops_a_last_line_without_its_newline_even_if_it_parses(tmp_path: Path) -> None:
+    kept = rundir.metrics_line(10, {"loss": 1.0}, at=0.0)
+    (tmp_path / rundir.METRICS_FILE).write_text(
+        kept + rundir.metrics_line(20, {"loss": 1.0}, at=0.0).rstrip("\n")
+    )
+    rundir.rewind_metrics(tmp_path, 30)
+    assert (tmp_path / rundir.METRICS_FILE).read_text() == kept
+
+
+def test_scan_goes_on_past_a_checkpoint_whose_weights_are_gone(tmp_path: Path) -> None:
+    gone = _complete(tmp_path, "step-000010")
+    (gone / rundir.WEIGHTS_FILE).unlink()
+    _complete(tmp_path, "step-000020", weights=b"123")
+    assert rundir.scan_checkpoints(tmp_path) == [rundir.CheckpointInfo("step-000020", 20, 3)]
