@@ -19,11 +19,14 @@ from vit.train import main
 from vit.trainer import StopRequest, Trainer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-# Measured (04:00 UTC, this 2-core CPU): over the first 100 steps of the digits example the compiled run's logged
-# loss stays within 0.09 of the eager run's (both fall from 2.30 to about 1.4); fp32 kernels that sum in another
-# order differ in the last bits, and AdamW's early steps, on tiny gradients behind a zero-initialized head, amplify
-# that. Twice that margin still catches a compiled step that trains differently (a lost gradient, a wrong op).
-LOSS_TOLERANCE = 0.18
+# Compiled and eager fp32 kernels sum in different orders and differ in the last bits; AdamW on the tiny gradients
+# behind a zero-initialized head amplifies that about tenfold every 10 steps, and past the warmup (peak lr at step
+# 30) one run may hit a loss spike the other misses. Measured on this CPU, digits example: at step 30 the gap was
+# 0.005 and 0.0002 in two runs; later 0.086 (max) and 0.26 (a spike at step 50 in the compiled run). So the curves
+# are held tight while they can be (a compiled step that computes something else is off at once), and after that
+# both must learn and end close.
+EARLY_STEPS, EARLY_TOLERANCE = 30, 0.02
+FINAL_TOLERANCE = 0.3
 
 
 @pytest.fixture(autouse=True)
@@ -99,9 +102,11 @@ def test_the_compiled_digits_example_tracks_eager(tmp_path: Path) -> None:
         runs[setting] = losses(train(tmp_path, f"compile-{setting}", spec))
     eager, compiled = runs[False], runs[True]
     assert list(compiled) == list(eager) == list(range(10, 101, 10))
-    for step in eager:
-        assert abs(compiled[step] - eager[step]) <= LOSS_TOLERANCE, (step, eager, compiled)
+    print(f"eager {eager}\ncompiled {compiled}")
+    for step in range(10, EARLY_STEPS + 1, 10):
+        assert abs(compiled[step] - eager[step]) <= EARLY_TOLERANCE, (step, eager, compiled)
     assert eager[100] < eager[10] - 0.5 and compiled[100] < compiled[10] - 0.5  # both learned
+    assert abs(compiled[100] - eager[100]) <= FINAL_TOLERANCE, (eager, compiled)
     # The first train line carries the compile time, kept out of its images/s.
     assert "compile_s" in metric_lines(tmp_path / "compile-True")[0]
 
