@@ -128,7 +128,19 @@ def prepare(target: Target, workdir: Path) -> None:
         if source.is_file():  # a tracked file deleted in the working tree is left out
             (workdir / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, workdir / relative)
-    top_level = sorted(p.name for p in workdir.iterdir() if p.name not in {"tests", "pyproject.toml"})
+    write_config(target, workdir)
+
+
+def write_config(target: Target, workdir: Path) -> None:
+    """The checkout's pyproject.toml with a [tool.mutmut] section for this target."""
+    ours = {
+        "tests",
+        "pyproject.toml",
+        "mutants",
+        "statuses.json",
+        "survivors.diff",
+    }  # copied or written apart
+    top_level = sorted(p.name for p in workdir.iterdir() if p.name not in ours)
     config = {
         "source_paths": [target.source],
         # mutmut copies only the mutated file into mutants/: the rest of the checkout must come along
@@ -141,8 +153,8 @@ def prepare(target: Target, workdir: Path) -> None:
         ],
     }
     lines = ["", "[tool.mutmut]", *(f"{key} = {json.dumps(value)}" for key, value in config.items())]
-    with (workdir / "pyproject.toml").open("a") as pyproject:
-        pyproject.write("\n".join(lines) + "\n")
+    pyproject = (CHECKOUT / "pyproject.toml").read_text()
+    (workdir / "pyproject.toml").write_text(pyproject + "\n".join(lines) + "\n")
 
 
 def mutate(workdir: Path, jobs: int, log: Path, names: list[str] | None = None) -> None:
@@ -189,6 +201,7 @@ def run_target(target: Target, jobs: int, *, survivors_only: bool = False) -> No
             raise SystemExit(f"{target.source} changed since its last run: run it in full")
         shutil.rmtree(workdir / "tests")
         shutil.copytree(CHECKOUT / "tests", workdir / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+        write_config(target, workdir)  # the target's test files may have grown
         survivors = sorted(name for name, status in last.items() if status not in CAUGHT)
         mutate(workdir, jobs, SCRATCH / f"{target.name}.log", survivors)
     else:
