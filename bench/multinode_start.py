@@ -83,8 +83,8 @@ def main() -> None:
         tempfile.TemporaryDirectory() as home,
         scratch_database(args.database_url, "vitq_bench_nodes") as url,
     ):
-        settings = Settings(
-            home=Path(home), database_url=url, broker_url=args.broker_url, queue="bench-nodes"
+        settings = Settings(  # authentication off: the scheduling is under test, not permissions
+            home=Path(home), database_url=url, broker_url=args.broker_url, queue="bench-nodes", auth="off"
         )
         with running_stack(settings) as stack:
             for _ in range(2):
