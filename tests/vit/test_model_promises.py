@@ -60,3 +60,8 @@ def test_timm_style_attributes() -> None:
     model = create_model("Ti/4", num_classes=10, image_size=32, **SMALL)
     assert model.num_classes == 10 and model.num_features == SMALL["embed_dim"]
     assert model.patch_embed.patch_size == 4
+
+
+def test_sizes_of_one_are_allowed() -> None:
+    cfg = ViTConfig(image_size=1, patch_size=1, embed_dim=1, depth=1, num_heads=1, mlp_dim=1, num_classes=0)
+    assert cfg.grid_size == 1 and cfg.num_tokens == 2
