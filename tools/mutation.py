@@ -195,6 +195,8 @@ def run_target(target: Target, jobs: int, *, survivors_only: bool = False) -> No
     workdir = SCRATCH / target.name
     started = datetime.now(UTC)
     print(f"{target.source}: mutating against {' '.join(target.tests)} ...", flush=True)
+    last: dict[str, str] = {}
+    survivors: list[str] = []
     if survivors_only:
         last = json.loads((workdir / "statuses.json").read_text())["statuses"]
         if (CHECKOUT / target.source).read_bytes() != (workdir / target.source).read_bytes():
@@ -208,6 +210,8 @@ def run_target(target: Target, jobs: int, *, survivors_only: bool = False) -> No
         prepare(target, workdir)
         mutate(workdir, jobs, SCRATCH / f"{target.name}.log")
     found = statuses(workdir)
+    if survivors_only:  # mutmut forgets results when the test selection changes: keep the last run's kills
+        found = {name: found[name] if name in survivors else status for name, status in last.items()}
     write_survivor_diffs(workdir, {name for name, status in found.items() if status not in CAUGHT})
     stored = {"date": f"{started:%Y-%m-%d}", "tests": list(target.tests), "statuses": found}
     (workdir / "statuses.json").write_text(json.dumps(stored, indent=1) + "\n")
