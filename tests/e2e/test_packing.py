@@ -44,7 +44,7 @@ def test_one_device_jobs_share_a_worker_on_disjoint_devices_and_a_big_one_waits(
             # device auto: a GPU job wherever there are GPUs (here the trainers fall back to the CPU).
             gpu = {"device": "auto"}
             one = [
-                stack.post(tiny_spec(steps=300, checkpoint_every=100, resources=gpu))["id"] for _ in range(2)
+                stack.post(tiny_spec(steps=600, checkpoint_every=200, resources=gpu))["id"] for _ in range(2)
             ]
             two = stack.post(tiny_spec(steps=60, resources={**gpu, "procs_per_node": 2}))["id"]
             samples: list[dict[int, Any]] = []
@@ -62,7 +62,9 @@ def test_one_device_jobs_share_a_worker_on_disjoint_devices_and_a_big_one_waits(
     for running in samples:
         held = [d for job in running.values() for d in job["devices"]]
         assert len(held) == len(set(held)) and set(held) <= {0, 1, 2}, running  # never shared, never more
-    assert any(set(one) <= set(running) for running in samples), "the one-device jobs never ran side by side"
+    # Side by side: each started before the other finished (from the jobs' own times, which no sampling misses).
+    first, second = (final[i] for i in one)
+    assert first["started_at"] < second["finished_at"] and second["started_at"] < first["finished_at"], final
     assert {len(r[two]["devices"]) for r in samples if two in r} == {2}
     # While both one-device jobs ran, two devices were taken and one was free: the big job waited.
     assert not any(set(one) <= set(r) and two in r for r in samples)
