@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
+from sqlalchemy import update
 
 from api import workers
 from api.client import VitqClient
 from api.db import session_scope
+from api.models import Job, JobStatus, utcnow
 from tests.cli.service import VITQ, free_port, service_env, stop, tiny_spec, wait_healthy
 
 pytestmark = pytest.mark.browser
@@ -40,12 +42,27 @@ def test_no_worker_banner_and_a_queued_jobs_place(page: Page, tmp_path: Path) ->
         expect(banner).to_contain_text("No worker is running")
         expect(page.locator("dd", has_text="no worker is running")).to_be_visible()
         expect(page.locator("div", has=page.locator("dt", has_text="Place in queue"))).to_contain_text("2")
-        with session_scope(f"sqlite:///{home / 'vitq.db'}") as session:  # a worker announces itself
-            workers.announce(session=session, name="host-a:1", host="host-a", pid=1)
+        database = f"sqlite:///{home / 'vitq.db'}"
+        with session_scope(database) as session:  # a worker with two GPUs announces itself
+            gpus = [{"index": i, "name": "NVIDIA H100", "memory_mb": 81920} for i in (0, 1)]
+            workers.announce(
+                session=session, name="host-a:1", host="host-a", pid=1, devices=gpus, concurrency=2
+            )
         expect(banner).to_be_hidden(timeout=15_000)
         expect(page.locator("dd", has_text="waiting for a free worker (1 job ahead)")).to_be_visible(
             timeout=15_000
         )
-        assert first < second
+        with session_scope(database) as session:  # it runs the first job on its GPU 1
+            session.execute(
+                update(Job)
+                .where(Job.id == first)
+                .values(status=JobStatus.running, worker="host-a:1", devices="1", heartbeat_at=utcnow())
+            )
+            session.commit()
+        page.goto(f"{url}/#/workers")
+        row = page.locator("tr[data-worker='host-a:1']")
+        expect(row.locator("li[data-device='1']")).to_contain_text(f"job #{first}")
+        expect(row.locator("li[data-device='0']")).to_contain_text("free")
+        expect(row).to_contain_text(f"#{first}")
     finally:
         stop(serve)

@@ -6,6 +6,7 @@ import { mountJob } from "./job.js";
 import { mountList } from "./list.js";
 import { mountSubmit } from "./submit.js";
 import { mountSweep, mountSweepList } from "./sweep.js";
+import { mountWorkers } from "./workers.js";
 import { watchWorkers } from "./workers_banner.js";
 
 let current = null;
@@ -27,6 +28,9 @@ function route() {
   } else if (path === "/sweeps") {
     view.className = "sweeps-view";
     current = mountSweepList(view);
+  } else if (path === "/workers") {
+    view.className = "workers-view";
+    current = mountWorkers(view);
   } else if (path === "/compare") {
     view.className = "compare-view";
     current = mountCompare(view, params);

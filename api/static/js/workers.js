@@ -1,0 +1,39 @@
+// #/workers: the live workers (GET /workers), their pool and address, and each GPU with the job that holds it.
+
+import { api } from "./api.js";
+import { h, localTime, poll } from "./format.js";
+
+function deviceCell(device) {
+  const label = `${device.index}: ${device.name} (${Math.round(device.memory_mb / 1024)} GiB)`;
+  const holder = device.job_id != null
+    ? h("a", { href: `#/jobs/${device.job_id}` }, `job #${device.job_id}`)
+    : device.busy ? "busy" : "free";
+  return h("li", { "data-device": String(device.index), class: device.busy ? "busy" : "free" }, label, " — ", holder);
+}
+
+export function mountWorkers(view) {
+  const tbody = h("tbody");
+  const empty = h("p", { class: "empty", hidden: true }, "No live worker: start one with `vitq worker`.");
+  view.append(h("div", { class: "toolbar" }, h("h1", {}, "Workers")),
+    h("div", { class: "table-scroll" }, h("table", { class: "jobs workers" },
+      h("thead", {}, h("tr", {}, ["Worker", "Pool", "Address", "CPUs", "Jobs", "GPUs", "Heartbeat"].map((t) => h("th", {}, t)))),
+      tbody)),
+    empty);
+
+  async function refresh() {
+    const { items } = await api("/workers");
+    tbody.replaceChildren(...items.map((w) => h("tr", { "data-worker": w.name },
+      h("td", { "data-label": "Worker" }, w.name),
+      h("td", { "data-label": "Pool" }, w.pool),
+      h("td", { "data-label": "Address" }, w.address),
+      h("td", { class: "num", "data-label": "CPUs" }, String(w.cpus)),
+      h("td", { "data-label": "Jobs" }, ...w.jobs.flatMap((id, i) => [i ? ", " : "", h("a", { href: `#/jobs/${id}` }, `#${id}`)])),
+      h("td", { "data-label": "GPUs" }, w.devices.length ? h("ul", { class: "devices" }, ...w.devices.map(deviceCell)) : "none (CPU)"),
+      h("td", { "data-label": "Heartbeat" }, localTime(w.heartbeat_at)))));
+    empty.hidden = items.length > 0;
+    view.dataset.loaded = "true";
+  }
+
+  const stop = poll(refresh, 3000);
+  return { destroy: stop };
+}
