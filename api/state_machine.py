@@ -390,7 +390,11 @@ def finish(
         values["step"] = step
     result = session.execute(update(Job).where(*held_by(claim)).values(**values))
     if _won(result) and status != JobStatus.succeeded:
-        reason = f"parent job {claim.job_id} {status.value}" + (f": {error}" if error else "")
+        reason = (
+            f"parent job {claim.job_id} was cancelled"
+            if status == JobStatus.cancelled
+            else f"parent job {claim.job_id} failed" + (f": {error}" if error else "")
+        )
         fail_waiting_children(session=session, parent_id=claim.job_id, error=reason)
     session.commit()
     return _won(result)
