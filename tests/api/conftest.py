@@ -20,6 +20,7 @@ from api.db import make_engine, scratch_database
 from api.migrate import upgrade
 from api.models import Job, Sweep, Worker
 from api.settings import Settings
+from tests.conftest import PG_ADMIN_URL
 
 TINY_SPEC: dict[str, Any] = {
     "kind": "pretrain",
@@ -103,3 +104,21 @@ def submit(api: Api, spec: dict[str, Any] | None = None, **changes: Any) -> dict
     assert response.status_code == 201, response.text
     job: dict[str, Any] = response.json()
     return job
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated, empty database of its own per test (a claim takes the first runnable job: no other test's
+    jobs may be there), without an app around it."""
+    if request.param == "postgresql":
+        with scratch_database(PG_ADMIN_URL, "vitq_engine") as url:
+            upgrade(url)
+            engine = make_engine(url)
+            yield engine
+            engine.dispose()
+        return
+    url = f"sqlite:///{tmp_path / 'vitq.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()

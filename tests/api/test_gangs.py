@@ -4,42 +4,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from api import gangs
 from api import state_machine as sm
-from api.db import make_engine, scratch_database
-from api.migrate import upgrade
 from api.models import Job, JobNode, JobStatus
-from tests.conftest import PG_ADMIN_URL
 from vit.config import JobSpec
 
 TWO_NODES = JobSpec.model_validate(
     {"kind": "pretrain", "train": {"steps": 30}, "resources": {"nodes": 2}}
 ).resolved()
 STALE_S = 30.0
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "postgresql":
-        with scratch_database(PG_ADMIN_URL, "vitq_gangs") as url:
-            upgrade(url)
-            engine = make_engine(url)
-            yield engine
-            engine.dispose()
-        return
-    url = f"sqlite:///{tmp_path / 'vitq.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    yield engine
-    engine.dispose()
 
 
 def submit(engine: Engine, spec: JobSpec = TWO_NODES) -> int:

@@ -4,9 +4,7 @@ SQLite, a fresh database per test: a claim takes the first runnable job, so no o
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select, update
@@ -14,32 +12,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from api import state_machine as sm
-from api.db import make_engine, scratch_database
-from api.migrate import upgrade
 from api.models import Checkpoint, Job, JobStatus, MetricPoint
-from tests.conftest import PG_ADMIN_URL
 from vit.config import JobSpec
 from vit.rundir import CheckpointInfo
 from vit.rundir import MetricPoint as Point
 from worker import fenced_writes
 
 SPEC = JobSpec.model_validate({"kind": "pretrain", "train": {"steps": 30}}).resolved()
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "postgresql":
-        with scratch_database(PG_ADMIN_URL, "vitq_states") as url:
-            upgrade(url)
-            engine = make_engine(url)
-            yield engine
-            engine.dispose()
-        return
-    url = f"sqlite:///{tmp_path / 'vitq.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    yield engine
-    engine.dispose()
 
 
 def add_job(engine: Engine, **values: object) -> int:
