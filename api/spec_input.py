@@ -96,6 +96,10 @@ def _check_json_depth(body: bytes) -> None:
             raise spec_error((), f"nested deeper than {MAX_DEPTH} levels (at line {line})", "too_deep")
 
 
+class _TooDeep(yaml.composer.ComposerError):
+    """Nesting past MAX_DEPTH: the same error type ("too_deep") as for JSON."""
+
+
 class _SpecLoader(yaml.SafeLoader):
     """Safe YAML without aliases: `*name` shares one object many times over, so a few hundred bytes can stand for
     billions of values that validation and the error report would then walk (a "billion laughs" body).
@@ -111,7 +115,7 @@ class _SpecLoader(yaml.SafeLoader):
                 None, None, "aliases (*name) are not allowed in a spec", self.peek_event().start_mark
             )
         if self.depth >= MAX_DEPTH:
-            raise yaml.composer.ComposerError(
+            raise _TooDeep(
                 None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
             )
         self.depth += 1
@@ -128,7 +132,8 @@ def _load_yaml(body: bytes) -> Any:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error)
-        raise spec_error((), f"invalid YAML{where}: {problem}", "yaml_invalid") from None
+        kind = "too_deep" if isinstance(error, _TooDeep) else "yaml_invalid"
+        raise spec_error((), f"invalid YAML{where}: {problem}", kind) from None
 
 
 def confine_paths(
