@@ -260,7 +260,7 @@ def _claim_one(
     worker: str,
     allowed: tuple[Any, ...],
     free_devices: Sequence[int] | None,
-    limited: bool = False,
+    limited: bool,
 ) -> Claim | None:
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.status != JobStatus.queued or job.wait_reason or job.cancel_requested:
