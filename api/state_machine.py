@@ -126,7 +126,6 @@ def submit(
         gpus=resolved.resources.gpus_per_node,
         nodes=resolved.resources.nodes,
         wait_reason=waiting_reason(parent.id) if waits and parent is not None else None,
-        created_at=now(),
         owner=owner,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
@@ -302,22 +301,19 @@ def _parent_ready(*, session: Session, job: Job) -> bool:
     """True when the parent succeeded, or stopped (cancelled, failed) after keeping a checkpoint to start from;
     otherwise park the child (parent unfinished) or fail it."""
     parent = session.get(Job, job.parent_job_id)
-    if parent is not None and parent.status == JobStatus.succeeded:
-        return True
-    if (
-        parent is not None
-        and parent.status in FINISHED
-        and _kept_a_checkpoint(session=session, job_id=parent.id)
+    assert parent is not None  # a foreign key, and jobs are never deleted
+    if parent.status == JobStatus.succeeded or (
+        parent.status in FINISHED and _kept_a_checkpoint(session=session, job_id=parent.id)
     ):
         return True
-    if parent is not None and parent.status not in FINISHED:
+    if parent.status not in FINISHED:
         session.execute(
             update(Job)
             .where(Job.id == job.id, Job.status == JobStatus.queued, Job.wait_reason.is_(None))
             .values(wait_reason=waiting_reason(parent.id, parent.status.value))
         )
     else:
-        _fail_orphan(session=session, child_id=job.id, parent=parent, parent_id=job.parent_job_id)
+        _fail_orphan(session=session, child_id=job.id, parent=parent)
     session.commit()
     return False
 
@@ -494,7 +490,8 @@ def release_waiting_children(*, session: Session, parent_id: int | None = None) 
     released: list[int] = []
     for child_id, parent in session.execute(query).all():
         parent_job = session.get(Job, parent)
-        if parent_job is not None and parent_job.status == JobStatus.succeeded:
+        assert parent_job is not None  # a foreign key, and jobs are never deleted
+        if parent_job.status == JobStatus.succeeded:
             result = session.execute(
                 update(Job)
                 .where(Job.id == child_id, Job.status == JobStatus.queued, Job.wait_reason.is_not(None))
@@ -502,8 +499,8 @@ def release_waiting_children(*, session: Session, parent_id: int | None = None) 
             )
             if _won(result):
                 released.append(child_id)
-        elif parent_job is None or parent_job.status in FINISHED:
-            _fail_orphan(session=session, child_id=child_id, parent=parent_job, parent_id=parent)
+        elif parent_job.status in FINISHED:
+            _fail_orphan(session=session, child_id=child_id, parent=parent_job)
     session.commit()
     return released
 
@@ -523,10 +520,8 @@ def fail_waiting_children(*, session: Session, parent_id: int, error: str) -> No
         pending += [(child, f"parent job {child} failed: {reason}") for child in failed]
 
 
-def _fail_orphan(*, session: Session, child_id: int, parent: Job | None, parent_id: int | None) -> None:
-    if parent is None:
-        error = f"parent job {parent_id} does not exist"
-    elif parent.status == JobStatus.cancelled:
+def _fail_orphan(*, session: Session, child_id: int, parent: Job) -> None:
+    if parent.status == JobStatus.cancelled:
         error = f"parent job {parent.id} was cancelled"
     else:
         error = f"parent job {parent.id} failed: {parent.error or 'no error recorded'}"

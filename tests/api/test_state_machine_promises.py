@@ -445,6 +445,30 @@ def test_releasing_one_parents_children_leaves_the_others_waiting(engine: Engine
     assert get_job(engine, theirs).wait_reason == "w"
 
 
+def test_resolving_waiting_children_touches_only_waiting_ones(engine: Engine) -> None:
+    stopped = add_job(engine, status=JobStatus.cancelled)
+    add_checkpoint(engine, stopped)
+    starts_from_its_checkpoint = add_job(engine, parent_job_id=stopped)  # stored after the stop: no wait
+    waiting = add_job(engine, parent_job_id=stopped, wait_reason="w")  # stored while it ran
+    with Session(engine) as session:
+        assert sm.release_waiting_children(session=session) == []
+    assert get_job(engine, starts_from_its_checkpoint).status == JobStatus.queued
+    failed = get_job(engine, waiting)
+    assert (failed.status, failed.wait_reason, failed.error) == (
+        JobStatus.failed,
+        None,
+        f"parent job {stopped} was cancelled",
+    )
+
+
+def test_a_cancelled_waiting_job_no_longer_says_it_waits(engine: Engine) -> None:
+    parent_id = add_job(engine, status=JobStatus.running)
+    child = add_job(engine, parent_job_id=parent_id, wait_reason=sm.waiting_reason(parent_id))
+    with Session(engine) as session:
+        job = sm.request_cancel(session=session, job_id=child)
+    assert (job.status, job.wait_reason) == (JobStatus.cancelled, None)
+
+
 def test_a_failing_parent_fails_only_its_own_queued_children(engine: Engine) -> None:
     parent_id, unrelated = add_job(engine), add_job(engine)
     with Session(engine) as session:
