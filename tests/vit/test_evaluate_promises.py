@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tests.vit.test_evaluate import CPU, LogitsAreInputs, _images, _tiny_vit
 from vit.data import build_loader
-from vit.evaluate import extract_features, few_shot_linear_accuracy, top1
+from vit.evaluate import extract_features, few_shot_eval, few_shot_linear_accuracy, fit_ridge, top1
 
 FEATURES = torch.eye(4, 8)
 LABELS = torch.tensor([0, 1, 0, 1])
@@ -44,12 +44,15 @@ def test_few_shot_refuses_an_empty_feature_set(empty: str) -> None:
     none = (torch.zeros(0, 8), torch.zeros(0, dtype=torch.long))
     train = none if empty == "train" else (FEATURES, LABELS)
     test = none if empty == "test" else (FEATURES, LABELS)
-    with pytest.raises(ValueError, match="few-shot evaluation needs training and test features"):
+    with pytest.raises(ValueError, match=r"^few-shot evaluation needs training and test features$"):
         few_shot_linear_accuracy(*train, *test, shots=1, num_classes=2, l2=1.0, seed=0)
 
 
 def test_distributed_features_need_a_sharded_loader() -> None:
-    with pytest.raises(TypeError, match=r"needs a loader made by vit\.data\.build_loader"):
+    with pytest.raises(
+        TypeError,
+        match=r"^extract_features\(distributed=True\) needs a loader made by vit\.data\.build_loader$",
+    ):
         extract_features(_tiny_vit(), DataLoader(_images(4), batch_size=2), CPU, distributed=True)
 
 
@@ -120,3 +123,26 @@ def test_ddp_model_is_evaluated_through_its_module(one_process_group: None) -> N
     assert top1(nn.Sequential(model), loader, CPU, distributed=True) == pytest.approx(
         top1(model, DataLoader(data, batch_size=3), CPU)
     )
+
+
+@pytest.mark.parametrize("plain", ["train", "test"])
+def test_distributed_few_shot_passes_distributed_on_to_both_extractions(
+    one_process_group: None, plain: str
+) -> None:
+    model, data = _tiny_vit(), _images(6)
+    sharded, unsharded = (
+        build_loader(data, batch_size=3, shuffle=False, seed=0),
+        DataLoader(data, batch_size=3),
+    )
+    train, test = (unsharded, sharded) if plain == "train" else (sharded, unsharded)
+    with pytest.raises(TypeError, match=r"needs a loader made by vit\.data\.build_loader"):
+        few_shot_eval(model, train, test, [1], num_classes=3, l2=1.0, device=CPU, distributed=True)
+
+
+def test_ridge_fits_in_float64_whatever_the_input_precision() -> None:
+    generator = torch.Generator().manual_seed(0)
+    features, targets = torch.randn(12, 5, generator=generator), torch.randn(12, 3, generator=generator)
+    weights, bias = fit_ridge(features, targets, l2=0.5)
+    expected_weights, expected_bias = fit_ridge(features.double(), targets.double(), l2=0.5)
+    assert weights.dtype == bias.dtype == torch.float64
+    torch.testing.assert_close((weights, bias), (expected_weights, expected_bias), rtol=0, atol=0)
