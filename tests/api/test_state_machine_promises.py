@@ -254,14 +254,7 @@ def test_a_claim_that_read_the_job_before_it_moved_loses(engine: Engine, meanwhi
                 assert sm.release(session=other, claim=claim(other, "fast", prefer=job_id))
 
     with Session(engine) as late:
-        updates: list[object] = []
-
-        @event.listens_for(late, "do_orm_execute")
-        def _before_the_update(state: Any) -> None:
-            if state.is_update and not updates:
-                updates.append(state.statement)
-                interfere()
-
+        updates = _before_first_update(late, interfere)
         assert sm.claim(session=late, worker="slow", prefer=job_id) is None
     assert updates  # the interference did run between the read and the UPDATE
     job = get_job(engine, job_id)
@@ -485,3 +478,62 @@ def test_runnable_count_counts_what_a_worker_of_the_pool_could_claim(engine: Eng
     with Session(engine) as session:
         counts = [sm.runnable_count(session=session, pool=pool) for pool in ("a", "b", "c", None)]
     assert counts == [2, 1, 0, 3]
+
+
+def test_a_child_cancelled_while_waiting_stays_cancelled_when_its_parent_fails(engine: Engine) -> None:
+    parent_id = add_job(engine)
+    child = add_job(engine, parent_job_id=parent_id, wait_reason=sm.waiting_reason(parent_id))
+    with Session(engine) as session:
+        sm.request_cancel(session=session, job_id=child)
+        runner = claim(session, "w1", prefer=parent_id)
+        assert sm.finish(session=session, claim=runner, status=JobStatus.failed, error="diverged")
+    assert get_job(engine, child).status == JobStatus.cancelled
+
+
+def _before_first_update(session: Session, action: Any) -> list[object]:
+    """Run `action` (in another session) just before `session`'s first UPDATE: a race lost deterministically."""
+    updates: list[object] = []
+
+    @event.listens_for(session, "do_orm_execute")
+    def _interfere(state: Any) -> None:
+        if state.is_update and not updates:
+            updates.append(state.statement)
+            action()
+
+    return updates
+
+
+@pytest.mark.parametrize("parent_status", [JobStatus.running, JobStatus.failed])
+def test_a_child_cancelled_while_a_claim_looks_at_it_stays_cancelled(
+    engine: Engine, parent_status: JobStatus
+) -> None:
+    # The claim finds the parent unfinished (it parks the child) or failed (it fails the child); a cancel lands
+    # between its read and that UPDATE.
+    parent_id = add_job(engine, status=parent_status)
+    child = add_job(engine, parent_job_id=parent_id)
+
+    def cancel() -> None:
+        with Session(engine) as other:
+            sm.request_cancel(session=other, job_id=child)
+
+    with Session(engine) as late:
+        updates = _before_first_update(late, cancel)
+        assert sm.claim(session=late, worker="w1", prefer=child) is None
+    assert updates
+    job = get_job(engine, child)
+    assert (job.status, job.wait_reason, job.error) == (JobStatus.cancelled, None, None)
+
+
+def test_a_child_released_by_someone_else_meanwhile_is_not_released_twice(engine: Engine) -> None:
+    parent_id = add_job(engine, status=JobStatus.succeeded)
+    child = add_job(engine, parent_job_id=parent_id, wait_reason=sm.waiting_reason(parent_id))
+    released_by_other: list[int] = []
+
+    def release() -> None:
+        with Session(engine) as other:
+            released_by_other.extend(sm.release_waiting_children(session=other, parent_id=parent_id))
+
+    with Session(engine) as late:
+        updates = _before_first_update(late, release)
+        assert sm.release_waiting_children(session=late, parent_id=parent_id) == []  # one wake-up, not two
+    assert updates and released_by_other == [child]
