@@ -115,9 +115,7 @@ class _SpecLoader(yaml.SafeLoader):
                 None, None, "aliases (*name) are not allowed in a spec", self.peek_event().start_mark
             )
         if self.depth >= MAX_DEPTH:
-            raise _TooDeep(
-                None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
-            )
+            raise _TooDeep(None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
         self.depth += 1
         try:
             return super().compose_node(parent, index)
