@@ -33,6 +33,7 @@ import yaml
 from vit.compile import wanted
 from vit.config import JobSpec
 from vit.flops import device_peak, measured_matmul_flops, training_flops_per_image
+from vit.host_memory import keep_freed_memory
 from vit.model import create_model
 from vit.optim import build_optimizer
 from vit.precision import autocast, convert_to_fp8
@@ -164,6 +165,7 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    keep_freed_memory()  # as vit.train does: the model-only step gets the same allocator
     device = torch.device(args.device)
     spec_dict = job_spec(args)
     spec = JobSpec.model_validate(spec_dict).resolved()

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from vit.config import JobSpec
 from vit.distributed import setup
+from vit.host_memory import keep_freed_memory
 from vit.model import create_model
 from vit.optim import build_optimizer
 from vit.trainer import Trainer
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps-per-round", type=int, default=3)
     args = parser.parse_args()
+    keep_freed_memory()  # as vit.train does
     cpu = torch.device("cpu")
     spec = JobSpec.model_validate(
         {

@@ -26,6 +26,7 @@ from vit import rundir
 from vit.config import JobSpec, SpecError, load_spec
 from vit.data import DataError
 from vit.distributed import DistContext, setup, teardown
+from vit.host_memory import keep_freed_memory
 from vit.rundir import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_FENCED, EXIT_INTERRUPTED, EXIT_OK
 from vit.trainer import Fence, Fenced, StopRequest, Trainer
 
@@ -90,6 +91,7 @@ class _StopOnSignal:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()  # before the first step's allocations
     # Installed first: a stop during start-up still ends in a checkpoint at the first step boundary.
     stop = StopRequest()
     stopper = _StopOnSignal(stop)
