@@ -65,6 +65,16 @@ def members(settings: Settings, job_id: int) -> list[tuple[int, int, str]]:
         engine.dispose()
 
 
+def train_both_ways(stack: Stack) -> tuple[int, list[float], list[float]]:
+    """The same 12 steps as 2 nodes x 1 process, then as 1 node x 2 processes: (the gang job's id, its
+    losses, the single node's losses)."""
+    gang_job = stack.post(spec(steps=12, nodes=2, procs=1))["id"]
+    stack.wait_status(gang_job, "succeeded", timeout=240)
+    single = stack.post(spec(steps=12, nodes=1, procs=2))["id"]
+    stack.wait_status(single, "succeeded", timeout=240)
+    return gang_job, losses(stack, gang_job), losses(stack, single)
+
+
 def test_two_nodes_of_one_process_train_like_one_node_of_two(tmp_path: Path) -> None:
     with scratch_database(PG_ADMIN_URL, "vitq_nodes") as database_url:
         settings = Settings(
@@ -74,11 +84,7 @@ def test_two_nodes_of_one_process_train_like_one_node_of_two(tmp_path: Path) -> 
             for _ in range(2):
                 stack.start_worker(VITQ_ADVERTISE_ADDRESS="127.0.0.1")
             wait_for_workers(stack, 2)
-            gang_job = stack.post(spec(steps=12, nodes=2, procs=1))["id"]
-            stack.wait_status(gang_job, "succeeded", timeout=240)
-            single = stack.post(spec(steps=12, nodes=1, procs=2))["id"]
-            stack.wait_status(single, "succeeded", timeout=240)
-            two_nodes, one_node = losses(stack, gang_job), losses(stack, single)
+            gang_job, two_nodes, one_node = train_both_ways(stack)
             rows = members(settings, gang_job)
             assert stack.metric_steps(gang_job, "loss") == list(range(1, 13))
     assert len(two_nodes) == 12 and abs(two_nodes[-1] - two_nodes[0]) > 1e-3
@@ -138,11 +144,7 @@ def test_two_nodes_in_their_own_network_namespaces_train_like_one_node_of_two(tm
                     command = net.command(namespace, [sys.executable, "-m", "worker"])
                     stack.workers.append(subprocess.Popen(command, env=env, stdout=log, stderr=log))
                 wait_for_workers(stack, 2)
-                gang_job = stack.post(spec(steps=12, nodes=2, procs=1))["id"]
-                stack.wait_status(gang_job, "succeeded", timeout=240)
-                single = stack.post(spec(steps=12, nodes=1, procs=2))["id"]
-                stack.wait_status(single, "succeeded", timeout=240)
-                two_nodes, one_node = losses(stack, gang_job), losses(stack, single)
+                _, two_nodes, one_node = train_both_ways(stack)
                 addresses = sorted(w["address"] for w in stack.client.get("/workers").json()["items"])
     assert addresses == sorted(net.namespaces.values())
     assert len(two_nodes) == 12 and two_nodes == pytest.approx(one_node, abs=TOLERANCE)

@@ -40,15 +40,19 @@ def _complete(run_dir: Path, name: str, weights: bytes = b"w") -> Path:
     return directory
 
 
-def test_checkpoints_are_ordered_by_step_not_by_name(tmp_path: Path) -> None:
-    for name in ("step-1000000", "step-999999", "step-000100"):
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("step-1000000", "step-999999", "step-000100"),  # by step, not by name
+        ("step-000001", "step-000000", "step-000002"),  # step 0 first
+    ],
+)
+def test_checkpoints_are_ordered_by_step(tmp_path: Path, names: tuple[str, ...]) -> None:
+    for name in names:
         _complete(tmp_path, name)
-    assert [p.name for p in rundir.complete_checkpoints(tmp_path)] == [
-        "step-000100",
-        "step-999999",
-        "step-1000000",
-    ]
-    assert rundir.latest_checkpoint_step(tmp_path) == 1000000  # no `latest` file: the newest
+    ordered = sorted(names, key=lambda name: int(name.removeprefix("step-")))
+    assert [p.name for p in rundir.complete_checkpoints(tmp_path)] == ordered
+    assert rundir.latest_checkpoint_step(tmp_path) == int(ordered[-1].removeprefix("step-"))  # no `latest`
 
 
 def test_no_checkpoints_without_the_checkpoints_folder(tmp_path: Path) -> None:
@@ -314,16 +318,6 @@ def test_log_tail_survives_bytes_that_are_not_utf8(tmp_path: Path) -> None:
     log = tmp_path / rundir.LOG_FILE
     log.write_bytes(b"loss \xff\n")
     assert rundir.log_tail(log) == ("loss \ufffd", None)
-
-
-def test_step_zero_sorts_first(tmp_path: Path) -> None:
-    for name in ("step-000001", "step-000000", "step-000002"):
-        _complete(tmp_path, name)
-    assert [p.name for p in rundir.complete_checkpoints(tmp_path)] == [
-        "step-000000",
-        "step-000001",
-        "step-000002",
-    ]
 
 
 def test_rewind_drops_a_last_line_without_its_newline_even_if_it_parses(tmp_path: Path) -> None:
