@@ -18,7 +18,7 @@ def test_database_restart_shorter_than_half_the_lease_costs_no_attempt(tmp_path:
     # says the issue) even after a heartbeat's gap and a retry backoff of up to 5 s.
     lease = 40.0
     with chaos_stack(tmp_path, workers=1, lease_seconds=lease) as chaos:
-        job_id = chaos.post(steps=600)
+        job_id = chaos.post(steps=1200)
         chaos.wait_for_checkpoint(job_id)
         down_at = time.monotonic()
         chaos.pg.stop()  # immediate: every connection cut, as in a crash
@@ -29,7 +29,7 @@ def test_database_restart_shorter_than_half_the_lease_costs_no_attempt(tmp_path:
         assert chaos.training(job_id), "the job ended before the database came back: lengthen it"
 
         chaos.wait_finished(job_id, timeout=240)
-        chaos.assert_ran_once(job_id, status="succeeded", attempt=1, steps=600)
+        chaos.assert_ran_once(job_id, status="succeeded", attempt=1, steps=1200)
         # The trainer trained on through the outage: one process, never restarted.
         assert len(chaos.sampler.pids[job_id]) == 1, chaos.sampler.pids
 
