@@ -13,9 +13,12 @@ from pathlib import Path
 # A stand-in for the trainer: it records the SIGTERM it gets, as the real one checkpoints on it.
 TRAINER = textwrap.dedent(
     """
-    import signal, sys, time
+    import os, signal, sys, time
     def on_term(*_):
-        open(sys.argv[1], "w").write("terminated")
+        # Renamed into place: the test must never read the marker between its creation and its write.
+        with open(sys.argv[1] + ".part", "w") as part:
+            part.write("terminated")
+        os.replace(sys.argv[1] + ".part", sys.argv[1])
         sys.exit(75)
     signal.signal(signal.SIGTERM, on_term)
     print("ready", flush=True)
@@ -48,6 +51,7 @@ def test_trainer_gets_sigterm_when_the_worker_is_killed(tmp_path: Path) -> None:
         time.sleep(0.1)
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
+    deadline = time.monotonic() + 30
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert marker.read_text() == "terminated"
