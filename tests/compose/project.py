@@ -4,6 +4,7 @@ configuration names one (an offline machine: otherwise the build reaches PyPI as
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 import shutil
@@ -85,14 +86,18 @@ def local_pip_indexes() -> list[Path]:
 
 
 def bridge_gateway() -> str:
-    """The host's address on Docker's default bridge, which build containers reach."""
+    """The host's address on Docker's default bridge, which build containers reach. Some engines leave the
+    Gateway out of the bridge's IPAM config; the bridge then has its default, the subnet's first address."""
     done = subprocess.run(
-        ["docker", "network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}"],
+        ["docker", "network", "inspect", "bridge", "-f", "{{json (index .IPAM.Config 0)}}"],
         capture_output=True,
         text=True,
         check=True,
     )
-    return done.stdout.strip()
+    config = json.loads(done.stdout)
+    if config.get("Gateway"):
+        return str(config["Gateway"])
+    return str(ipaddress.ip_network(config["Subnet"]).network_address + 1)
 
 
 @contextmanager
