@@ -34,6 +34,19 @@ def add_checkpoint(engine: Engine, job_id: int) -> None:
         session.commit()
 
 
+def _before_first_update(session: Session, action: Any) -> list[object]:
+    """Run `action` (in another session) just before `session`'s first UPDATE: a race lost deterministically."""
+    updates: list[object] = []
+
+    @event.listens_for(session, "do_orm_execute")
+    def _interfere(state: Any) -> None:
+        if state.is_update and not updates:
+            updates.append(state.statement)
+            action()
+
+    return updates
+
+
 # ------------------------------------------------------------------------------------------------ submit
 def test_submit_stores_what_the_spec_and_the_caller_say(engine: Engine) -> None:
     spec = JobSpec.model_validate(
@@ -490,19 +503,6 @@ def test_a_child_cancelled_while_waiting_stays_cancelled_when_its_parent_fails(e
         runner = claim(session, "w1", prefer=parent_id)
         assert sm.finish(session=session, claim=runner, status=JobStatus.failed, error="diverged")
     assert get_job(engine, child).status == JobStatus.cancelled
-
-
-def _before_first_update(session: Session, action: Any) -> list[object]:
-    """Run `action` (in another session) just before `session`'s first UPDATE: a race lost deterministically."""
-    updates: list[object] = []
-
-    @event.listens_for(session, "do_orm_execute")
-    def _interfere(state: Any) -> None:
-        if state.is_update and not updates:
-            updates.append(state.statement)
-            action()
-
-    return updates
 
 
 @pytest.mark.parametrize("parent_status", [JobStatus.running, JobStatus.failed])

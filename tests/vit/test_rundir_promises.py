@@ -41,18 +41,24 @@ def _complete(run_dir: Path, name: str, weights: bytes = b"w") -> Path:
 
 
 @pytest.mark.parametrize(
-    "names",
+    ("names", "ordered"),
     [
-        ("step-1000000", "step-999999", "step-000100"),  # by step, not by name
-        ("step-000001", "step-000000", "step-000002"),  # step 0 first
+        (  # by step, not by name
+            ("step-1000000", "step-999999", "step-000100"),
+            ["step-000100", "step-999999", "step-1000000"],
+        ),
+        (  # step 0 first
+            ("step-000001", "step-000000", "step-000002"),
+            ["step-000000", "step-000001", "step-000002"],
+        ),
     ],
 )
-def test_checkpoints_are_ordered_by_step(tmp_path: Path, names: tuple[str, ...]) -> None:
+def test_checkpoints_are_ordered_by_step(tmp_path: Path, names: tuple[str, ...], ordered: list[str]) -> None:
     for name in names:
         _complete(tmp_path, name)
-    ordered = sorted(names, key=lambda name: int(name.removeprefix("step-")))
     assert [p.name for p in rundir.complete_checkpoints(tmp_path)] == ordered
-    assert rundir.latest_checkpoint_step(tmp_path) == int(ordered[-1].removeprefix("step-"))  # no `latest`
+    newest = int(ordered[-1].removeprefix("step-"))
+    assert rundir.latest_checkpoint_step(tmp_path) == newest  # no `latest` file: the newest
 
 
 def test_no_checkpoints_without_the_checkpoints_folder(tmp_path: Path) -> None:
