@@ -54,7 +54,7 @@ COPY deploy/image/entrypoint.sh deploy/image/worker_alive.py /app/deploy/image/
 # Editable: the code runs from /app, next to migrations/ and examples/ (the dashboard offers the examples).
 FROM api-deps AS api
 COPY --from=source /app /app
-RUN pip install --no-deps --no-build-isolation --no-cache-dir -e . && python -c "import api.app, api.cli"
+RUN pip install --no-deps --no-build-isolation --no-cache-dir -e . && python -c "import api.server.app, api.cli.main"
 EXPOSE 8000
 ENTRYPOINT ["/app/deploy/image/entrypoint.sh"]
 CMD ["vitq", "serve", "--no-worker", "--host", "0.0.0.0", "--port", "8000"]

@@ -26,15 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's a
 from playwright.sync_api import Page, sync_playwright
 from sqlalchemy import insert, update
 
-from api.db import session_scope
-from api.migrate import upgrade
-from api.models import Job, JobStatus, MetricPoint
-from api.state_machine import submit
+from api.core.db import session_scope
+from api.core.migrate import upgrade
+from api.core.models import Job, JobStatus, MetricPoint
+from api.core.state_machine import submit
+from tests.api.cli.service import free_port, service_env, wait_healthy
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS  # launched as the browser tests launch it
-from tests.cli.service import free_port, service_env, wait_healthy
 from vit.config import parse_spec_text
 
-POINTS_PER_SERIES = 1500  # what the compare view asks the server for (api/static/js/compare.js)
+POINTS_PER_SERIES = 1500  # what the compare view asks the server for (api/server/static/js/compare.js)
 LOAD_TIMEOUT_MS = 300_000  # a loaded shared machine downsamples 10 x 100k points slowly
 
 

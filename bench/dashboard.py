@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/dashboard.py [--jobs 500] [--points 100000] [--repeat 5] [--postgres [ADMIN_URL]]
 
-Fills a fresh embedded database through the data layer (api.state_machine): JOBS jobs in every state and
+Fills a fresh embedded database through the data layer (api.core.state_machine): JOBS jobs in every state and
 one running job with POINTS metric points (train metrics every step, eval every 500 steps), starts
 `vitq serve --no-worker` on it and measures in Chromium:
 - list page load: navigation until the first page of rows is rendered;
@@ -31,13 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's a
 from playwright.sync_api import Page, sync_playwright
 from sqlalchemy import update
 
-from api.db import scratch_database, session_scope
-from api.migrate import upgrade
-from api.models import Job, JobStatus, utcnow
-from api.state_machine import submit as create_job
+from api.core.db import scratch_database, session_scope
+from api.core.migrate import upgrade
+from api.core.models import Job, JobStatus, utcnow
+from api.core.state_machine import submit as create_job
 from bench.seeding import insert_points
+from tests.api.cli.service import free_port, service_env, wait_healthy
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS  # launched as the browser tests launch it
-from tests.cli.service import free_port, service_env, wait_healthy
 from vit.config import parse_spec_text
 from vit.rundir import MetricPoint as MetricRow
 

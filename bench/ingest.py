@@ -6,7 +6,7 @@
 2. The supervisor's follow path: a metrics.jsonl of N lines (5 metrics each, as the trainer writes them) read
    by vit.rundir.MetricsReader and stored with add_metric_points, as the supervisor does while a job runs.
 3. POST /jobs → status running, and → the first metrics line in the database, with a real worker idle on
-   Redis (needs api.app); the trainer's start-up (python, torch, torchrun) dominates the second figure.
+   Redis (needs api.server.app); the trainer's start-up (python, torch, torchrun) dominates the second figure.
 Uses a scratch database on the PostgreSQL server (VITQ_BENCH_PG_ADMIN_URL, default the test server).
 """
 
@@ -30,10 +30,10 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's bench package
 
-from api.db import scratch_database
-from api.migrate import upgrade
-from api.models import Job, JobStatus, MetricPoint
-from api.settings import Settings
+from api.core.db import scratch_database
+from api.core.migrate import upgrade
+from api.core.models import Job, JobStatus, MetricPoint
+from api.core.settings import Settings
 from bench.seeding import hold_job
 from vit.config import JobSpec
 from vit.rundir import MetricPoint as Point
@@ -109,7 +109,7 @@ def bench_follow(url: str, points: int, directory: Path) -> float:
 def bench_latency(url: str, directory: Path, runs: int) -> tuple[list[float], list[float]]:
     import uvicorn
 
-    from api.app import create_app
+    from api.server.app import create_app
 
     queue = f"vitq-bench-{uuid.uuid4().hex[:8]}"
     env = {

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.db import scratch_database
-from api.settings import Settings
+from api.core.db import scratch_database
+from api.core.settings import Settings
 from tests.e2e.stack import Stack, running_stack, tiny_spec
 from worker.launch import descendants
 

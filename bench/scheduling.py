@@ -1,5 +1,5 @@
 """Scheduling decisions per second: 50 registered workers (8 GPUs each, two pools) claim from 1,000 queued jobs
-of mixed pools, priorities and GPU counts, through the real claim (api.state_machine.claim) on PostgreSQL.
+of mixed pools, priorities and GPU counts, through the real claim (api.core.state_machine.claim) on PostgreSQL.
 
     .venv/bin/python bench/scheduling.py [--workers 50 --jobs 1000]
 
@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api import state_machine, workers
-from api.db import make_engine, scratch_database
-from api.migrate import upgrade
+from api.core import state_machine, workers
+from api.core.db import make_engine, scratch_database
+from api.core.migrate import upgrade
 from vit.config import JobSpec
 
 PG_ADMIN_URL = os.environ.get("VITQ_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from api import state_machine
-from api.models import MetricPoint
+from api.core import state_machine
+from api.core.models import MetricPoint
 from vit.rundir import MetricPoint as Point
 
 

@@ -35,10 +35,10 @@ from sqlalchemy.orm import Session
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from api import tokens  # noqa: E402
-from api.db import scratch_database  # noqa: E402
-from api.migrate import upgrade  # noqa: E402
-from api.models import Job, JobStatus  # noqa: E402
+from api.core import tokens  # noqa: E402
+from api.core.db import scratch_database  # noqa: E402
+from api.core.migrate import upgrade  # noqa: E402
+from api.core.models import Job, JobStatus  # noqa: E402
 from bench.seeding import hold_job  # noqa: E402
 from vit.config import JobSpec  # noqa: E402
 from vit.rundir import MetricPoint as MetricRow  # noqa: E402
@@ -207,7 +207,7 @@ def main() -> None:
             headers = {"authorization": f"Bearer {bench_token(database_url)}"}
             rows: list[tuple[str, int, dict[str, float], dict[str, float]]] = []
             with (
-                server("api.app:create_app", 18731, env) as api,
+                server("api.server.app:create_app", 18731, env) as api,
                 server("bench.service:floor_app", 18732, env) as floor,
             ):
                 for method in ("POST", "GET"):

@@ -1,4 +1,4 @@
-"""Alembic environment. The URL: the config's sqlalchemy.url when set (api/migrate.py sets it), else
+"""Alembic environment. The URL: the config's sqlalchemy.url when set (api/core/migrate.py sets it), else
 VITQ_DATABASE_URL, else the service's default (the embedded SQLite file under VITQ_HOME)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection
 
-from api.db import make_engine
-from api.models import Base
-from api.settings import Settings
+from api.core.db import make_engine
+from api.core.models import Base
+from api.core.settings import Settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

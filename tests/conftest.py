@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from api.client import VitqClient
-from api.db import scratch_database
-from tests.cli.service import Service, running_service
+from api.core.db import scratch_database
+from tests.api.cli.service import Service, running_service
 
 # Tests written before tokens existed drive the API as the local admin: authentication is off unless a test
 # asks for it (Settings(auth="required"); tests/api/test_tenants.py). Subprocesses (vitq serve) inherit it.

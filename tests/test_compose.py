@@ -17,10 +17,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import sessionmaker
 
-from api.db import make_engine
-from api.migrate import upgrade
-from api.prometheus import JobCollector, request_latency
-from api.settings import Settings
+from api.core.db import make_engine
+from api.core.migrate import upgrade
+from api.core.settings import Settings
+from api.server.prometheus import JobCollector, request_latency
 from deploy.image.requirements import TRAINER_ONLY, split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def test_services_start_in_order(services: dict[str, Any]) -> None:
     # Over TCP: the Unix socket answers before the server listens on the network.
     assert services["postgres"]["healthcheck"]["test"][1:4] == ["pg_isready", "-h", "127.0.0.1"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert services["migrate"]["command"] == ["python", "-m", "api.migrate"]  # retries until connectable
+    assert services["migrate"]["command"] == ["python", "-m", "api.core.migrate"]  # retries until connectable
     assert services["migrate"]["restart"] == "no"  # one-shot
     for name in ("api", "worker"):
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
@@ -150,7 +150,7 @@ def test_api_and_worker_share_storage_at_the_configured_path(services: dict[str,
 
 def settings_errors(env: dict[str, str]) -> set[str]:
     return {key for key in env if key.removeprefix("VITQ_").lower() not in Settings.model_fields} - {
-        "VITQ_LOG_FORMAT"  # read by api.logging_setup, not a setting
+        "VITQ_LOG_FORMAT"  # read by api.core.logging_setup, not a setting
     }
 
 
@@ -228,10 +228,10 @@ def test_the_api_runs_without_torch(tmp_path: Path) -> None:
         for name in {sorted(TRAINER_ONLY | {"sklearn"})!r}:
             sys.modules[name.replace("-", "_")] = None  # import raises ImportError
         from fastapi.testclient import TestClient
-        import api.cli, worker.launch
-        from api.app import create_app
-        from api.migrate import upgrade
-        from api.settings import Settings
+        import api.cli.main, worker.launch
+        from api.server.app import create_app
+        from api.core.migrate import upgrade
+        from api.core.settings import Settings
         settings = Settings(home=sys.argv[1])
         upgrade(settings.resolved_database_url)
         with TestClient(create_app(settings)) as client:

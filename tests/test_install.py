@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cli.service import free_port, tiny_spec
+from tests.api.cli.service import free_port, tiny_spec
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 UV = Path(sys.executable).with_name("uv")
@@ -125,7 +125,7 @@ def running(venv: Path, args: list[str], env: dict[str, str], log: Path) -> Iter
 
 def migrate(venv: Path, env: dict[str, str], cwd: Path) -> None:
     python = str(venv / "bin" / "python")
-    subprocess.run([python, "-m", "api.migrate"], cwd=cwd, env=env, check=True, capture_output=True)
+    subprocess.run([python, "-m", "api.core.migrate"], cwd=cwd, env=env, check=True, capture_output=True)
 
 
 def test_worker_connects_to_redis(venv: Path, tmp_path: Path, redis_url: str) -> None:

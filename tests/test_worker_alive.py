@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from api.db import scratch_database
-from api.settings import Settings
+from api.core.db import scratch_database
+from api.core.settings import Settings
 from tests.e2e.stack import Stack, running_stack
 
 CHECK = Path(__file__).resolve().parents[1] / "deploy" / "image" / "worker_alive.py"

@@ -68,11 +68,11 @@ TARGETS = (
         ),
     ),
     Target(
-        "api/spec_input.py",
+        "api/core/spec_input.py",
         ("tests/api/test_submit.py", "tests/api/test_fuzz_input.py", "tests/api/test_spec_input.py"),
     ),
     Target(
-        "api/state_machine.py",
+        "api/core/state_machine.py",
         ("tests/api/test_state_machine.py", "tests/api/test_state_machine_promises.py"),
     ),
     # Last: its two-process gloo tests spawn interpreters, a minute each on a busy machine.

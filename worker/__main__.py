@@ -63,11 +63,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.queue:
         # Settings come only from VITQ_* variables; this must be set before the app reads them.
         os.environ["VITQ_QUEUE"] = args.queue
-    from api import workers
-    from api.db import session_scope
-    from api.logging_setup import configure_logging
-    from api.queue import pool_queue
-    from api.settings import get_settings
+    from api.core import workers
+    from api.core.broker import pool_queue
+    from api.core.db import session_scope
+    from api.core.logging_setup import configure_logging
+    from api.core.settings import get_settings
     from worker import devices, supervisor
     from worker.celery_app import app
     from worker.reaper import Reaper

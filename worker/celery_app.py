@@ -11,8 +11,8 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from api.queue import pool_queue
-from api.settings import Settings, get_settings
+from api.core.broker import pool_queue
+from api.core.settings import Settings, get_settings
 
 # A job may train for hours; Redis would hand an unacknowledged message to another worker after this long.
 # The database lease, not this timeout, recovers jobs of dead workers, so it only needs to be long.

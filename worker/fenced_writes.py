@@ -14,8 +14,8 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from api.models import Checkpoint, MetricPoint
-from api.state_machine import Claim, hold, record_progress_start
+from api.core.models import Checkpoint, MetricPoint
+from api.core.state_machine import Claim, hold, record_progress_start
 from vit.rundir import CheckpointInfo
 from vit.rundir import MetricPoint as Point
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from api import gangs, state_machine
-from api.settings import Settings
+from api.core import gangs, state_machine
+from api.core.settings import Settings
 from vit import rundir
 
 log = logging.getLogger(__name__)

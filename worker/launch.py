@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from api.parent_death import term_when_parent_dies
+from api.core.parent_death import term_when_parent_dies
 
 
 def trainer_command(spec_path: Path, run_dir: Path, procs_per_node: int, *, attempt: int) -> list[str]:

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api import gangs, state_machine, workers
-from api.db import session_factory
-from api.models import Job
-from api.settings import Settings
+from api.core import gangs, state_machine, workers
+from api.core.db import session_factory
+from api.core.models import Job
+from api.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ from typing import TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import gangs, state_machine
-from api.db import session_factory
-from api.logging_setup import job_context
-from api.models import JobStatus
-from api.settings import Settings
-from api.state_machine import Claim
+from api.core import gangs, state_machine
+from api.core.db import session_factory
+from api.core.logging_setup import job_context
+from api.core.models import JobStatus
+from api.core.settings import Settings
+from api.core.state_machine import Claim
 from vit import rundir
 from vit.config import JobSpec, SpecError
 from worker import fenced_writes, gang

@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
 
-from api import workers
-from api.db import make_engine
-from api.settings import get_settings
+from api.core import workers
+from api.core.db import make_engine
+from api.core.settings import get_settings
 
 ESTABLISHED = "01"
 DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "amqp": 5672, "amqps": 5671}

@@ -15,11 +15,11 @@ from kombu import Connection
 from sqlalchemy import Engine, delete
 from sqlalchemy.orm import Session
 
-from api.app import create_app
-from api.db import make_engine, scratch_database
-from api.migrate import upgrade
-from api.models import Job, Sweep, Worker
-from api.settings import Settings
+from api.core.db import make_engine, scratch_database
+from api.core.migrate import upgrade
+from api.core.models import Job, Sweep, Worker
+from api.core.settings import Settings
+from api.server.app import create_app
 from tests.conftest import PG_ADMIN_URL
 
 TINY_SPEC: dict[str, Any] = {

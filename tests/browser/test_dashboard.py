@@ -8,9 +8,9 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from api.client import VitqClient
-from tests.cli.service import Service, tiny_spec, wait_for
+from tests.api.cli.service import Service, tiny_spec, wait_for
 
-from .conftest import ARTIFACTS
+from tests.api.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 TRAINING_TIMEOUT_MS = 120_000

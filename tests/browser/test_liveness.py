@@ -9,11 +9,11 @@ import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import update
 
-from api import workers
 from api.client import VitqClient
-from api.db import session_scope
-from api.models import Job, JobStatus, utcnow
-from tests.cli.service import VITQ, free_port, service_env, stop, tiny_spec, wait_healthy
+from api.core import workers
+from api.core.db import session_scope
+from api.core.models import Job, JobStatus, utcnow
+from tests.api.cli.service import VITQ, free_port, service_env, stop, tiny_spec, wait_healthy
 
 pytestmark = pytest.mark.browser
 

@@ -14,11 +14,11 @@ import uvicorn
 from playwright.sync_api import Page, expect
 from sqlalchemy.orm import Session
 
-from api import tokens
-from api.app import create_app
-from api.db import make_engine
-from api.migrate import upgrade
-from api.settings import Settings
+from api.core import tokens
+from api.core.db import make_engine
+from api.core.migrate import upgrade
+from api.core.settings import Settings
+from api.server.app import create_app
 from tests.api.conftest import TINY_SPEC
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from api.settings import Settings
+from api.core.settings import Settings
 from tests.e2e.stack import FINISHED, Stack, running_stack, tiny_spec
 from tests.services import PrivatePostgres, PrivateRedis, private_postgres, private_redis
 from worker.launch import descendants

@@ -16,7 +16,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from api.settings import Settings
+from api.core.settings import Settings
 from tests.e2e.stack import Stack, running_stack, tiny_spec
 from worker.reaper import reap_interval
 

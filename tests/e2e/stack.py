@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import uvicorn
 
-from api.app import create_app
-from api.migrate import upgrade
-from api.settings import Settings
+from api.core.migrate import upgrade
+from api.core.settings import Settings
+from api.server.app import create_app
 from worker.launch import descendants
 
 FINISHED = ("succeeded", "failed", "cancelled")

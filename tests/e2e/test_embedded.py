@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from api.settings import Settings
+from api.core.settings import Settings
 
 from .stack import Stack, running_stack, tiny_spec
 

@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from api.db import scratch_database
-from api.models import JobNode
-from api.settings import Settings
+from api.core.db import scratch_database
+from api.core.models import JobNode
+from api.core.settings import Settings
 from tests.conftest import PG_ADMIN_URL, REDIS_URL
 from tests.services import private_postgres, private_redis
 

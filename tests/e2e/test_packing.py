@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from api.db import scratch_database
-from api.settings import Settings
+from api.core.db import scratch_database
+from api.core.settings import Settings
 from tests.chaos.sampler import trainer_processes
 from tests.conftest import PG_ADMIN_URL, REDIS_URL
 

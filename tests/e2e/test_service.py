@@ -11,8 +11,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from api.db import scratch_database
-from api.settings import Settings
+from api.core.db import scratch_database
+from api.core.settings import Settings
 from vit import rundir
 from vit.checkpoint import load_state
 from vit.model import create_model

@@ -152,6 +152,8 @@ def test_log_tail_drops_the_launcher_report_and_finds_the_exit_code(tmp_path: Pa
 
 def test_the_run_directory_module_needs_no_torch() -> None:
     # The API and the worker import it (and the state machine): neither may pay for, or need, torch.
-    probe = "import sys, vit.rundir, api.state_machine, worker.fenced_writes; print('torch' in sys.modules)"
+    probe = (
+        "import sys, vit.rundir, api.core.state_machine, worker.fenced_writes; print('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from api.gangs import Gang, Member, Membership
-from api.state_machine import Claim
+from api.core.gangs import Gang, Member, Membership
+from api.core.state_machine import Claim
 from tests.e2e.stack import tiny_spec
 from vit.config import JobSpec
 from worker import gang

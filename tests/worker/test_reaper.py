@@ -14,11 +14,11 @@ from kombu import Queue
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from api import state_machine
-from api.db import make_engine
-from api.migrate import upgrade
-from api.models import Job, JobStatus
-from api.settings import Settings
+from api.core import state_machine
+from api.core.db import make_engine
+from api.core.migrate import upgrade
+from api.core.models import Job, JobStatus
+from api.core.settings import Settings
 from vit.config import JobSpec
 from worker.reaper import Reaper
 

@@ -1,0 +1,200 @@
+"""SQLAlchemy tables: the job's record of truth (not Celery's result backend)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# The largest id SQLite's INTEGER and PostgreSQL's bigint hold (SQLite's driver cannot even send a larger one).
+MAX_ID = 2**63 - 1
+# Job ids are 32-bit INTEGER columns (jobs.id and every column that refers to a job): a larger id names no job,
+# and PostgreSQL refuses to compare it with them.
+MAX_JOB_ID = 2**31 - 1
+# The owner of jobs made with authentication off, and of every job made before owners existed.
+LOCAL_OWNER = "local"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(JobStatus, name="job_status", native_enum=False, length=16), default=JobStatus.queued
+    )
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # resolved: every default filled in
+    parent_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), default=None)
+    sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id"), default=None, index=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # 0 until first claimed
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    worker: Mapped[str | None] = mapped_column(String(255), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int] = mapped_column(Integer)
+    resumed_from_step: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Scheduling (from spec.resources): which workers may run it, in what order, and how many devices a node.
+    pool: Mapped[str] = mapped_column(String(64), server_default="default")
+    priority: Mapped[int] = mapped_column(Integer, server_default="0")
+    gpus: Mapped[int] = mapped_column(Integer, server_default="0")
+    nodes: Mapped[int] = mapped_column(
+        Integer, server_default="1"
+    )  # > 1: started by a gang (api/core/gangs.py)
+    devices: Mapped[str | None] = mapped_column(String(255), default=None)  # the attempt's, e.g. "0,1"
+    wait_reason: Mapped[str | None] = mapped_column(Text, default=None)  # why a queued job has not started
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # Tenancy (api/principal.py): who created the job (jobs made before tokens existed belong to "local"), who
+    # cancelled it, and the submitter's Idempotency-Key with a hash of the spec it came with.
+    owner: Mapped[str] = mapped_column(String(64), server_default=LOCAL_OWNER)
+    cancelled_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+
+    __table_args__ = (
+        Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_queue", "status", "pool", "priority", "created_at"),
+        Index("ix_jobs_kind_created", "kind", "created_at"),
+        Index("ix_jobs_owner_created", "owner", "created_at"),
+        # Decides between concurrent submits with one key: the second INSERT fails, and reads the first job.
+        Index("ux_jobs_owner_idempotency_key", "owner", "idempotency_key", unique=True),
+    )
+
+
+class MetricPoint(Base):
+    __tablename__ = "metric_points"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    step: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float] = mapped_column(Float)
+    time: Mapped[float] = mapped_column(Float)  # unix seconds, as the trainer wrote it
+
+    __table_args__ = (
+        # Covering on PostgreSQL: downsampling reads a whole series from the index alone (no heap visits).
+        Index("ix_metric_points_job_name_step", "job_id", "name", "step", postgresql_include=["value", "id"]),
+        # The API's `since` cursor: a poll reads only the points newer than the last one it saw.
+        Index("ix_metric_points_job_id_id", "job_id", "id"),
+    )
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))  # e.g. step-000200, a directory under RUN_DIR/checkpoints
+    step: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)  # of model.safetensors
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ux_checkpoints_job_name", "job_id", "name", unique=True),)
+
+
+class ApiToken(Base):
+    """A bearer token: only its SHA-256 is stored (the token itself is shown once, when created)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    token_hash: Mapped[str] = mapped_column(String(64))  # hex sha256
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+    __table_args__ = (Index("ux_api_tokens_token_hash", "token_hash", unique=True),)
+
+
+class Worker(Base):
+    """A worker process that announced itself; alive while its heartbeat is younger than the lease."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # host:pid, as jobs.worker names it
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    address: Mapped[str] = mapped_column(String(255))  # where other nodes reach it (VITQ_ADVERTISE_ADDRESS)
+    pool: Mapped[str] = mapped_column(String(64))
+    cpus: Mapped[int] = mapped_column(Integer)
+    devices: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # [{"index", "name", "memory_mb"}], GPUs
+    concurrency: Mapped[int] = mapped_column(Integer)  # jobs it runs at once
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class JobNode(Base):
+    """A worker's place in a multi-node job's gang for one attempt (api/core/gangs.py): its node rank, its address,
+    and a heartbeat. The unique (job, attempt, rank) lets two workers never take one rank."""
+
+    __tablename__ = "job_nodes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)  # the attempt the gang runs (the job's fencing token)
+    node_rank: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(255))
+    address: Mapped[str] = mapped_column(String(255))  # the worker's advertised address
+    port: Mapped[int | None] = mapped_column(Integer, default=None)  # rank 0: the rendezvous port it chose
+    devices: Mapped[str | None] = mapped_column(String(255), default=None)  # on that node, e.g. "0,1"
+    joined_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "attempt", "node_rank", name="ux_job_nodes_rank"),
+        UniqueConstraint("job_id", "attempt", "worker", name="ux_job_nodes_worker"),
+    )
+
+
+class Sweep(Base):
+    """A set of jobs made from one base spec and a grid or random space over its fields (api/core/sweeps.py)."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # as validated: base, and grid or random
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    owner: Mapped[str] = mapped_column(String(64), server_default=LOCAL_OWNER)  # owns every child, too

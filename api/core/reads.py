@@ -1,0 +1,187 @@
+"""The API's reads: small keyword-only functions over a Session. Routes call these; they never build queries
+themselves. Every change of a job's state goes through api.core.state_machine, which the workers call too."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api.core import workers
+from api.core.metric_queries import MetricSummary, summarize_metrics
+from api.core.models import MAX_JOB_ID, Checkpoint, Job, JobStatus
+from api.core.schemas import JobOut
+from api.core.state_machine import (
+    QUEUE_ORDER,
+    JobNotFoundError,
+    Principal,
+    owners_at_running_limit,
+    runnable,
+    visible_to,
+)
+
+
+def get_job(*, session: Session, job_id: int, principal: Principal) -> Job:
+    """The job, if `principal` may see it; JobNotFoundError (404) otherwise, whether or not it exists."""
+    job = find_job(session=session, job_id=job_id, principal=principal)
+    if job is None:
+        raise JobNotFoundError(job_id)
+    return job
+
+
+def find_job(*, session: Session, job_id: int, principal: Principal) -> Job | None:
+    if job_id > MAX_JOB_ID:  # no such row (jobs.id is 32-bit), and PostgreSQL would refuse the comparison
+        return None
+    return session.scalar(select(Job).where(Job.id == job_id, *visible_to(principal)))
+
+
+def list_jobs(
+    *,
+    session: Session,
+    principal: Principal,
+    status: JobStatus | None,
+    kind: str | None,
+    limit: int,
+    offset: int,
+    parent: int | None = None,
+    name: str | None = None,
+) -> tuple[list[Job], int]:
+    """Newest first, and the total number of jobs that match the filters (`name`: a case-blind substring)."""
+    filters: list[Any] = [*visible_to(principal)]
+    if status is not None:
+        filters.append(Job.status == status)
+    if kind is not None:
+        filters.append(Job.kind == kind)
+    if parent is not None:
+        filters.append(Job.parent_job_id == parent)
+    if name:
+        filters.append(Job.name.ilike(f"%{_escape_like(name)}%", escape="\\"))
+    total = session.scalar(select(func.count()).select_from(Job).where(*filters)) or 0
+    rows = session.scalars(
+        select(Job).where(*filters).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return list(rows), total
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def list_checkpoints(*, session: Session, job_id: int, principal: Principal) -> Sequence[Checkpoint]:
+    return session.scalars(
+        select(Checkpoint)
+        .join(Job, Job.id == Checkpoint.job_id)
+        .where(Checkpoint.job_id == job_id, *visible_to(principal))
+        .order_by(Checkpoint.step, Checkpoint.id)
+    ).all()
+
+
+def find_checkpoint(*, session: Session, job_id: int, name: str, principal: Principal) -> Checkpoint | None:
+    return session.scalar(
+        select(Checkpoint)
+        .join(Job, Job.id == Checkpoint.job_id)
+        .where(Checkpoint.job_id == job_id, Checkpoint.name == name, *visible_to(principal))
+    )
+
+
+def running_limit_waits(
+    *, session: Session, jobs: Sequence[Job], running_limit: int | None
+) -> dict[int, str]:
+    """Why queued jobs of owners at their running-jobs limit do not start (the claim skips them), by job id."""
+    queued = [job for job in jobs if job.status == JobStatus.queued and job.wait_reason is None]
+    if running_limit is None or not queued:
+        return {}
+    full = set(session.scalars(owners_at_running_limit(running_limit)))
+    reason = f"waiting: its owner has {running_limit} jobs running (max_running_jobs)"
+    return {job.id: reason for job in queued if job.owner in full}
+
+
+@dataclass(frozen=True)
+class QueueView:
+    """Where runnable queued jobs stand: their 1-based places in their pool's queue order, and how many workers
+    of each pool are alive."""
+
+    places: dict[int, int]
+    workers_alive: dict[str, int]
+
+    def reason(self, job: Job) -> str | None:
+        """Why a queued job has not started (its own wait_reason first: e.g. a parent that has not finished)."""
+        if job.status != JobStatus.queued or job.wait_reason is not None or job.id not in self.places:
+            return job.wait_reason
+        if not self.workers_alive.get(job.pool):
+            pool = "" if job.pool == "default" else f" of pool {job.pool}"
+            return f"no worker{pool} is running: start one (vitq worker) and it will pick this job up"
+        ahead = self.places[job.id] - 1
+        return f"waiting for a free worker ({ahead} job{'s' if ahead != 1 else ''} ahead)"
+
+
+def queue_view(*, session: Session, jobs: Sequence[Job], lease_seconds: float) -> QueueView | None:
+    """One query for the places of every runnable queued job (only when the page shows a queued job)."""
+    if not any(job.status == JobStatus.queued for job in jobs):
+        return None
+    places: dict[int, int] = {}
+    seen: Counter[str] = Counter()
+    for job_id, pool in session.execute(select(Job.id, Job.pool).where(*runnable()).order_by(*QUEUE_ORDER)):
+        seen[pool] += 1
+        places[job_id] = seen[pool]
+    alive = Counter(w.pool for w in workers.live(session=session, lease_seconds=lease_seconds))
+    return QueueView(places, dict(alive))
+
+
+def job_out(job: Job, summary: MetricSummary | None = None, queue: QueueView | None = None) -> JobOut:
+    summary = summary or MetricSummary()
+    batch_size = int(job.spec.get("train", {}).get("batch_size", 0))
+    remaining = max(job.total_steps - job.step, 0)
+    eta = None
+    if job.status == JobStatus.running and summary.images_per_s and batch_size:
+        eta = remaining * batch_size / summary.images_per_s  # seconds per step = batch / images per second
+    return JobOut(
+        id=job.id,
+        name=job.name,
+        kind=job.kind,
+        status=str(job.status),
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        step=job.step,
+        total_steps=job.total_steps,
+        progress=min(job.step / job.total_steps, 1.0) if job.total_steps else 0.0,
+        resumed_from_step=job.resumed_from_step,
+        wait_reason=queue.reason(job) if queue is not None else job.wait_reason,
+        queue_position=queue.places.get(job.id) if queue is not None else None,
+        cancel_requested=job.cancel_requested,
+        error=job.error,
+        worker=job.worker,
+        devices=[int(d) for d in (job.devices or "").split(",") if d],
+        parent_job_id=job.parent_job_id,
+        owner=job.owner,
+        cancelled_by=job.cancelled_by,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        heartbeat_at=job.heartbeat_at,
+        spec=job.spec,
+        latest_metrics=summary.latest,
+        best_val_top1=summary.best_val_top1,
+        images_per_s=summary.images_per_s,
+        eta_seconds=eta,
+    )
+
+
+def jobs_out(
+    *,
+    session: Session,
+    jobs: Sequence[Job],
+    lease_seconds: float | None = None,
+    running_limit: int | None = None,
+) -> list[JobOut]:
+    """The jobs as the API shows them; with `lease_seconds`, queued jobs say their place and why they wait;
+    with `running_limit`, those whose owner is at it say so instead."""
+    summaries = summarize_metrics(session=session, job_ids=[job.id for job in jobs])
+    queue = queue_view(session=session, jobs=jobs, lease_seconds=lease_seconds) if lease_seconds else None
+    out = [job_out(job, summaries.get(job.id), queue) for job in jobs]
+    waits = running_limit_waits(session=session, jobs=jobs, running_limit=running_limit)
+    return [o.model_copy(update={"wait_reason": waits[o.id]}) if o.id in waits else o for o in out]

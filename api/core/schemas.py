@@ -1,0 +1,137 @@
+"""What the REST API sends back (docs/contracts.md, "REST shapes"). A client sends a `vit.config.JobSpec`; it is
+never the table row: the row (api/core/models.py) holds the resolved spec plus the service's own bookkeeping."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, Field
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    # SQLite hands timezone-aware columns back naive; every stored time is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+class JobOut(BaseModel):
+    id: int
+    name: str
+    kind: str
+    status: str
+    attempt: int
+    max_attempts: int
+    step: int
+    total_steps: int
+    progress: float = Field(description="step / total_steps, 0..1")
+    resumed_from_step: int | None
+    wait_reason: str | None  # why a queued job has not started (its parent, no free worker, no worker at all)
+    devices: list[int] = []  # the GPUs the running attempt holds on its worker (CUDA_VISIBLE_DEVICES)
+    queue_position: int | None = None  # 1 = runs next; queued jobs that could run now, in the order they will
+    cancel_requested: bool
+    error: str | None
+    worker: str | None
+    parent_job_id: int | None
+    owner: str = Field(description="Who submitted the job.")
+    cancelled_by: str | None = Field(description="Who asked to cancel it (None: nobody).")
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    heartbeat_at: UtcDatetime | None
+    spec: dict[str, Any] = Field(description="The resolved spec: every default filled in.")
+    latest_metrics: dict[str, float] = Field(description="Each metric's value at its latest step.")
+    best_val_top1: float | None
+    images_per_s: float | None
+    eta_seconds: float | None
+
+
+class JobList(BaseModel):
+    items: list[JobOut]
+    total: int
+
+
+class Series(BaseModel):
+    steps: list[int]
+    values: list[float]
+
+
+class MetricsOut(BaseModel):
+    series: dict[str, Series]
+    cursor: int = Field(description="Id of the newest point considered: pass it back as `since`.")
+
+
+class CheckpointOut(BaseModel):
+    name: str
+    step: int
+    size_bytes: int
+    created_at: UtcDatetime
+    url: str
+
+
+class CheckpointList(BaseModel):
+    items: list[CheckpointOut]
+
+
+class Health(BaseModel):
+    database: str
+    broker: str
+    workers: str  # "ok", "ok: none alive, no job waits" or "down: no live worker while N job(s) wait"
+    live_workers: list[str]  # names (host:pid) of workers whose heartbeat is within the lease
+
+
+class SweepSummary(BaseModel):
+    id: int
+    name: str
+    created_at: UtcDatetime
+    mode: str = Field(description='"grid" or "random"')
+    fields: list[str] = Field(description="The swept spec fields, dotted (e.g. optim.lr).")
+    spec: dict[str, Any] = Field(description="The sweep as submitted: base, and grid or random.")
+    job_count: int
+    status_counts: dict[str, int] = Field(description="Children by status.")
+    best_val_top1: float | None = Field(description="The best val_top1 of any child.")
+
+
+class SweepChild(BaseModel):
+    params: dict[str, Any] = Field(
+        description="This child's value of each swept field (from its resolved spec)."
+    )
+    job: JobOut
+
+
+class SweepOut(SweepSummary):
+    jobs: list[SweepChild] = Field(description="The children, in the order they were made.")
+
+
+class SweepList(BaseModel):
+    items: list[SweepSummary]
+    total: int
+
+
+class DeviceOut(BaseModel):
+    index: int
+    name: str
+    memory_mb: int
+    busy: bool  # a running job holds it
+    job_id: int | None  # that job, when it is the caller's to see
+
+
+class WorkerOut(BaseModel):
+    name: str  # host:pid, as a job's `worker` names it
+    host: str
+    address: str  # where other nodes reach it
+    pool: str
+    cpus: int
+    concurrency: int  # jobs it runs at once
+    started_at: datetime
+    heartbeat_at: datetime
+    jobs: list[int]  # running jobs it holds
+    devices: list[DeviceOut]  # its GPUs (none: a CPU worker)
+
+
+class WorkerList(BaseModel):
+    items: list[WorkerOut]

@@ -1,0 +1,75 @@
+"""Service settings, read only from VITQ_* environment variables.
+
+With nothing set, everything lives under VITQ_HOME (default ~/.vitq): a SQLite database, a broker that needs
+no server (kombu's SQLAlchemy transport on a second SQLite file) and the run storage. docker compose sets
+VITQ_DATABASE_URL / VITQ_BROKER_URL to PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VITQ_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".vitq")
+    database_url: str | None = None  # default: sqlite:///<home>/vitq.db
+    broker_url: str | None = None  # default: sqla+sqlite:///<home>/broker.db
+    storage: Path | None = None  # run directories; default <home>/storage
+    data_dir: Path | None = None  # dataset roots and weight files a job may read; default <home>/data
+    queue: str = "training"
+    lease_seconds: float = 60.0  # a running job whose heartbeat is older than this belongs to a dead worker
+    heartbeat_seconds: float = 5.0
+    pool: str = "default"  # the group of workers this one belongs to (jobs name it as resources.pool)
+    devices: str | None = None  # the GPUs this worker may use ("0,1", "none"); default: all nvidia-smi lists
+    advertise_address: str | None = None  # where other nodes reach this worker; default: its host name
+    reap_seconds: float | None = (
+        None  # how often each worker's reaper looks; default a third of the lease, 1-5 s
+    )
+    max_attempts: int = 3  # attempts per job, the first one included
+    max_spec_bytes: int = 64 * 1024
+    # Authentication (api/server/auth.py): "required" (bearer tokens) or "off" (every request acts as a local admin).
+    # Unset means required, except under `vitq serve` bound to a loopback address.
+    auth: Literal["required", "off"] | None = None
+    # Stored (hashed) at API start if absent: docker compose's first admin token.
+    bootstrap_admin_token: SecretStr | None = None
+    # Quotas per owner (api/core/quotas.py); None: no limit. Only max_running_jobs delays (a job waits), the rest refuse
+    # a submit with 429.
+    max_running_jobs: int | None = Field(None, ge=1)
+    max_queued_jobs: int | None = Field(None, ge=1)
+    max_gpus: int | None = Field(None, ge=0)  # GPUs asked for by the owner's unfinished jobs together
+    max_job_images: int | None = Field(None, ge=1)  # train.steps x train.batch_size of one job
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth != "off"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'vitq.db'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.home / 'broker.db'}"
+
+    @property
+    def resolved_storage(self) -> Path:
+        return self.storage or self.home / "storage"
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir or self.home / "data"
+
+    def run_dir(self, job_id: int) -> Path:
+        return self.resolved_storage / "jobs" / str(job_id)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,536 @@
+"""The job state machine: every transition of a job, each one function holding its conditional UPDATE.
+
+    (submit) -> queued -> running -> succeeded | failed | cancelled
+                  ^          |
+                  +----------+  release (retry, warm shutdown) / requeue_stale (the holder stopped renewing)
+
+The API and the worker call these same functions; nothing else writes a job's status. Each UPDATE's WHERE
+clause states what the caller believes, so two callers racing for the same job cannot both win, and the caller
+learns from the row count whether it did.
+
+Fencing: a claim makes the job's `attempt` one larger; the attempt is the fencing token. Every write a runner
+makes while it holds a job (heartbeat, metric rows, checkpoint rows, final state) names its attempt and worker,
+and the database refuses it once the job has moved on: `hold()` opens such a write's transaction with a
+conditional UPDATE of the job row, which also locks the row until the commit, so the job cannot be requeued
+between the check and the write. A stale runner's writes are refused by the database, not by its own care.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import CursorResult, Select, func, select, update
+from sqlalchemy.orm import Session, aliased
+
+from api.core.errors import JobNotFoundError, JobStateError
+from api.core.models import LOCAL_OWNER, Checkpoint, Job, JobStatus
+from vit.config import JobSpec
+
+FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+# ------------------------------------------------------------------------------------------------ owners
+@dataclass(frozen=True)
+class Principal:
+    """Who asks (api/server/auth.py): an owner, or an admin, who sees and acts on every owner's jobs."""
+
+    owner: str
+    is_admin: bool = False
+
+
+OWNER_LOCKS = 0x76697471  # "vitq": the advisory lock space of lock_owner
+
+# Authentication off: every request acts as this one (a person on a laptop owns everything).
+LOCAL_ADMIN = Principal(owner=LOCAL_OWNER, is_admin=True)
+
+
+def lock_owner(*, session: Session, owner: str) -> None:
+    """Serialize decisions about one owner's quotas until the transaction ends: on PostgreSQL a transaction
+    advisory lock keyed by the owner (READ COMMITTED: a statement after it sees what the previous holder
+    committed). SQLite runs one writer at a time and takes no lock here."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(OWNER_LOCKS, func.hashtext(owner))))
+
+
+def visible_to(principal: Principal) -> tuple[Any, ...]:
+    """The WHERE clause of the jobs `principal` may see and act on. Every read and transition the API makes on
+    a principal's behalf adds it, so another owner's job is "not found" (404) everywhere, never "forbidden"."""
+    return () if principal.is_admin else (Job.owner == principal.owner,)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a runner holds after winning a claim: the job, the attempt (its fencing token) and the spec."""
+
+    job_id: int
+    attempt: int
+    max_attempts: int
+    worker: str
+    spec: JobSpec  # resolved, as stored
+    parent_job_id: int | None
+    devices: tuple[int, ...] = ()  # the GPU indices this attempt holds on its worker (none on a CPU worker)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _won(result: Any) -> bool:
+    assert isinstance(result, CursorResult)
+    return result.rowcount == 1
+
+
+def waiting_reason(parent_id: int, parent_status: str | None = None) -> str:
+    status = f" ({parent_status})" if parent_status else ""
+    return f"waiting for job {parent_id}{status} to succeed"
+
+
+# ------------------------------------------------------------------------------------------------ submit
+def submit(
+    *,
+    session: Session,
+    spec: JobSpec,
+    max_attempts: int,
+    parent: Job | None,
+    owner: str = LOCAL_OWNER,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> Job:
+    """Add a queued job holding the resolved spec (not committed). A job whose parent has not finished yet
+    waits (wait_reason) until release_waiting_children lets it go. (POST /jobs accepts a cancelled or failed
+    parent only when it kept a checkpoint: such a child starts from it at once.) A second job with the owner's
+    `idempotency_key` fails at the commit (IntegrityError): the caller reads the first one instead."""
+    resolved = spec.resolved()
+    waits = parent is not None and parent.status not in FINISHED
+    job = Job(
+        name=resolved.name,
+        kind=resolved.kind,
+        status=JobStatus.queued,
+        spec=resolved.model_dump(mode="json"),
+        parent_job_id=parent.id if parent is not None else None,
+        max_attempts=max_attempts,
+        total_steps=resolved.train.steps,
+        pool=resolved.resources.pool,
+        priority=resolved.resources.priority,
+        gpus=resolved.resources.gpus_per_node,
+        nodes=resolved.resources.nodes,
+        wait_reason=waiting_reason(parent.id) if waits and parent is not None else None,
+        owner=owner,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+    session.add(job)
+    return job
+
+
+def settle_waiting_job(*, session: Session, job: Job) -> bool:
+    """Close the race with a parent finishing while this job was being stored (release_waiting_children may
+    have looked before our commit). Call after the commit. True when the job no longer waits: enqueue it."""
+    if job.wait_reason is None or job.parent_job_id is None:
+        return False
+    released = release_waiting_children(session=session, parent_id=job.parent_job_id)
+    session.refresh(job)
+    return job.id in released
+
+
+# ------------------------------------------------------------------------------------------------ cancel
+def request_cancel(*, session: Session, job_id: int, principal: Principal = LOCAL_ADMIN) -> Job:
+    """A queued job is cancelled at once; a running one is flagged for its runner to stop. Committed. A job
+    `principal` may not see is not found. The canceller is recorded (the first one, if two race)."""
+    mine = (Job.id == job_id, *visible_to(principal))
+    by = {"cancelled_by": func.coalesce(Job.cancelled_by, principal.owner)}
+    # Two tries: the job may move queued -> running between the two conditional updates.
+    for _ in range(2):
+        cancelled = session.execute(
+            update(Job)
+            .where(*mine, Job.status == JobStatus.queued)
+            .values(status=JobStatus.cancelled, finished_at=now(), wait_reason=None, **by)
+        )
+        if _won(cancelled):
+            fail_waiting_children(
+                session=session, parent_id=job_id, error=f"parent job {job_id} was cancelled"
+            )
+            break
+        flagged = session.execute(
+            update(Job).where(*mine, Job.status == JobStatus.running).values(cancel_requested=True, **by)
+        )
+        if _won(flagged):
+            break
+        status = session.scalar(select(Job.status).where(*mine))
+        if status is None:
+            raise JobNotFoundError(job_id)
+        if JobStatus(status).finished:
+            raise JobStateError(f"job {job_id} is {status}; it cannot be cancelled")
+    session.commit()
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    return job
+
+
+# ------------------------------------------------------------------------------------------------ claim
+def runnable() -> tuple[Any, ...]:
+    """The WHERE clause of a job a worker may claim now."""
+    return (Job.status == JobStatus.queued, Job.wait_reason.is_(None), Job.cancel_requested.is_(False))
+
+
+# The order waiting jobs run in: higher priority first, first come first served within a priority.
+QUEUE_ORDER = (Job.priority.desc(), Job.created_at, Job.id)
+
+
+def queue_order(query: Select[Any]) -> Select[Any]:
+    return query.order_by(*QUEUE_ORDER)
+
+
+def fits(*, pool: str, free_devices: Sequence[int] | None) -> tuple[Any, ...]:
+    """The WHERE clause of a job a worker of `pool` can start now: a GPU worker (free_devices a list, maybe
+    empty) only jobs that fit in its free devices; a CPU worker (None) any job of its pool."""
+    clause: tuple[Any, ...] = (Job.pool == pool,)
+    return clause if free_devices is None else (*clause, Job.gpus <= len(free_devices))
+
+
+def owners_at_running_limit(running_limit: int) -> Select[Any]:
+    """The owners with `running_limit` jobs running (their queued jobs wait: a quota that delays, not refuses)."""
+    running = aliased(Job)
+    return (
+        select(running.owner)
+        .where(running.status == JobStatus.running)
+        .group_by(running.owner)
+        .having(func.count() >= running_limit)
+    )
+
+
+def claim(
+    *,
+    session: Session,
+    worker: str,
+    prefer: int | None = None,
+    candidates: int = 5,
+    running_limit: int | None = None,
+    pool: str = "default",
+    free_devices: Sequence[int] | None = None,
+) -> Claim | None:
+    """Move a runnable queued job to running for `worker`: `prefer` if it is runnable, else the first in queue
+    order, skipping owners at their `running_limit` (exact: claims of one owner take its lock_owner). A broker
+    message is a wake-up, not an assignment: a message that names a job someone else took still gets the next
+    job started, and a lost message costs nothing while any other message or poll arrives. On a GPU worker the job takes the first of `free_devices` it needs, recorded
+    in the same UPDATE (Claim.devices)."""
+    # Multi-node jobs start only as a gang (api/core/gangs.py), never by one worker's claim.
+    allowed = (*runnable(), *fits(pool=pool, free_devices=free_devices), Job.nodes == 1)
+    if running_limit is not None:
+        allowed = (*allowed, Job.owner.not_in(owners_at_running_limit(running_limit)))
+    ids: list[int] = []
+    if prefer is not None:
+        ids += session.scalars(select(Job.id).where(Job.id == prefer, *allowed)).all()
+    ids += [
+        j
+        for j in session.scalars(queue_order(select(Job.id).where(*allowed)).limit(candidates))
+        if j not in ids
+    ]
+    session.rollback()
+    for job_id in ids:
+        won = _claim_one(
+            session=session,
+            job_id=job_id,
+            worker=worker,
+            allowed=allowed,
+            free_devices=free_devices,
+            limited=running_limit is not None,
+        )
+        if won is not None:
+            return won
+    return None
+
+
+def _claim_one(
+    *,
+    session: Session,
+    job_id: int,
+    worker: str,
+    allowed: tuple[Any, ...],
+    free_devices: Sequence[int] | None,
+    limited: bool,
+) -> Claim | None:
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.status != JobStatus.queued or job.wait_reason or job.cancel_requested:
+        session.rollback()
+        return None
+    if job.parent_job_id is not None and not _parent_ready(session=session, job=job):
+        return None
+    if limited:  # two claims for one owner's last running slot: the second counts after the first commits
+        lock_owner(session=session, owner=job.owner)
+    attempt, started = job.attempt + 1, now()
+    devices = list(free_devices[: job.gpus]) if free_devices is not None else []
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == job.attempt, *allowed)
+        .values(
+            status=JobStatus.running,
+            attempt=attempt,
+            worker=worker,
+            heartbeat_at=started,
+            started_at=job.started_at or started,
+            devices=",".join(map(str, devices)) or None,
+        )
+    )
+    session.commit()
+    if not _won(result):
+        return None
+    return Claim(
+        job_id=job_id,
+        attempt=attempt,
+        max_attempts=job.max_attempts,
+        worker=worker,
+        spec=JobSpec.model_validate(job.spec),
+        parent_job_id=job.parent_job_id,
+        devices=tuple(devices),
+    )
+
+
+def _parent_ready(*, session: Session, job: Job) -> bool:
+    """True when the parent succeeded, or stopped (cancelled, failed) after keeping a checkpoint to start from;
+    otherwise park the child (parent unfinished) or fail it."""
+    parent = session.get(Job, job.parent_job_id)
+    assert parent is not None  # a foreign key, and jobs are never deleted
+    if parent.status == JobStatus.succeeded or (
+        parent.status in FINISHED and _kept_a_checkpoint(session=session, job_id=parent.id)
+    ):
+        return True
+    if parent.status not in FINISHED:
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.queued, Job.wait_reason.is_(None))
+            .values(wait_reason=waiting_reason(parent.id, parent.status.value))
+        )
+    else:
+        _fail_orphan(session=session, child_id=job.id, parent=parent)
+    session.commit()
+    return False
+
+
+def _kept_a_checkpoint(*, session: Session, job_id: int) -> bool:
+    return session.scalar(select(Checkpoint.id).where(Checkpoint.job_id == job_id).limit(1)) is not None
+
+
+# ------------------------------------------------------------------------------------------------ holding
+def held_by(claim: Claim) -> tuple[Any, ...]:
+    """The WHERE clause that is true only while `claim` still holds its job (the fence)."""
+    return (
+        Job.id == claim.job_id,
+        Job.status == JobStatus.running,
+        Job.worker == claim.worker,
+        Job.attempt == claim.attempt,
+    )
+
+
+def hold(*, session: Session, claim: Claim, step: int | None = None) -> bool:
+    """Open a fenced write: True (the job row now locked until the commit) while the claim holds the job;
+    False (rolled back) once it has moved on. Write, then commit, only after True. `step` moves the progress."""
+    values: dict[str, Any] = {"attempt": Job.attempt} if step is None else {"step": step}
+    result = session.execute(update(Job).where(*held_by(claim)).values(**values))
+    if _won(result):
+        return True
+    session.rollback()
+    return False
+
+
+def renew(*, session: Session, claim: Claim, step: int) -> tuple[bool, bool]:
+    """Refresh the lease and the progress in one round trip: (still held, cancel requested). Not held: the
+    job was requeued or finished elsewhere, and the caller must stop its trainer at once."""
+    flag = session.execute(
+        update(Job)
+        .where(*held_by(claim))
+        .values(heartbeat_at=now(), step=step)
+        .returning(Job.cancel_requested)
+    ).scalar_one_or_none()
+    session.commit()
+    return flag is not None, bool(flag)
+
+
+def record_progress_start(*, session: Session, claim: Claim, resumed_from_step: int | None) -> bool:
+    """The attempt's trainer resumed from this step (None: from scratch). Fenced."""
+    result = session.execute(
+        update(Job)
+        .where(*held_by(claim))
+        .values(resumed_from_step=resumed_from_step, step=resumed_from_step or 0)
+    )
+    session.commit()
+    return _won(result)
+
+
+def finish(
+    *, session: Session, claim: Claim, status: JobStatus, error: str | None = None, step: int | None = None
+) -> bool:
+    """Record the final state; False when the caller no longer holds the job (nothing is written). A job that
+    did not succeed takes its waiting fine-tunes down with it."""
+    if status not in FINISHED:
+        raise ValueError(f"{status.value} is not a final state")
+    values: dict[str, Any] = {
+        "status": status,
+        "error": error,
+        "finished_at": now(),
+        "wait_reason": None,
+        "devices": None,
+    }
+    if step is not None:
+        values["step"] = step
+    result = session.execute(update(Job).where(*held_by(claim)).values(**values))
+    if _won(result) and status != JobStatus.succeeded:
+        reason = (
+            f"parent job {claim.job_id} was cancelled"
+            if status == JobStatus.cancelled
+            else f"parent job {claim.job_id} failed" + (f": {error}" if error else "")
+        )
+        fail_waiting_children(session=session, parent_id=claim.job_id, error=reason)
+    session.commit()
+    return _won(result)
+
+
+def release(*, session: Session, claim: Claim, error: str | None = None, count_attempt: bool = True) -> bool:
+    """Put a held job back to queued (a retry, or a worker shutting down); the next claim resumes it.
+    `count_attempt=False` gives the attempt back (a worker shutting down did not fail it: deploys and restarts
+    must not use up a job's retries). False when nothing is to be enqueued: the job was lost, or a cancel was
+    requested meanwhile (it ends cancelled here, since a queued job with a cancel request never runs)."""
+    if _cancel_instead(session=session, where=held_by(claim)):
+        return False
+    attempt = claim.attempt if count_attempt else claim.attempt - 1
+    result = session.execute(
+        update(Job)
+        .where(*held_by(claim))
+        .values(
+            status=JobStatus.queued,
+            worker=None,
+            heartbeat_at=None,
+            error=error,
+            attempt=attempt,
+            devices=None,
+        )
+    )
+    session.commit()
+    return _won(result)
+
+
+def _cancel_instead(*, session: Session, where: tuple[Any, ...]) -> bool:
+    """End a running job cancelled if its cancel was requested (the caller was about to requeue it)."""
+    result = session.execute(
+        update(Job)
+        .where(*where, Job.cancel_requested.is_(True))
+        .values(status=JobStatus.cancelled, worker=None, heartbeat_at=None, finished_at=now(), devices=None)
+    )
+    session.commit()
+    return _won(result)
+
+
+# ------------------------------------------------------------------------------------------------ recovery
+def requeue_stale(*, session: Session, lease_seconds: float) -> list[int]:
+    """Running jobs whose heartbeat is older than the lease belong to runners that stopped renewing: requeue
+    them (or fail them once they have used every attempt). Returns the ids to enqueue again."""
+    cutoff = now() - timedelta(seconds=lease_seconds)
+    stale = session.execute(
+        select(Job.id, Job.attempt, Job.max_attempts, Job.worker).where(
+            Job.status == JobStatus.running, Job.heartbeat_at < cutoff
+        )
+    ).all()
+    requeued: list[int] = []
+    for job_id, attempt, max_attempts, worker in stale:
+        lost = f"worker {worker} stopped renewing its lease (attempt {attempt} of {max_attempts})"
+        where = (
+            Job.id == job_id,
+            Job.status == JobStatus.running,
+            Job.attempt == attempt,
+            Job.heartbeat_at < cutoff,
+        )
+        if requeue(
+            session=session, job_id=job_id, attempt=attempt, max_attempts=max_attempts, where=where, lost=lost
+        ):
+            requeued.append(job_id)
+    session.commit()
+    return requeued
+
+
+def requeue(
+    *, session: Session, job_id: int, attempt: int, max_attempts: int, where: tuple[Any, ...], lost: str
+) -> bool:
+    """A lost running job (`where` still true) back to queued, failed once it used every attempt, cancelled
+    if a cancel was requested. True when it was queued again (not committed, except a cancel)."""
+    if _cancel_instead(session=session, where=where):
+        return False
+    final = attempt >= max_attempts
+    values: dict[str, Any] = (
+        {"status": JobStatus.failed, "error": lost, "finished_at": now()}
+        if final
+        else {"status": JobStatus.queued, "error": lost}
+    )
+    result = session.execute(
+        update(Job).where(*where).values(worker=None, heartbeat_at=None, devices=None, **values)
+    )
+    if _won(result) and final:
+        fail_waiting_children(session=session, parent_id=job_id, error=f"parent job {job_id} failed: {lost}")
+    return _won(result) and not final
+
+
+def release_waiting_children(*, session: Session, parent_id: int | None = None) -> list[int]:
+    """Resolve fine-tunes parked on their parent (all of them, or one parent's): released when it succeeded
+    (returned, to enqueue), failed when it failed or was cancelled. Committed."""
+    query = select(Job.id, Job.parent_job_id).where(
+        Job.status == JobStatus.queued, Job.wait_reason.is_not(None), Job.parent_job_id.is_not(None)
+    )
+    if parent_id is not None:
+        query = query.where(Job.parent_job_id == parent_id)
+    released: list[int] = []
+    for child_id, parent in session.execute(query).all():
+        parent_job = session.get(Job, parent)
+        assert parent_job is not None  # a foreign key, and jobs are never deleted
+        if parent_job.status == JobStatus.succeeded:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == child_id, Job.status == JobStatus.queued, Job.wait_reason.is_not(None))
+                .values(wait_reason=None)
+            )
+            if _won(result):
+                released.append(child_id)
+        elif parent_job.status in FINISHED:
+            _fail_orphan(session=session, child_id=child_id, parent=parent_job)
+    session.commit()
+    return released
+
+
+def fail_waiting_children(*, session: Session, parent_id: int, error: str) -> None:
+    """Jobs waiting on a parent that will never succeed fail now, and so do jobs waiting on them (not
+    committed: part of the caller's transition)."""
+    pending = [(parent_id, error)]
+    while pending:
+        parent, reason = pending.pop()
+        failed = session.scalars(
+            update(Job)
+            .where(Job.parent_job_id == parent, Job.status == JobStatus.queued)
+            .values(status=JobStatus.failed, error=reason, wait_reason=None, finished_at=now())
+            .returning(Job.id)
+        ).all()
+        pending += [(child, f"parent job {child} failed: {reason}") for child in failed]
+
+
+def _fail_orphan(*, session: Session, child_id: int, parent: Job) -> None:
+    if parent.status == JobStatus.cancelled:
+        error = f"parent job {parent.id} was cancelled"
+    else:
+        error = f"parent job {parent.id} failed: {parent.error or 'no error recorded'}"
+    result = session.execute(
+        update(Job)
+        .where(Job.id == child_id, Job.status == JobStatus.queued)
+        .values(status=JobStatus.failed, error=error, wait_reason=None, finished_at=now())
+    )
+    if _won(result):
+        fail_waiting_children(
+            session=session, parent_id=child_id, error=f"parent job {child_id} failed: {error}"
+        )
+
+
+def runnable_count(*, session: Session, pool: str | None = None) -> int:
+    """How many jobs a worker (of `pool`) could claim now (the reaper keeps as many wake-ups in the broker)."""
+    in_pool = () if pool is None else (Job.pool == pool,)
+    count = session.scalar(select(func.count()).select_from(Job).where(*runnable(), *in_pool)) or 0
+    session.rollback()
+    return count

@@ -1,0 +1,87 @@
+"""API tokens: made from 32 random bytes, shown once, stored only as their SHA-256.
+
+A token is looked up by its hash (a unique index), so the database never holds anything that would let a reader
+of it, or of a backup, authenticate. A plain hash suffices (no salt, no slow KDF): the token has 256 bits of
+entropy, nothing to guess. Revocation is a column the lookup checks on every request, so it takes effect on the
+next one; nothing caches a token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from api.core.models import ApiToken
+from api.core.state_machine import Principal
+
+PREFIX = "vitq_"  # recognisable in a leaked file or a secret scanner
+TOKEN_BYTES = 32
+# last_used_at is written at most this often per token: a write per request would cost more than the lookup.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def new_token() -> str:
+    return PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create(
+    *, session: Session, owner: str, is_admin: bool = False, token: str | None = None
+) -> tuple[ApiToken, str]:
+    """Store a token for `owner` (committed); returns the row and the token itself, which is not kept."""
+    token = token or new_token()
+    row = ApiToken(owner=owner, is_admin=is_admin, token_hash=hash_token(token), created_at=datetime.now(UTC))
+    session.add(row)
+    session.commit()
+    return row, token
+
+
+def ensure(*, session: Session, owner: str, token: str, is_admin: bool) -> bool:
+    """Store `token` unless its hash is already there (a bootstrap token from the environment). True if added."""
+    if session.scalar(select(ApiToken.id).where(ApiToken.token_hash == hash_token(token))) is not None:
+        return False
+    create(session=session, owner=owner, is_admin=is_admin, token=token)
+    return True
+
+
+def all_tokens(*, session: Session) -> Sequence[ApiToken]:
+    return session.scalars(select(ApiToken).order_by(ApiToken.id)).all()
+
+
+def revoke(*, session: Session, token_id: int) -> bool:
+    """Revoke a token (committed). False when there is no such token or it was revoked already."""
+    result = session.execute(
+        update(ApiToken)
+        .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=datetime.now(UTC))
+    )
+    session.commit()
+    return bool(getattr(result, "rowcount", 0))
+
+
+def authenticate(*, session: Session, token: str) -> Principal | None:
+    """The principal a live token stands for; None for an unknown or revoked one."""
+    digest = hash_token(token)
+    row = session.execute(
+        select(
+            ApiToken.id, ApiToken.owner, ApiToken.is_admin, ApiToken.token_hash, ApiToken.last_used_at
+        ).where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None))
+    ).one_or_none()
+    # The index compared hashes; compare again in constant time so no timing ever depends on a secret's bytes.
+    if row is None or not hmac.compare_digest(row.token_hash, digest):
+        return None
+    now = datetime.now(UTC)
+    last = row.last_used_at
+    if last is None or (last if last.tzinfo else last.replace(tzinfo=UTC)) < now - LAST_USED_RESOLUTION:
+        session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
+        session.commit()
+    return Principal(owner=row.owner, is_admin=row.is_admin)

@@ -1,0 +1,94 @@
+"""The worker registry: each worker process announces itself and renews a heartbeat; the API reads who is alive.
+
+A worker counts as alive while its heartbeat is younger than the lease, the same rule that decides when its
+jobs are taken from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from api.core.models import Worker
+from api.core.state_machine import now
+
+
+def announce(
+    *,
+    session: Session,
+    name: str,
+    host: str,
+    pid: int,
+    address: str | None = None,
+    pool: str = "default",
+    cpus: int = 1,
+    devices: Sequence[dict[str, Any]] = (),
+    concurrency: int = 1,
+) -> None:
+    """Register (or re-register) a worker: where it runs, where other nodes reach it, its pool and its GPUs."""
+    session.execute(delete(Worker).where(Worker.name == name))
+    session.add(
+        Worker(
+            name=name,
+            host=host,
+            pid=pid,
+            address=address or host,
+            pool=pool,
+            cpus=cpus,
+            devices=list(devices),
+            concurrency=concurrency,
+            started_at=now(),
+            heartbeat_at=now(),
+        )
+    )
+    session.commit()
+
+
+def beat(*, session: Session, name: str) -> None:
+    session.execute(update(Worker).where(Worker.name == name).values(heartbeat_at=now(), stopped_at=None))
+    session.commit()
+
+
+def retire(*, session: Session, name: str) -> None:
+    """A worker shutting down cleanly says so at once, instead of leaving the others to wait out its lease."""
+    session.execute(update(Worker).where(Worker.name == name).values(stopped_at=now()))
+    session.commit()
+
+
+def live(*, session: Session, lease_seconds: float) -> Sequence[Worker]:
+    cutoff = now() - timedelta(seconds=lease_seconds)
+    rows = session.scalars(
+        select(Worker).where(Worker.heartbeat_at >= cutoff, Worker.stopped_at.is_(None)).order_by(Worker.name)
+    ).all()
+    session.rollback()
+    return rows
+
+
+def forget_dead(*, session: Session, older_than_seconds: float) -> None:
+    """Drop workers silent for long (a day): the table must not grow with every restart forever."""
+    cutoff = now() - timedelta(seconds=older_than_seconds)
+    session.execute(delete(Worker).where(Worker.heartbeat_at < cutoff))
+    session.commit()
+
+
+def largest_fit(*, session: Session, pool: str, lease_seconds: float) -> int | None:
+    """The most devices one live worker of `pool` has; None when none is alive or one is a CPU worker (a CPU
+    worker runs any job of its pool, so no GPU count is too large for the pool)."""
+    found = live(session=session, lease_seconds=lease_seconds)
+    in_pool = [w for w in found if w.pool == pool]
+    if not in_pool or any(not w.devices for w in in_pool):
+        return None
+    return max(len(w.devices) for w in in_pool)
+
+
+def nodes_that_fit(*, session: Session, pool: str, gpus: int, lease_seconds: float) -> int | None:
+    """How many live workers of `pool` could each run a node needing `gpus` GPUs (a CPU worker runs any);
+    None when none of the pool is alive yet. One worker is one node of a multi-node job."""
+    in_pool = [w for w in live(session=session, lease_seconds=lease_seconds) if w.pool == pool]
+    if not in_pool:
+        return None
+    return sum(1 for w in in_pool if not w.devices or len(w.devices) >= gpus)

@@ -1,0 +1,69 @@
+"""The FastAPI app: one router per resource, assembled here; shared state (engine, sessions, the queue client)
+is built once per app, so a request never pays for setting them up."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from prometheus_client import CollectorRegistry
+from sqlalchemy.orm import sessionmaker
+
+from api.core.broker import JobQueue
+from api.core.db import make_engine
+from api.core.settings import Settings, get_settings
+from api.server import errors
+from api.server.auth import store_bootstrap_token
+from api.server.prometheus import JobCollector, LatencyMiddleware, request_latency
+from api.server.routes import checkpoints, dashboard, health, jobs, logs, metrics, prometheus, sweeps, workers
+from api.server.unavailable import DATABASE_UNAVAILABLE, ResponseDeadline, database_unavailable
+from vit.config import JobSpec
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    # A request waits at most a few seconds for a connection: past that it is a 503 the client may retry.
+    engine = make_engine(settings.resolved_database_url, connect_timeout_s=3, pool_timeout_s=3.0)
+    queue = JobQueue(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.bootstrap_admin_token is not None:
+            store_bootstrap_token(sessions, settings.bootstrap_admin_token.get_secret_value())
+        yield
+        queue.close()
+        engine.dispose()
+
+    app = FastAPI(title="vitq", summary="A training service for Vision Transformers.", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    # expire_on_commit=False: a committed job is returned as is, without a reload round trip.
+    app.state.sessions = sessions = sessionmaker(engine, expire_on_commit=False)
+    app.state.queue = queue
+    app.state.prometheus = CollectorRegistry()
+    app.state.prometheus.register(JobCollector(app.state.sessions, settings.lease_seconds))
+    app.add_middleware(LatencyMiddleware, histogram=request_latency(app.state.prometheus))
+
+    errors.install(app)
+    for error in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(error, database_unavailable)
+    app.add_middleware(ResponseDeadline)
+    for module in (jobs, sweeps, workers, metrics, checkpoints, logs, health, prometheus, dashboard):
+        app.include_router(module.router)
+    app.openapi = lambda: _openapi_with_spec(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi_with_spec(app: FastAPI) -> dict[str, Any]:
+    """OpenAPI, plus the JobSpec schema that POST /jobs reads by hand (JSON or YAML)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        spec_schema = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(spec_schema.pop("$defs", {}))
+        components["JobSpec"] = spec_schema
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,101 @@
+"""GET /workers, and jobs that no worker could ever fit: a 422 at submit naming the largest fit."""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+
+from api.core import workers
+from api.core.models import Job, JobStatus
+
+from tests.api.conftest import TINY_SPEC, Api, submit
+
+GPU = {"name": "NVIDIA H100 80GB HBM3", "memory_mb": 81559}
+
+
+def register(api: Api, name: str, *, devices: int, pool: str = "default") -> None:
+    with api.session() as session:
+        workers.announce(
+            session=session,
+            name=name,
+            host=name.split(":")[0],
+            pid=1,
+            address=f"10.0.0.{len(name)}",
+            pool=pool,
+            cpus=32,
+            devices=[{"index": i, **GPU} for i in range(devices)],
+            concurrency=max(devices, 1),
+        )
+
+
+def test_workers_list_their_devices_and_the_job_on_each(api: Api) -> None:
+    register(api, "gpu-a:1", devices=4)
+    register(api, "cpu-b:2", devices=0, pool="cpu")
+    job_id = submit(api)["id"]
+    with api.session() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(status=JobStatus.running, worker="gpu-a:1", devices="1,2")
+        )
+        session.commit()
+    listed = {w["name"]: w for w in api.client.get("/workers").json()["items"]}
+    assert sorted(listed) == ["cpu-b:2", "gpu-a:1"]
+    gpu = listed["gpu-a:1"]
+    assert (gpu["pool"], gpu["address"], gpu["cpus"], gpu["jobs"]) == ("default", "10.0.0.7", 32, [job_id])
+    assert [(d["index"], d["busy"], d["job_id"]) for d in gpu["devices"]] == [
+        (0, False, None),
+        (1, True, job_id),
+        (2, True, job_id),
+        (3, False, None),
+    ]
+    assert listed["cpu-b:2"]["devices"] == []
+    assert api.client.get(f"/jobs/{job_id}").json()["devices"] == [1, 2]
+
+
+def test_a_job_no_worker_could_fit_is_refused_with_the_largest_fit(api: Api) -> None:
+    # No worker of the pool yet: accepted, and it says why it waits.
+    waiting = submit(api, {**TINY_SPEC, "resources": {"procs_per_node": 16, "pool": "a100"}})
+    assert (
+        api.client.get(f"/jobs/{waiting['id']}")
+        .json()["wait_reason"]
+        .startswith("no worker of pool a100 is running")
+    )
+    register(api, "gpu-a:1", devices=4, pool="a100")
+    register(api, "gpu-b:2", devices=8, pool="a100")
+    refused = api.client.post(
+        "/jobs", json={**TINY_SPEC, "resources": {"procs_per_node": 16, "pool": "a100"}}
+    )
+    assert refused.status_code == 422
+    [error] = refused.json()["detail"]
+    assert error["loc"] == ["body", "resources", "procs_per_node"]
+    assert "largest worker of pool 'a100' has 8" in error["msg"]
+    assert (
+        submit(api, {**TINY_SPEC, "resources": {"procs_per_node": 8, "pool": "a100"}})["status"] == "queued"
+    )
+    # A CPU job needs no device; a CPU worker in a pool runs anything of it.
+    assert submit(api, {**TINY_SPEC, "resources": {"procs_per_node": 16, "device": "cpu", "pool": "a100"}})
+    register(api, "cpu-c:3", devices=0, pool="a100")
+    assert submit(api, {**TINY_SPEC, "resources": {"procs_per_node": 16, "pool": "a100"}})
+
+
+def test_a_multi_node_job_needs_as_many_workers_that_fit_a_node(api: Api) -> None:
+    train = {**TINY_SPEC["train"], "batch_size": 48}  # divisible by every world size below
+    three_nodes = {
+        **TINY_SPEC,
+        "train": train,
+        "resources": {"nodes": 3, "procs_per_node": 4, "pool": "h100"},
+    }
+    assert submit(api, three_nodes)["status"] == "queued"  # no worker of the pool yet: it waits
+    register(api, "gpu-a:1", devices=4, pool="h100")
+    register(api, "gpu-b:2", devices=8, pool="h100")
+    register(api, "gpu-c:3", devices=2, pool="h100")  # too small for a node of four GPUs
+    refused = api.client.post("/jobs", json=three_nodes)
+    assert refused.status_code == 422
+    [error] = refused.json()["detail"]
+    assert error["loc"] == ["body", "resources", "nodes"]
+    assert "pool 'h100' has 2 live workers that fit a node of it: at most nodes 2" in error["msg"]
+    with api.session() as session:
+        assert session.query(Job).filter(Job.nodes == 3).count() == 1  # the refused one was not stored
+    smaller = {**three_nodes, "resources": {"nodes": 3, "procs_per_node": 2, "pool": "h100"}}
+    accepted = submit(api, smaller)
+    assert accepted["status"] == "queued"
