@@ -1,6 +1,6 @@
 """Shared fixtures: each test run creates its own PostgreSQL database (dropped at the end) and its own queue
 name on Redis, so runs never share state. Override the servers with VITQ_TEST_PG_ADMIN_URL / VITQ_TEST_REDIS_URL.
-The CLI and browser modules share one embedded service fixture (tests/cli/service.py starts it)."""
+The CLI and browser modules share one embedded service fixture (tests/api/cli/service.py starts it)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from api.core.db import scratch_database
 from tests.api.cli.service import Service, running_service
 
 # Tests written before tokens existed drive the API as the local admin: authentication is off unless a test
-# asks for it (Settings(auth="required"); tests/api/test_tenants.py). Subprocesses (vitq serve) inherit it.
+# asks for it (Settings(auth="required"); tests/api/server/test_tenants.py). Subprocesses (vitq serve) inherit it.
 os.environ.setdefault("VITQ_AUTH", "off")
 PG_ADMIN_URL = os.environ.get("VITQ_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("VITQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

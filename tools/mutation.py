@@ -69,11 +69,11 @@ TARGETS = (
     ),
     Target(
         "api/core/spec_input.py",
-        ("tests/api/test_submit.py", "tests/api/test_fuzz_input.py", "tests/api/test_spec_input.py"),
+        ("tests/api/server/test_submit.py", "tests/api/server/test_fuzz_input.py", "tests/api/core/test_spec_input.py"),
     ),
     Target(
         "api/core/state_machine.py",
-        ("tests/api/test_state_machine.py", "tests/api/test_state_machine_promises.py"),
+        ("tests/api/core/test_state_machine.py", "tests/api/core/test_state_machine_promises.py"),
     ),
     # Last: its two-process gloo tests spawn interpreters, a minute each on a busy machine.
     Target("vit/evaluate.py", ("tests/vit/test_evaluate.py", "tests/vit/test_evaluate_promises.py")),

@@ -75,7 +75,7 @@ def test_no_server_errors(api_url: str, tmp_path: Path) -> None:
     command = [
         SCHEMATHESIS, "run", f"{api_url}/openapi.json",
         "--checks", "not_a_server_error",
-        # /healthz answers 503 by design while jobs wait and no worker is alive, as here (tests/api/test_health.py).
+        # /healthz answers 503 by design while jobs wait and no worker is alive, as here (tests/api/server/test_health.py).
         "--exclude-path", "/healthz",
         "--max-examples", str(MAX_EXAMPLES),
         "--seed", SEED,
