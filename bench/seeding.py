@@ -14,7 +14,7 @@ from vit.rundir import MetricPoint as Point
 
 def hold_job(session: Session, job_id: int) -> state_machine.Claim:
     """Claim a queued job as a worker would, so the fenced ingest path accepts its rows."""
-    claim = state_machine.claim(session=session, worker="bench", prefer=job_id)
+    claim = state_machine.claim(session=session, worker="bench")  # the head of the queue: call on a fresh one
     if claim is None or claim.job_id != job_id:
         raise RuntimeError(f"job {job_id} could not be claimed (a worker took it?)")
     return claim

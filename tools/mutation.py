@@ -69,7 +69,11 @@ TARGETS = (
     ),
     Target(
         "api/core/spec_input.py",
-        ("tests/api/server/test_submit.py", "tests/api/server/test_fuzz_input.py", "tests/api/core/test_spec_input.py"),
+        (
+            "tests/api/server/test_submit.py",
+            "tests/api/server/test_fuzz_input.py",
+            "tests/api/core/test_spec_input.py",
+        ),
     ),
     Target(
         "api/core/state_machine.py",

@@ -29,6 +29,7 @@ DATASETS = ("synthetic", "digits", "cifar10", "cifar100", "pets", "flowers102", 
 FILE_DATASETS = ("cifar10", "cifar100", "pets", "flowers102", "imagefolder")
 
 PositiveInt = Annotated[int, Field(gt=0)]
+DEFAULT_POOL = "default"  # the pool of a spec that names none (resources.pool)
 
 
 class SpecError(ValueError):
@@ -220,7 +221,9 @@ class ResourcesSpec(_Strict):
     nodes: int = Field(1, ge=1, le=1024)
     procs_per_node: int = Field(1, ge=1, le=64)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    pool: str = Field("default", pattern=r"^[\w.\-]{1,64}$", description="The group of workers that runs it.")
+    pool: str = Field(
+        DEFAULT_POOL, pattern=r"^[\w.\-]{1,64}$", description="The group of workers that runs it."
+    )
     priority: int = Field(
         0, ge=-1000, le=1000, description="Higher runs first; first come first served within."
     )

@@ -113,7 +113,7 @@ class Database:
 
 
 def supervise(job_id: int, *, settings: Settings, enqueue: Enqueue) -> None:
-    """Claim a job (`job_id` if it is still runnable, else the next in queue order) and run it. A database
+    """Claim the first runnable job in queue order (whichever `job_id` woke us: a message is a wake-up) and run it. A database
     that is down at claim time is waited for, up to a lease: the message that woke us stays our job."""
     sessions = session_factory(settings.resolved_database_url)
     database = Database(sessions, job_id)
@@ -127,7 +127,6 @@ def supervise(job_id: int, *, settings: Settings, enqueue: Enqueue) -> None:
         won = state_machine.claim(
             session=session,
             worker=name,
-            prefer=job_id,
             running_limit=settings.max_running_jobs,
             pool=settings.pool,
             free_devices=slots.free(),

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from api.core.broker import DEFAULT_POOL, RUN_JOB_TASK, pool_queue
+from api.core.broker import RUN_JOB_TASK, pool_queue
+from vit.config import DEFAULT_POOL
 from api.core.settings import get_settings
 from worker.celery_app import app
 from worker.supervisor import supervise

@@ -19,16 +19,16 @@ from typing import Any, TextIO
 
 import yaml
 
+from api.cli.exit_codes import (
+    EXIT_BY_STATUS,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+)
 from api.cli.tokens import add_commands as add_auth_commands
 from api.cli.tokens import serve_settings
 from api.client import FINISHED_STATUSES, VitqClient, VitqError, default_url
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CANCELLED = 3
-EXIT_INTERRUPTED = 130
-EXIT_BY_STATUS = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
 POLL_SECONDS = 1.0
 
 

@@ -10,13 +10,12 @@ import sys
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from api.cli.exit_codes import EXIT_OK, EXIT_USAGE
 from api.core.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # the CLI's other commands do not pay for importing SQLAlchemy
     from sqlalchemy.orm import Session
 
-EXIT_OK = 0
-EXIT_USAGE = 2
 MAX_OWNER_LENGTH = 64  # jobs.owner, api_tokens.owner
 
 

@@ -20,9 +20,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from api.core.settings import Settings
+from vit.config import DEFAULT_POOL
 
 RUN_JOB_TASK = "vitq.run_job"
-DEFAULT_POOL = "default"
 
 
 def pool_queue(base: str, pool: str) -> str:

@@ -23,8 +23,9 @@ from sqlalchemy import delete, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api.core import state_machine
 from api.core.models import Job, JobNode, JobStatus
-from api.core.state_machine import QUEUE_ORDER, Claim, _won, fits, now, requeue, runnable
+from api.core.state_machine import QUEUE_ORDER, Claim, fits, now, requeue, runnable, won
 from vit.config import JobSpec
 
 
@@ -70,7 +71,6 @@ def first_gang_job(
         *runnable(), *fits(pool=pool, free_devices=free_devices), Job.nodes > 1
     )
     row = session.execute(query.order_by(*QUEUE_ORDER).limit(1)).one_or_none()
-    session.rollback()
     return None if row is None else (int(row.id), int(row.gpus))
 
 
@@ -81,7 +81,7 @@ def _lock_forming(*, session: Session, job_id: int, attempt: int) -> bool:
         .where(Job.id == job_id, Job.attempt == attempt - 1, *runnable())
         .values(attempt=Job.attempt)
     )
-    return _won(result)
+    return won(result)
 
 
 def join(
@@ -140,18 +140,7 @@ def join(
         return None
     if len(taken) + 1 == nodes:
         rank_zero = worker if rank == 0 else next(row.worker for row in rows if row.node_rank == 0)
-        started = now()
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.attempt == attempt - 1, *runnable())
-            .values(
-                status=JobStatus.running,
-                attempt=attempt,
-                worker=rank_zero,
-                heartbeat_at=started,
-                started_at=job.started_at or started,
-            )
-        )
+        state_machine.start_gang(session=session, job_id=job_id, attempt=attempt, worker=rank_zero)
     session.commit()
     return Membership(job_id, attempt, rank, nodes, worker)
 
@@ -168,7 +157,6 @@ def started(*, session: Session, membership: Membership) -> Gang | None:
     session.commit()
     job = session.get(Job, membership.job_id, populate_existing=True)
     if job is None or job.status != JobStatus.running or job.attempt != membership.attempt:
-        session.rollback()
         return None
     rows = session.scalars(
         select(JobNode)
@@ -176,7 +164,6 @@ def started(*, session: Session, membership: Membership) -> Gang | None:
         .order_by(JobNode.node_rank)
     ).all()
     if not any(row.worker == membership.worker for row in rows):
-        session.rollback()
         return None
     members = tuple(Member(r.node_rank, r.worker, r.address, r.port) for r in rows)
     mine = next(r for r in rows if r.worker == membership.worker)
@@ -189,14 +176,12 @@ def started(*, session: Session, membership: Membership) -> Gang | None:
         parent_job_id=job.parent_job_id,
         devices=tuple(int(d) for d in mine.devices.split(",")) if mine.devices else (),
     )
-    session.rollback()
     return Gang(claim=claim, members=members)
 
 
 def forming(*, session: Session, membership: Membership) -> bool:
     """True while the job is still queued for this gang's attempt (the member should keep waiting)."""
     state = session.execute(select(Job.status, Job.attempt).where(Job.id == membership.job_id)).one_or_none()
-    session.rollback()
     return state is not None and state[0] == JobStatus.queued and state[1] == membership.attempt - 1
 
 
@@ -233,7 +218,7 @@ def renew(*, session: Session, membership: Membership) -> bool:
         .values(heartbeat_at=now())
     )
     session.commit()
-    return _won(result)
+    return won(result)
 
 
 def requeue_broken_gangs(*, session: Session, lease_seconds: float) -> list[int]:

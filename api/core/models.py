@@ -18,8 +18,11 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from vit.config import DEFAULT_POOL
 
 # The largest id SQLite's INTEGER and PostgreSQL's bigint hold (SQLite's driver cannot even send a larger one).
 MAX_ID = 2**63 - 1
@@ -70,7 +73,7 @@ class Job(Base):
     total_steps: Mapped[int] = mapped_column(Integer)
     resumed_from_step: Mapped[int | None] = mapped_column(Integer, default=None)
     # Scheduling (from spec.resources): which workers may run it, in what order, and how many devices a node.
-    pool: Mapped[str] = mapped_column(String(64), server_default="default")
+    pool: Mapped[str] = mapped_column(String(64), server_default=DEFAULT_POOL)
     priority: Mapped[int] = mapped_column(Integer, server_default="0")
     gpus: Mapped[int] = mapped_column(Integer, server_default="0")
     nodes: Mapped[int] = mapped_column(
@@ -92,7 +95,8 @@ class Job(Base):
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
-        Index("ix_jobs_queue", "status", "pool", "priority", "created_at"),
+        # In queue order (api/core/state_machine.QUEUE_ORDER): the head of a pool's queue is read from the index.
+        Index("ix_jobs_queue", "status", "pool", text("priority DESC"), "created_at", "id"),
         Index("ix_jobs_kind_created", "kind", "created_at"),
         Index("ix_jobs_owner_created", "owner", "created_at"),
         # Decides between concurrent submits with one key: the second INSERT fails, and reads the first job.

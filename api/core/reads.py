@@ -3,7 +3,6 @@ themselves. Every change of a job's state goes through api.core.state_machine, w
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.core import workers
+from vit.config import DEFAULT_POOL
 from api.core.metric_queries import MetricSummary, summarize_metrics
 from api.core.models import MAX_JOB_ID, Checkpoint, Job, JobStatus
 from api.core.schemas import JobOut
@@ -88,48 +88,60 @@ def find_checkpoint(*, session: Session, job_id: int, name: str, principal: Prin
     )
 
 
-def running_limit_waits(
-    *, session: Session, jobs: Sequence[Job], running_limit: int | None
-) -> dict[int, str]:
-    """Why queued jobs of owners at their running-jobs limit do not start (the claim skips them), by job id."""
-    queued = [job for job in jobs if job.status == JobStatus.queued and job.wait_reason is None]
-    if running_limit is None or not queued:
-        return {}
-    full = set(session.scalars(owners_at_running_limit(running_limit)))
-    reason = f"waiting: its owner has {running_limit} jobs running (max_running_jobs)"
-    return {job.id: reason for job in queued if job.owner in full}
+# The places a page shows are counted from the head of each pool's queue, read in queue order from its index:
+# at most this many ids per pool, so a page costs the same with a hundred jobs queued or a million. A job
+# further back is shown as "more than PLACES_COUNTED jobs ahead".
+PLACES_COUNTED = 1000
 
 
 @dataclass(frozen=True)
 class QueueView:
-    """Where runnable queued jobs stand: their 1-based places in their pool's queue order, and how many workers
-    of each pool are alive."""
+    """Where runnable queued jobs stand: their 1-based places in their pool's queue, counted exactly as the
+    claim takes jobs (queue order, skipping owners at their running limit), and the live workers per pool."""
 
     places: dict[int, int]
     workers_alive: dict[str, int]
+    owners_at_limit: frozenset[str] = frozenset()
+    running_limit: int | None = None
 
     def reason(self, job: Job) -> str | None:
         """Why a queued job has not started (its own wait_reason first: e.g. a parent that has not finished)."""
-        if job.status != JobStatus.queued or job.wait_reason is not None or job.id not in self.places:
+        if job.status != JobStatus.queued or job.wait_reason is not None:
             return job.wait_reason
+        if job.owner in self.owners_at_limit:
+            return f"waiting: its owner has {self.running_limit} jobs running (max_running_jobs)"
         if not self.workers_alive.get(job.pool):
-            pool = "" if job.pool == "default" else f" of pool {job.pool}"
+            pool = "" if job.pool == DEFAULT_POOL else f" of pool {job.pool}"
             return f"no worker{pool} is running: start one (vitq worker) and it will pick this job up"
-        ahead = self.places[job.id] - 1
+        place = self.places.get(job.id)
+        if place is None:
+            return f"waiting for a free worker (more than {PLACES_COUNTED:,} jobs ahead)"
+        ahead = place - 1
         return f"waiting for a free worker ({ahead} job{'s' if ahead != 1 else ''} ahead)"
 
 
-def queue_view(*, session: Session, jobs: Sequence[Job], lease_seconds: float) -> QueueView | None:
-    """One query for the places of every runnable queued job (only when the page shows a queued job)."""
-    if not any(job.status == JobStatus.queued for job in jobs):
+def queue_view(
+    *, session: Session, jobs: Sequence[Job], lease_seconds: float, running_limit: int | None = None
+) -> QueueView | None:
+    """The places of the page's runnable queued jobs: one query per pool they are in, reading at most
+    PLACES_COUNTED ids from the queue's index, and one for the live workers (only when the page shows a
+    queued job)."""
+    waiting = [job for job in jobs if job.status == JobStatus.queued and job.wait_reason is None]
+    if not waiting:
         return None
+    at_limit: frozenset[str] = frozenset()
+    skip: tuple[Any, ...] = ()
+    if running_limit is not None:
+        at_limit = frozenset(session.scalars(owners_at_running_limit(running_limit)))
+        skip = (Job.owner.not_in(at_limit),) if at_limit else ()
     places: dict[int, int] = {}
-    seen: Counter[str] = Counter()
-    for job_id, pool in session.execute(select(Job.id, Job.pool).where(*runnable()).order_by(*QUEUE_ORDER)):
-        seen[pool] += 1
-        places[job_id] = seen[pool]
-    alive = Counter(w.pool for w in workers.live(session=session, lease_seconds=lease_seconds))
-    return QueueView(places, dict(alive))
+    for pool in sorted({job.pool for job in waiting}):
+        head = select(Job.id).where(*runnable(), Job.pool == pool, *skip).order_by(*QUEUE_ORDER)
+        places.update(
+            (job_id, place) for place, job_id in enumerate(session.scalars(head.limit(PLACES_COUNTED)), 1)
+        )
+    alive = workers.alive_per_pool(session=session, lease_seconds=lease_seconds)
+    return QueueView(places, alive, at_limit, running_limit)
 
 
 def job_out(job: Job, summary: MetricSummary | None = None, queue: QueueView | None = None) -> JobOut:
@@ -178,10 +190,12 @@ def jobs_out(
     lease_seconds: float | None = None,
     running_limit: int | None = None,
 ) -> list[JobOut]:
-    """The jobs as the API shows them; with `lease_seconds`, queued jobs say their place and why they wait;
-    with `running_limit`, those whose owner is at it say so instead."""
+    """The jobs as the API shows them; with `lease_seconds`, queued jobs say their place and why they wait
+    (those whose owner is at `running_limit` say so instead)."""
     summaries = summarize_metrics(session=session, job_ids=[job.id for job in jobs])
-    queue = queue_view(session=session, jobs=jobs, lease_seconds=lease_seconds) if lease_seconds else None
-    out = [job_out(job, summaries.get(job.id), queue) for job in jobs]
-    waits = running_limit_waits(session=session, jobs=jobs, running_limit=running_limit)
-    return [o.model_copy(update={"wait_reason": waits[o.id]}) if o.id in waits else o for o in out]
+    queue = (
+        queue_view(session=session, jobs=jobs, lease_seconds=lease_seconds, running_limit=running_limit)
+        if lease_seconds
+        else None
+    )
+    return [job_out(job, summaries.get(job.id), queue) for job in jobs]

@@ -4,9 +4,15 @@
                   ^          |
                   +----------+  release (retry, warm shutdown) / requeue_stale (the holder stopped renewing)
 
-The API and the worker call these same functions; nothing else writes a job's status. Each UPDATE's WHERE
-clause states what the caller believes, so two callers racing for the same job cannot both win, and the caller
-learns from the row count whether it did.
+The legal moves are data: TRANSITIONS below names each one with the states it leaves and the state it enters,
+and `move()` builds the only UPDATEs that write a job's status (tests/api/core/test_transitions.py checks that no
+other code does). An undeclared move raises; a declared one from a state it does not leave changes no row. The
+API and every executor call these same functions. Each UPDATE's WHERE clause states what the caller believes,
+so two callers racing for the same job cannot both win, and the caller learns from the row count whether it did.
+
+Transactions: each public function that changes a job is one unit of work and commits it (callers pass a session
+with nothing pending); reads and the private helpers never commit or roll back, so a read never ends or expires
+its caller's transaction.
 
 Fencing: a claim makes the job's `attempt` one larger; the attempt is the fencing token. Every write a runner
 makes while it holds a job (heartbeat, metric rows, checkpoint rows, final state) names its attempt and worker,
@@ -22,14 +28,46 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, Select, func, select, update
+from sqlalchemy import CursorResult, Select, Update, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from api.core.errors import JobNotFoundError, JobStateError
 from api.core.models import LOCAL_OWNER, Checkpoint, Job, JobStatus
-from vit.config import JobSpec
+from vit.config import DEFAULT_POOL, JobSpec
 
-FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+FINISHED = tuple(status for status in JobStatus if status.finished)
+
+
+@dataclass(frozen=True)
+class Transition:
+    sources: tuple[JobStatus, ...]
+    target: JobStatus
+
+
+Q, R = JobStatus.queued, JobStatus.running
+TRANSITIONS: dict[str, Transition] = {
+    "claim": Transition((Q,), R),  # one worker's claim, or the member that completes a gang
+    "cancel_queued": Transition((Q,), JobStatus.cancelled),
+    "fail_waiting": Transition((Q,), JobStatus.failed),  # its parent will never succeed
+    "succeed": Transition((R,), JobStatus.succeeded),
+    "fail": Transition((R,), JobStatus.failed),  # the trainer failed for good, or the last attempt was lost
+    "cancel_running": Transition((R,), JobStatus.cancelled),
+    "requeue": Transition((R,), Q),  # a retry, a warm shutdown, a lost lease
+}
+FINISH = {
+    JobStatus.succeeded: "succeed",
+    JobStatus.failed: "fail",
+    JobStatus.cancelled: "cancel_running",
+}
+
+
+def move(name: str, *where: Any) -> Update:
+    """The UPDATE of a declared transition: true only while the job is in one of its source states (and
+    `where`), setting its target state. Add the other columns with .values()."""
+    transition = TRANSITIONS.get(name)
+    if transition is None:
+        raise ValueError(f"undeclared transition {name!r}; declared: {', '.join(TRANSITIONS)}")
+    return update(Job).where(*where, Job.status.in_(transition.sources)).values(status=transition.target)
 
 
 # ------------------------------------------------------------------------------------------------ owners
@@ -78,7 +116,8 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _won(result: Any) -> bool:
+def won(result: Any) -> bool:
+    """Whether a conditional UPDATE changed its one row (the caller's belief held)."""
     assert isinstance(result, CursorResult)
     return result.rowcount == 1
 
@@ -145,11 +184,9 @@ def request_cancel(*, session: Session, job_id: int, principal: Principal = LOCA
     # Two tries: the job may move queued -> running between the two conditional updates.
     for _ in range(2):
         cancelled = session.execute(
-            update(Job)
-            .where(*mine, Job.status == JobStatus.queued)
-            .values(status=JobStatus.cancelled, finished_at=now(), wait_reason=None, **by)
+            move("cancel_queued", *mine).values(finished_at=now(), wait_reason=None, **by)
         )
-        if _won(cancelled):
+        if won(cancelled):
             fail_waiting_children(
                 session=session, parent_id=job_id, error=f"parent job {job_id} was cancelled"
             )
@@ -157,7 +194,7 @@ def request_cancel(*, session: Session, job_id: int, principal: Principal = LOCA
         flagged = session.execute(
             update(Job).where(*mine, Job.status == JobStatus.running).values(cancel_requested=True, **by)
         )
-        if _won(flagged):
+        if won(flagged):
             break
         status = session.scalar(select(Job.status).where(*mine))
         if status is None:
@@ -206,30 +243,22 @@ def claim(
     *,
     session: Session,
     worker: str,
-    prefer: int | None = None,
     candidates: int = 5,
     running_limit: int | None = None,
-    pool: str = "default",
+    pool: str = DEFAULT_POOL,
     free_devices: Sequence[int] | None = None,
 ) -> Claim | None:
-    """Move a runnable queued job to running for `worker`: `prefer` if it is runnable, else the first in queue
-    order, skipping owners at their `running_limit` (exact: claims of one owner take its lock_owner). A broker
-    message is a wake-up, not an assignment: a message that names a job someone else took still gets the next
-    job started, and a lost message costs nothing while any other message or poll arrives. On a GPU worker the job takes the first of `free_devices` it needs, recorded
-    in the same UPDATE (Claim.devices)."""
+    """Move the first runnable queued job in queue order that fits to running for `worker`, skipping owners at
+    their `running_limit` (exact: claims of one owner take its lock_owner). A broker message is a wake-up, not
+    an assignment: whichever job it names, the claim takes the head of the queue, so jobs run in the order
+    their places show; a lost message costs nothing while any other message or poll arrives. On a GPU worker
+    the job takes the first of `free_devices` it needs, recorded in the same UPDATE (Claim.devices)."""
     # Multi-node jobs start only as a gang (api/core/gangs.py), never by one worker's claim.
     allowed = (*runnable(), *fits(pool=pool, free_devices=free_devices), Job.nodes == 1)
     if running_limit is not None:
         allowed = (*allowed, Job.owner.not_in(owners_at_running_limit(running_limit)))
-    ids: list[int] = []
-    if prefer is not None:
-        ids += session.scalars(select(Job.id).where(Job.id == prefer, *allowed)).all()
-    ids += [
-        j
-        for j in session.scalars(queue_order(select(Job.id).where(*allowed)).limit(candidates))
-        if j not in ids
-    ]
-    session.rollback()
+    ids = list(session.scalars(queue_order(select(Job.id).where(*allowed)).limit(candidates)))
+    session.rollback()  # each candidate is tried in a transaction of its own
     for job_id in ids:
         won = _claim_one(
             session=session,
@@ -264,10 +293,7 @@ def _claim_one(
     attempt, started = job.attempt + 1, now()
     devices = list(free_devices[: job.gpus]) if free_devices is not None else []
     result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.attempt == job.attempt, *allowed)
-        .values(
-            status=JobStatus.running,
+        move("claim", Job.id == job_id, Job.attempt == job.attempt, *allowed).values(
             attempt=attempt,
             worker=worker,
             heartbeat_at=started,
@@ -276,7 +302,7 @@ def _claim_one(
         )
     )
     session.commit()
-    if not _won(result):
+    if not won(result):
         return None
     return Claim(
         job_id=job_id,
@@ -287,6 +313,21 @@ def _claim_one(
         parent_job_id=job.parent_job_id,
         devices=tuple(devices),
     )
+
+
+def start_gang(*, session: Session, job_id: int, attempt: int, worker: str) -> bool:
+    """The member that completes a gang starts its job (api/core/gangs.py): queued at `attempt` - 1 to running
+    at `attempt`, held by rank 0's `worker`. Not committed: part of the join's transaction."""
+    started = now()
+    result = session.execute(
+        move("claim", Job.id == job_id, Job.attempt == attempt - 1, *runnable()).values(
+            attempt=attempt,
+            worker=worker,
+            heartbeat_at=started,
+            started_at=func.coalesce(Job.started_at, started),
+        )
+    )
+    return won(result)
 
 
 def _parent_ready(*, session: Session, job: Job) -> bool:
@@ -330,7 +371,7 @@ def hold(*, session: Session, claim: Claim, step: int | None = None) -> bool:
     False (rolled back) once it has moved on. Write, then commit, only after True. `step` moves the progress."""
     values: dict[str, Any] = {"attempt": Job.attempt} if step is None else {"step": step}
     result = session.execute(update(Job).where(*held_by(claim)).values(**values))
-    if _won(result):
+    if won(result):
         return True
     session.rollback()
     return False
@@ -357,7 +398,7 @@ def record_progress_start(*, session: Session, claim: Claim, resumed_from_step: 
         .values(resumed_from_step=resumed_from_step, step=resumed_from_step or 0)
     )
     session.commit()
-    return _won(result)
+    return won(result)
 
 
 def finish(
@@ -368,7 +409,6 @@ def finish(
     if status not in FINISHED:
         raise ValueError(f"{status.value} is not a final state")
     values: dict[str, Any] = {
-        "status": status,
         "error": error,
         "finished_at": now(),
         "wait_reason": None,
@@ -376,8 +416,8 @@ def finish(
     }
     if step is not None:
         values["step"] = step
-    result = session.execute(update(Job).where(*held_by(claim)).values(**values))
-    if _won(result) and status != JobStatus.succeeded:
+    result = session.execute(move(FINISH[status], *held_by(claim)).values(**values))
+    if won(result) and status != JobStatus.succeeded:
         reason = (
             f"parent job {claim.job_id} was cancelled"
             if status == JobStatus.cancelled
@@ -385,7 +425,7 @@ def finish(
         )
         fail_waiting_children(session=session, parent_id=claim.job_id, error=reason)
     session.commit()
-    return _won(result)
+    return won(result)
 
 
 def release(*, session: Session, claim: Claim, error: str | None = None, count_attempt: bool = True) -> bool:
@@ -393,34 +433,30 @@ def release(*, session: Session, claim: Claim, error: str | None = None, count_a
     `count_attempt=False` gives the attempt back (a worker shutting down did not fail it: deploys and restarts
     must not use up a job's retries). False when nothing is to be enqueued: the job was lost, or a cancel was
     requested meanwhile (it ends cancelled here, since a queued job with a cancel request never runs)."""
-    if _cancel_instead(session=session, where=held_by(claim)):
-        return False
-    attempt = claim.attempt if count_attempt else claim.attempt - 1
-    result = session.execute(
-        update(Job)
-        .where(*held_by(claim))
-        .values(
-            status=JobStatus.queued,
-            worker=None,
-            heartbeat_at=None,
-            error=error,
-            attempt=attempt,
-            devices=None,
+    queued = not _cancel_instead(session=session, where=held_by(claim)) and won(
+        session.execute(
+            move("requeue", *held_by(claim)).values(
+                worker=None,
+                heartbeat_at=None,
+                error=error,
+                attempt=claim.attempt if count_attempt else claim.attempt - 1,
+                devices=None,
+            )
         )
     )
     session.commit()
-    return _won(result)
+    return queued
 
 
 def _cancel_instead(*, session: Session, where: tuple[Any, ...]) -> bool:
-    """End a running job cancelled if its cancel was requested (the caller was about to requeue it)."""
+    """End a running job cancelled if its cancel was requested (the caller was about to requeue it). Not
+    committed: part of the caller's transition."""
     result = session.execute(
-        update(Job)
-        .where(*where, Job.cancel_requested.is_(True))
-        .values(status=JobStatus.cancelled, worker=None, heartbeat_at=None, finished_at=now(), devices=None)
+        move("cancel_running", *where, Job.cancel_requested.is_(True)).values(
+            worker=None, heartbeat_at=None, finished_at=now(), devices=None
+        )
     )
-    session.commit()
-    return _won(result)
+    return won(result)
 
 
 # ------------------------------------------------------------------------------------------------ recovery
@@ -454,21 +490,19 @@ def requeue(
     *, session: Session, job_id: int, attempt: int, max_attempts: int, where: tuple[Any, ...], lost: str
 ) -> bool:
     """A lost running job (`where` still true) back to queued, failed once it used every attempt, cancelled
-    if a cancel was requested. True when it was queued again (not committed, except a cancel)."""
+    if a cancel was requested. True when it was queued again. Not committed: the caller commits."""
     if _cancel_instead(session=session, where=where):
         return False
     final = attempt >= max_attempts
-    values: dict[str, Any] = (
-        {"status": JobStatus.failed, "error": lost, "finished_at": now()}
-        if final
-        else {"status": JobStatus.queued, "error": lost}
-    )
+    values: dict[str, Any] = {"error": lost, "finished_at": now()} if final else {"error": lost}
     result = session.execute(
-        update(Job).where(*where).values(worker=None, heartbeat_at=None, devices=None, **values)
+        move("fail" if final else "requeue", *where).values(
+            worker=None, heartbeat_at=None, devices=None, **values
+        )
     )
-    if _won(result) and final:
+    if won(result) and final:
         fail_waiting_children(session=session, parent_id=job_id, error=f"parent job {job_id} failed: {lost}")
-    return _won(result) and not final
+    return won(result) and not final
 
 
 def release_waiting_children(*, session: Session, parent_id: int | None = None) -> list[int]:
@@ -489,7 +523,7 @@ def release_waiting_children(*, session: Session, parent_id: int | None = None) 
                 .where(Job.id == child_id, Job.status == JobStatus.queued, Job.wait_reason.is_not(None))
                 .values(wait_reason=None)
             )
-            if _won(result):
+            if won(result):
                 released.append(child_id)
         elif parent_job.status in FINISHED:
             _fail_orphan(session=session, child_id=child_id, parent=parent_job)
@@ -504,9 +538,8 @@ def fail_waiting_children(*, session: Session, parent_id: int, error: str) -> No
     while pending:
         parent, reason = pending.pop()
         failed = session.scalars(
-            update(Job)
-            .where(Job.parent_job_id == parent, Job.status == JobStatus.queued)
-            .values(status=JobStatus.failed, error=reason, wait_reason=None, finished_at=now())
+            move("fail_waiting", Job.parent_job_id == parent)
+            .values(error=reason, wait_reason=None, finished_at=now())
             .returning(Job.id)
         ).all()
         pending += [(child, f"parent job {child} failed: {reason}") for child in failed]
@@ -518,11 +551,9 @@ def _fail_orphan(*, session: Session, child_id: int, parent: Job) -> None:
     else:
         error = f"parent job {parent.id} failed: {parent.error or 'no error recorded'}"
     result = session.execute(
-        update(Job)
-        .where(Job.id == child_id, Job.status == JobStatus.queued)
-        .values(status=JobStatus.failed, error=error, wait_reason=None, finished_at=now())
+        move("fail_waiting", Job.id == child_id).values(error=error, wait_reason=None, finished_at=now())
     )
-    if _won(result):
+    if won(result):
         fail_waiting_children(
             session=session, parent_id=child_id, error=f"parent job {child_id} failed: {error}"
         )
@@ -531,6 +562,4 @@ def _fail_orphan(*, session: Session, child_id: int, parent: Job) -> None:
 def runnable_count(*, session: Session, pool: str | None = None) -> int:
     """How many jobs a worker (of `pool`) could claim now (the reaper keeps as many wake-ups in the broker)."""
     in_pool = () if pool is None else (Job.pool == pool,)
-    count = session.scalar(select(func.count()).select_from(Job).where(*runnable(), *in_pool)) or 0
-    session.rollback()
-    return count
+    return session.scalar(select(func.count()).select_from(Job).where(*runnable(), *in_pool)) or 0

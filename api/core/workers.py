@@ -10,11 +10,12 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from api.core.models import Worker
 from api.core.state_machine import now
+from vit.config import DEFAULT_POOL
 
 
 def announce(
@@ -24,7 +25,7 @@ def announce(
     host: str,
     pid: int,
     address: str | None = None,
-    pool: str = "default",
+    pool: str = DEFAULT_POOL,
     cpus: int = 1,
     devices: Sequence[dict[str, Any]] = (),
     concurrency: int = 1,
@@ -61,11 +62,20 @@ def retire(*, session: Session, name: str) -> None:
 
 def live(*, session: Session, lease_seconds: float) -> Sequence[Worker]:
     cutoff = now() - timedelta(seconds=lease_seconds)
-    rows = session.scalars(
+    return session.scalars(
         select(Worker).where(Worker.heartbeat_at >= cutoff, Worker.stopped_at.is_(None)).order_by(Worker.name)
     ).all()
-    session.rollback()
-    return rows
+
+
+def alive_per_pool(*, session: Session, lease_seconds: float) -> dict[str, int]:
+    """How many workers of each pool are alive: one grouped query."""
+    cutoff = now() - timedelta(seconds=lease_seconds)
+    rows = session.execute(
+        select(Worker.pool, func.count())
+        .where(Worker.heartbeat_at >= cutoff, Worker.stopped_at.is_(None))
+        .group_by(Worker.pool)
+    )
+    return {pool: count for pool, count in rows}
 
 
 def forget_dead(*, session: Session, older_than_seconds: float) -> None:

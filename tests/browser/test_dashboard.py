@@ -9,7 +9,6 @@ from playwright.sync_api import Browser, Page, expect
 
 from api.client import VitqClient
 from tests.api.cli.service import Service, tiny_spec, wait_for
-
 from tests.api.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.browser

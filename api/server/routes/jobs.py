@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from api.core import idempotency, quotas, reads, state_machine, workers
+from api.core import idempotency, reads, state_machine, submit
 from api.core.broker import JobQueue
-from api.core.errors import invalid
 from api.core.metric_queries import summarize_metrics
-from api.core.models import MAX_ID, MAX_JOB_ID, Job, JobStatus
+from api.core.models import MAX_ID, MAX_JOB_ID, JobStatus
 from api.core.schemas import JobList, JobOut
 from api.core.settings import Settings
-from api.core.spec_input import YAML_TYPES, confine_paths, parse_spec
-from api.core.state_machine import Principal
+from api.core.spec_input import YAML_TYPES, parse_spec
 from api.server.auth import PrincipalDep, bearer_token, principal_of
 from api.server.body import read_body
 from api.server.deps import NO_NUL, JobId, SessionDep, SettingsDep
 from api.server.responses import json_response
-from vit.config import JobSpec
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -87,108 +82,15 @@ def _store_and_enqueue(
     with sessions() as session:
         principal = principal_of(session=session, settings=settings, authorization=authorization)
         spec = parse_spec(body, content_type)
-        request_hash = idempotency.spec_hash(spec) if key is not None else None
-        if key is not None and request_hash is not None:
-            first = idempotency.first_job(
-                session=session, owner=principal.owner, key=key, request_hash=request_hash
-            )
-            if first is not None:
-                return reads.job_out(first), False
-        # realpath: file system calls
-        spec = confine_paths(spec, settings, may_read_job=may_read_job(session, principal))
-        parent = parent_of(spec, session=session, principal=principal)
-        check_fits(spec, session=session, settings=settings)
-        # Last before the INSERT: it holds the owner's lock until the commit (nothing may roll back in between).
-        quotas.check(session=session, owner=principal.owner, specs=[spec], settings=settings)
-        job = state_machine.submit(
+        job, created = submit.submit_job(
             session=session,
+            queue=queue,
+            settings=settings,
+            principal=principal,
             spec=spec,
-            max_attempts=settings.max_attempts,
-            parent=parent,
-            owner=principal.owner,
             idempotency_key=key,
-            request_hash=request_hash,
         )
-        try:
-            session.commit()  # before enqueueing: the worker must find the job it is handed
-        except IntegrityError:
-            if key is None or request_hash is None:
-                raise
-            session.rollback()  # another request with this key committed first: answer with its job
-            first = idempotency.first_job(
-                session=session, owner=principal.owner, key=key, request_hash=request_hash
-            )
-            if first is None:
-                raise
-            return reads.job_out(first), False
-        if job.wait_reason is None or state_machine.settle_waiting_job(session=session, job=job):
-            queue.enqueue(job.id, job.pool)
-        return reads.job_out(job), True
-
-
-def check_fits(spec: JobSpec, *, session: Session, settings: Settings) -> None:
-    """A job that no live worker of its pool could ever run is a 422 naming the largest fit. With no worker of
-    the pool alive yet, it is accepted and waits (its wait_reason says so)."""
-    resources = spec.resources
-    fit = workers.largest_fit(session=session, pool=resources.pool, lease_seconds=settings.lease_seconds)
-    if fit is not None and resources.gpus_per_node > fit:
-        raise invalid(
-            ("resources", "procs_per_node"),
-            f"needs {resources.gpus_per_node} GPUs on one node; the largest worker of pool {resources.pool!r} has "
-            f"{fit}: at most procs_per_node {fit}",
-            "does_not_fit",
-        )
-    if resources.nodes > 1:
-        nodes = workers.nodes_that_fit(
-            session=session,
-            pool=resources.pool,
-            gpus=resources.gpus_per_node,
-            lease_seconds=settings.lease_seconds,
-        )
-        if nodes is not None and resources.nodes > nodes:
-            raise invalid(
-                ("resources", "nodes"),
-                f"needs {resources.nodes} nodes (one worker each); pool {resources.pool!r} has {nodes} live "
-                f"workers that fit a node of it: at most nodes {nodes}",
-                "does_not_fit",
-            )
-
-
-def may_read_job(session: Session, principal: Principal) -> Callable[[int], bool] | None:
-    """confine_paths' owner rule: which jobs' run directories `principal` may start from (None: any)."""
-    if principal.is_admin:
-        return None
-    return lambda job_id: reads.find_job(session=session, job_id=job_id, principal=principal) is not None
-
-
-def parent_of(spec: JobSpec, *, session: Session, principal: Principal) -> Job | None:
-    if spec.init is None or spec.init.from_job is None:
-        return None
-    parent_id = spec.init.from_job
-    # Another owner's job "does not exist" either: its existence does not leak.
-    parent = reads.find_job(session=session, job_id=parent_id, principal=principal)
-    if parent is None:
-        raise invalid(("init", "from_job"), f"job {parent_id} does not exist", "job_not_found")
-    wanted = spec.init.checkpoint
-    if JobStatus(parent.status).finished:
-        # A finished job's checkpoints are final: a name it never saved can only fail later, in the worker. A
-        # cancelled or failed job is a fine starting point when it kept a checkpoint (a stopped long pretrain).
-        names = [
-            c.name for c in reads.list_checkpoints(session=session, job_id=parent_id, principal=principal)
-        ]
-        if not names and parent.status != JobStatus.succeeded:
-            raise invalid(
-                ("init", "from_job"),
-                f"job {parent_id} is {parent.status} and kept no checkpoint to start from",
-                "job_not_usable",
-            )
-        if wanted is not None and wanted not in names:
-            raise invalid(
-                ("init", "checkpoint"),
-                f"job {parent_id} has no checkpoint {wanted!r}; it has {', '.join(names) or 'none'}",
-                "checkpoint_not_found",
-            )
-    return parent
+        return reads.job_out(job), created
 
 
 @router.get("")

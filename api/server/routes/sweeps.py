@@ -10,20 +10,18 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from api.core import quotas, state_machine, sweeps
+from api.core import submit, sweeps
 from api.core.broker import JobQueue
-from api.core.errors import InvalidInputError, invalid
-from api.core.models import MAX_ID, MAX_JOB_ID, Job
+from api.core.errors import InvalidInputError
+from api.core.models import MAX_ID, MAX_JOB_ID
 from api.core.schemas import SweepList, SweepOut
 from api.core.settings import Settings
-from api.core.spec_input import YAML_TYPES, check_spec, confine_paths, load_document
+from api.core.spec_input import YAML_TYPES, load_document
 from api.core.state_machine import Principal
-from api.core.sweep_spec import Point, SweepSpec, SweepSpecError, child_spec, points
+from api.core.sweep_spec import SweepSpec
 from api.server.auth import PrincipalDep
 from api.server.body import read_body
 from api.server.deps import SessionDep
-from api.server.routes.jobs import may_read_job, parent_of
-from vit.config import JobSpec
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
@@ -66,60 +64,10 @@ def _store_and_enqueue(
     queue: JobQueue,
 ) -> SweepOut:
     with sessions() as session:
-        children = _child_specs(sweep, settings=settings, session=session, principal=principal)
-        quotas.check(
-            session=session, owner=principal.owner, specs=[spec for spec, _ in children], settings=settings
+        row = submit.submit_sweep(
+            session=session, queue=queue, settings=settings, principal=principal, sweep=sweep
         )
-        row, made = sweeps.create_sweep(
-            session=session,
-            sweep=sweep,
-            children=children,
-            max_attempts=settings.max_attempts,
-            owner=principal.owner,
-        )
-        session.commit()  # every child or none; then enqueue, so a worker finds the job it is handed
-        for job in made:
-            if job.wait_reason is None or state_machine.settle_waiting_job(session=session, job=job):
-                queue.enqueue(job.id, job.pool)
         return sweeps.sweep_out(session=session, row=row)
-
-
-def _child_specs(
-    sweep: SweepSpec, *, settings: Settings, session: Session, principal: Principal
-) -> list[tuple[JobSpec, Job | None]]:
-    """Each child's spec, checked exactly as POST /jobs checks one (paths confined, init.from_job usable),
-    with its parent job. The first bad child is a 422 that names it."""
-    try:
-        grid = points(sweep)
-    except SweepSpecError as error:
-        raise _sweep_error(error.loc, str(error)) from None
-    children = []
-    for index, point in enumerate(grid):
-        try:
-            readable = may_read_job(session, principal)
-            spec = confine_paths(check_spec(child_spec(sweep, point)), settings, may_read_job=readable)
-            children.append((spec, parent_of(spec, session=session, principal=principal)))
-        except SweepSpecError as error:
-            raise _sweep_error(error.loc, str(error)) from None
-        except InvalidInputError as error:
-            raise _blame_child(error, sweep, point, f"job {index + 1} of {len(grid)}") from None
-    return children
-
-
-def _sweep_error(loc: tuple[str | int, ...], message: str) -> InvalidInputError:
-    return invalid(loc, message, "sweep_invalid")
-
-
-def _blame_child(error: InvalidInputError, sweep: SweepSpec, point: Point, which: str) -> Exception:
-    """A child's 422, placed on the swept field when that is what failed, else on the base spec."""
-    values = ", ".join(f"{path}={value!r}" for path, value in point.items())
-    details = []
-    for detail in error.details:
-        loc = tuple(detail["loc"])[1:]  # without "body"
-        swept = next((p for p in point if loc[: len(p.split("."))] == tuple(p.split("."))), None)
-        where = (*sweep.space_loc, swept) if swept is not None else ("base", *loc)
-        details.append({**detail, "loc": ("body", *where), "msg": f"{which} ({values}): {detail['msg']}"})
-    return InvalidInputError(details)
 
 
 @router.get("")

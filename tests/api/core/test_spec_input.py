@@ -23,9 +23,8 @@ from api.core.migrate import upgrade
 from api.core.settings import Settings
 from api.core.spec_input import MAX_DEPTH, check_spec, confine_paths, load_document
 from api.server.app import create_app
-from vit.config import JobSpec
-
 from tests.api.conftest import TINY_SPEC
+from vit.config import JobSpec
 
 LIMIT = 1000
 

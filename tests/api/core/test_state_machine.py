@@ -45,19 +45,17 @@ def expire_lease(session: Session, job_id: int) -> None:
 
 
 def claim(session: Session, worker: str, prefer: int | None = None) -> sm.Claim:
-    won = sm.claim(session=session, worker=worker, prefer=prefer)
+    won = sm.claim(session=session, worker=worker)
     assert won is not None
     return won
 
 
-def test_a_claim_takes_the_preferred_job_else_the_first_in_queue_order(engine: Engine) -> None:
+def test_claims_take_jobs_in_queue_order(engine: Engine) -> None:
     first, second, third = add_job(engine), add_job(engine), add_job(engine)
     with Session(engine) as session:
-        assert claim(session, "w1", prefer=third).job_id == third
-        assert (
-            claim(session, "w2", prefer=third).job_id == first
-        )  # third is taken: the message still wakes w2
+        assert claim(session, "w2").job_id == first
         taken = claim(session, "w3")
+        assert claim(session, "w1").job_id == third
         assert sm.claim(session=session, worker="w4") is None  # nothing left
     assert (taken.job_id, taken.attempt, taken.spec) == (second, 1, SPEC)
     job = get_job(engine, first)
@@ -150,7 +148,7 @@ def test_requeue_stale_fails_a_job_out_of_attempts_and_its_waiting_fine_tunes(en
     job_id = add_job(engine, max_attempts=1)
     child = add_job(engine, parent_job_id=job_id, wait_reason=sm.waiting_reason(job_id))
     with Session(engine) as session:
-        claim(session, "dead", prefer=job_id)
+        claim(session, "dead")
         expire_lease(session, job_id)
         assert sm.requeue_stale(session=session, lease_seconds=10) == []
     job = get_job(engine, job_id)
@@ -202,13 +200,13 @@ def test_fine_tune_waits_for_parent_then_is_released(engine: Engine) -> None:
     parent_id = add_job(engine, status=JobStatus.running)
     child_id = add_job(engine, parent_job_id=parent_id)
     with Session(engine) as session:
-        assert sm.claim(session=session, worker="w1", prefer=child_id) is None
+        assert sm.claim(session=session, worker="w1") is None
         assert "waiting for job" in (get_job(engine, child_id).wait_reason or "")
         assert sm.release_waiting_children(session=session) == []
         session.execute(update(Job).where(Job.id == parent_id).values(status=JobStatus.succeeded))
         session.commit()
         assert sm.release_waiting_children(session=session) == [child_id]
-        won = claim(session, "w1", prefer=child_id)
+        won = claim(session, "w1")
     assert won.parent_job_id == parent_id
 
 
@@ -231,7 +229,7 @@ def test_a_failed_job_fails_its_waiting_fine_tunes_at_once(engine: Engine) -> No
     parent_id = add_job(engine)
     child_id = add_job(engine, parent_job_id=parent_id, wait_reason="waiting")
     with Session(engine) as session:
-        runner = claim(session, "w1", prefer=parent_id)
+        runner = claim(session, "w1")
         assert sm.finish(session=session, claim=runner, status=JobStatus.failed, error="diverged")
     child = get_job(engine, child_id)
     assert child.status == JobStatus.failed and "diverged" in (child.error or "")
@@ -242,8 +240,8 @@ def test_a_cancel_requested_job_is_never_requeued(engine: Engine) -> None:
     # worker shutdown or a dead worker: a queued job with a cancel request is never claimed again.
     released_id, stale_id = add_job(engine), add_job(engine)
     with Session(engine) as session:
-        released = claim(session, "w1", prefer=released_id)
-        claim(session, "dead", prefer=stale_id)
+        released = claim(session, "w1")
+        claim(session, "dead")
         expire_lease(session, stale_id)
         session.execute(update(Job).values(cancel_requested=True).where(Job.id.in_([released_id, stale_id])))
         session.commit()

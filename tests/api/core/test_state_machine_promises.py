@@ -171,9 +171,9 @@ def test_a_cancel_of_a_running_job_is_a_request_and_the_first_canceller_is_kept(
 
 
 def test_another_owners_job_is_not_found_and_left_alone(engine: Engine) -> None:
-    queued, running = add_job(engine, owner="alice"), add_job(engine, owner="alice")
+    running, queued = add_job(engine, owner="alice"), add_job(engine, owner="alice")
     with Session(engine) as session:
-        claim(session, "w1", prefer=running)
+        claim(session, "w1")
         for job_id in (queued, running):
             with pytest.raises(JobNotFoundError, match=rf"^job {job_id} not found$"):
                 sm.request_cancel(session=session, job_id=job_id, principal=BOB)
@@ -198,9 +198,9 @@ def test_a_claim_records_its_devices_and_the_attempts_allowed(engine: Engine) ->
 
 
 def test_the_running_limit_delays_only_owners_at_it(engine: Engine) -> None:
-    running = add_job(engine, owner="alice")
+    add_job(engine, owner="alice")
     with Session(engine) as session:
-        claim(session, "w0", prefer=running)
+        claim(session, "w0")  # alice's first job runs
     alices, bobs = add_job(engine, owner="alice"), add_job(engine, owner="bob")
     with Session(engine) as session:
         first = sm.claim(session=session, worker="w1", running_limit=1)
@@ -267,11 +267,11 @@ def test_a_claim_that_read_the_job_before_it_moved_loses(engine: Engine, meanwhi
             if meanwhile == "cancel":
                 sm.request_cancel(session=other, job_id=job_id)
             else:
-                assert sm.release(session=other, claim=claim(other, "fast", prefer=job_id))
+                assert sm.release(session=other, claim=claim(other, "fast"))
 
     with Session(engine) as late:
         updates = _before_first_update(late, interfere)
-        assert sm.claim(session=late, worker="slow", prefer=job_id) is None
+        assert sm.claim(session=late, worker="slow") is None
     assert updates  # the interference did run between the read and the UPDATE
     job = get_job(engine, job_id)
     assert job.worker is None and job.status != JobStatus.running
@@ -285,7 +285,7 @@ def test_a_stopped_parent_that_kept_a_checkpoint_lets_its_child_start(
     add_checkpoint(engine, parent_id)
     child = add_job(engine, parent_job_id=parent_id)
     with Session(engine) as session:
-        assert claim(session, "w1", prefer=child).job_id == child
+        assert claim(session, "w1").job_id == child
 
 
 def test_a_stopped_parent_without_a_checkpoint_fails_its_child_and_the_childs_children(
@@ -298,7 +298,7 @@ def test_a_stopped_parent_without_a_checkpoint_fails_its_child_and_the_childs_ch
     of_failed = add_job(engine, parent_job_id=failed)
     grandchild = add_job(engine, parent_job_id=of_failed, wait_reason="w")
     with Session(engine) as session:
-        assert sm.claim(session=session, worker="w1", prefer=of_cancelled) is None
+        assert sm.claim(session=session, worker="w1") is None
     expected = {
         of_cancelled: f"parent job {cancelled} was cancelled",
         of_failed: f"parent job {failed} failed: no error recorded",
@@ -315,7 +315,7 @@ def test_a_running_parent_parks_only_the_child_looked_at(engine: Engine) -> None
     child = add_job(engine, parent_job_id=parent_id)
     with Session(engine) as session:
         other = add_job(engine)
-        won = sm.claim(session=session, worker="w1", prefer=child)
+        won = sm.claim(session=session, worker="w1")
     assert won is not None and won.job_id == other  # the next in line still starts
     assert get_job(engine, child).wait_reason == f"waiting for job {parent_id} (running) to succeed"
 
@@ -362,7 +362,7 @@ def test_finish_tells_waiting_children_why(
     parent_id = add_job(engine)
     child = add_job(engine, parent_job_id=parent_id, wait_reason="w")
     with Session(engine) as session:
-        runner = claim(session, "w1", prefer=parent_id)
+        runner = claim(session, "w1")
         assert sm.finish(session=session, claim=runner, status=status, error=error)
     assert get_job(engine, child).error == reason.format(parent_id)
 
@@ -371,7 +371,7 @@ def test_a_runner_that_lost_its_job_cannot_fail_the_jobs_children(engine: Engine
     parent_id = add_job(engine)
     child = add_job(engine, parent_job_id=parent_id, wait_reason="w")
     with Session(engine) as session:
-        stale = claim(session, "w1", prefer=parent_id)
+        stale = claim(session, "w1")
         assert sm.release(session=session, claim=stale)
         assert not sm.finish(session=session, claim=stale, status=JobStatus.failed, error="late")
     assert get_job(engine, child).status == JobStatus.queued
@@ -394,9 +394,9 @@ def test_a_release_clears_the_runner_and_keeps_the_reason(engine: Engine) -> Non
 def test_a_cancel_instead_of_a_requeue_ends_only_that_job(engine: Engine) -> None:
     mine, other = add_spec_job(engine, procs_per_node=1), add_spec_job(engine, procs_per_node=1)
     with Session(engine) as session:
-        runner = sm.claim(session=session, worker="w1", prefer=mine, free_devices=[0])
+        runner = sm.claim(session=session, worker="w1", free_devices=[0])
         assert runner is not None
-        claim(session, "w2", prefer=other)
+        claim(session, "w2")
         session.execute(update(Job).values(cancel_requested=True))
         session.commit()
         assert not sm.release(session=session, claim=runner)
@@ -409,8 +409,8 @@ def test_a_cancel_instead_of_a_requeue_ends_only_that_job(engine: Engine) -> Non
 def test_requeue_stale_leaves_fresh_leases_alone_and_clears_stale_holders(engine: Engine) -> None:
     fresh, stale = add_spec_job(engine, procs_per_node=1), add_spec_job(engine, procs_per_node=1)
     with Session(engine) as session:
-        assert sm.claim(session=session, worker="alive", prefer=fresh, free_devices=[0]) is not None
-        assert sm.claim(session=session, worker="dead", prefer=stale, free_devices=[1]) is not None
+        assert sm.claim(session=session, worker="alive", free_devices=[0]) is not None
+        assert sm.claim(session=session, worker="dead", free_devices=[1]) is not None
         expire_lease(session, stale)
         assert sm.requeue_stale(session=session, lease_seconds=10) == [stale]
     job = get_job(engine, stale)
@@ -423,7 +423,7 @@ def test_a_last_attempt_lost_fails_the_waiting_children_with_the_reason(engine: 
     parent_id = add_job(engine, max_attempts=1)
     child = add_job(engine, parent_job_id=parent_id, wait_reason="w")
     with Session(engine) as session:
-        claim(session, "dead", prefer=parent_id)
+        claim(session, "dead")
         expire_lease(session, parent_id)
         sm.requeue_stale(session=session, lease_seconds=10)
     assert get_job(engine, child).error == (
@@ -435,7 +435,7 @@ def test_a_requeue_that_lost_the_race_fails_nothing(engine: Engine) -> None:
     parent_id = add_job(engine, max_attempts=1)
     child = add_job(engine, parent_job_id=parent_id, wait_reason="w")
     with Session(engine) as session:
-        claim(session, "w1", prefer=parent_id)
+        claim(session, "w1")
         nothing = (Job.id == parent_id, Job.worker == "someone else")
         assert not sm.requeue(
             session=session, job_id=parent_id, attempt=1, max_attempts=1, where=nothing, lost="gone"
@@ -501,7 +501,7 @@ def test_a_child_cancelled_while_waiting_stays_cancelled_when_its_parent_fails(e
     child = add_job(engine, parent_job_id=parent_id, wait_reason=sm.waiting_reason(parent_id))
     with Session(engine) as session:
         sm.request_cancel(session=session, job_id=child)
-        runner = claim(session, "w1", prefer=parent_id)
+        runner = claim(session, "w1")
         assert sm.finish(session=session, claim=runner, status=JobStatus.failed, error="diverged")
     assert get_job(engine, child).status == JobStatus.cancelled
 
@@ -521,7 +521,7 @@ def test_a_child_cancelled_while_a_claim_looks_at_it_stays_cancelled(
 
     with Session(engine) as late:
         updates = _before_first_update(late, cancel)
-        assert sm.claim(session=late, worker="w1", prefer=child) is None
+        assert sm.claim(session=late, worker="w1") is None
     assert updates
     job = get_job(engine, child)
     assert (job.status, job.wait_reason, job.error) == (JobStatus.cancelled, None, None)

@@ -8,7 +8,6 @@ import torch
 from safetensors.torch import load, save_file
 
 from api.core.models import Checkpoint
-
 from tests.api.conftest import Api, submit
 
 

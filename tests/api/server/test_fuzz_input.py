@@ -10,7 +10,6 @@ import pytest
 
 from api.core.models import MAX_ID, MAX_JOB_ID
 from api.core.spec_input import MAX_DEPTH
-
 from tests.api.conftest import TINY_SPEC, Api, submit
 
 JOB_ROUTES = ("", "/metrics", "/checkpoints", "/checkpoints/step-000010", "/logs")

@@ -7,7 +7,6 @@ from fastapi.testclient import TestClient
 from api.core import workers
 from api.core.db import session_scope
 from api.server.app import create_app
-
 from tests.api.conftest import Api
 
 

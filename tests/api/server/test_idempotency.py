@@ -25,7 +25,6 @@ from api.core.db import make_engine
 from api.core.models import ApiToken, Job
 from api.core.settings import Settings
 from api.server.app import create_app
-
 from tests.api.conftest import TINY_SPEC
 
 KEYS, COPIES, CLIENTS = 200, 5, 16

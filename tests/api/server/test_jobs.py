@@ -9,7 +9,6 @@ from sqlalchemy import insert, update
 
 from api.core import workers
 from api.core.models import Job, JobStatus, MetricPoint
-
 from tests.api.conftest import Api, submit
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from api.server.routes.logs import BLOCK_BYTES, tail_lines
-
 from tests.api.conftest import Api, submit
 
 

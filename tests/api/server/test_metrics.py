@@ -5,7 +5,6 @@ from __future__ import annotations
 from sqlalchemy import insert
 
 from api.core.models import MetricPoint
-
 from tests.api.conftest import Api, submit
 
 

@@ -20,9 +20,8 @@ from api.core.migrate import upgrade
 from api.core.settings import Settings
 from api.server.app import create_app
 from api.server.unavailable import RESPONSE_DEADLINE_S, RETRY_AFTER_S
-from tests.services import PrivatePostgres, PrivateRedis, private_postgres, private_redis
-
 from tests.api.conftest import TINY_SPEC
+from tests.services import PrivatePostgres, PrivateRedis, private_postgres, private_redis
 
 # What a client may wait for an answer while the database hangs: the deadline, plus slack for a loaded machine.
 HUNG_ANSWER_S = RESPONSE_DEADLINE_S + 3.0

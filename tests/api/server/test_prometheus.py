@@ -16,9 +16,8 @@ from prometheus_client.samples import Sample
 
 from api.core.db import scratch_database
 from api.core.settings import Settings
-from tests.e2e.stack import Stack, running_stack, tiny_spec
-
 from tests.api.conftest import Api, submit
+from tests.e2e.stack import Stack, running_stack, tiny_spec
 
 FAMILIES = {
     "vitq_jobs": "gauge",

@@ -15,9 +15,8 @@ from sqlalchemy import update
 
 from api.core.models import Checkpoint, Job, JobStatus
 from api.server.app import create_app
-from vit.config import JobSpec
-
 from tests.api.conftest import TINY_SPEC, Api, submit
+from vit.config import JobSpec
 
 
 def test_json_spec_is_stored_resolved_and_enqueued(api: Api) -> None:

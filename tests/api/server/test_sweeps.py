@@ -13,7 +13,6 @@ from sqlalchemy import insert, update
 
 from api.core.models import Job, JobStatus, MetricPoint, Sweep
 from api.core.sweep_spec import MAX_SWEEP_JOBS
-
 from tests.api.conftest import TINY_SPEC, Api
 
 

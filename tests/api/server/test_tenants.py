@@ -29,7 +29,6 @@ from api.core.db import make_engine
 from api.core.models import ApiToken, Checkpoint, Job, JobStatus, MetricPoint, Sweep
 from api.core.settings import Settings
 from api.server.app import create_app
-
 from tests.api.conftest import TINY_SPEC
 
 # Routes anyone may call: liveness, Prometheus (counts and job ids only: no names, specs or owners), the

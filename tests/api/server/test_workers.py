@@ -6,7 +6,6 @@ from sqlalchemy import update
 
 from api.core import workers
 from api.core.models import Job, JobStatus
-
 from tests.api.conftest import TINY_SPEC, Api, submit
 
 GPU = {"name": "NVIDIA H100 80GB HBM3", "memory_mb": 81559}

@@ -1,0 +1,8 @@
+"""What `vitq` exits with: scripts branch on these (a followed job's final state among them)."""
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CANCELLED = 3
+EXIT_INTERRUPTED = 130
+EXIT_BY_STATUS = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}

@@ -1,0 +1,197 @@
+"""Submitting work, the one use case POST /jobs and POST /sweeps share: check each spec as the service will run
+it (paths confined, parent usable, a worker that fits, quotas), store the jobs in one transaction, commit, and
+only then wake the executors (a worker must find the job it is handed)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.core import idempotency, quotas, reads, state_machine, sweeps, workers
+from api.core.broker import JobQueue
+from api.core.errors import InvalidInputError, invalid
+from api.core.models import Job, JobStatus, Sweep
+from api.core.settings import Settings
+from api.core.spec_input import check_spec, confine_paths
+from api.core.state_machine import Principal
+from api.core.sweep_spec import Point, SweepSpec, SweepSpecError, child_spec, points
+from vit.config import JobSpec
+
+
+def submit_job(
+    *,
+    session: Session,
+    queue: JobQueue,
+    settings: Settings,
+    principal: Principal,
+    spec: JobSpec,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """The stored job and whether it is new (False: the first job this owner made with `idempotency_key`)."""
+    request_hash = idempotency.spec_hash(spec) if idempotency_key is not None else None
+    if idempotency_key is not None and request_hash is not None:
+        first = idempotency.first_job(
+            session=session, owner=principal.owner, key=idempotency_key, request_hash=request_hash
+        )
+        if first is not None:
+            return first, False
+    spec, parent = checked(spec, session=session, settings=settings, principal=principal)
+    # The quota check takes the owner's lock, held until this transaction commits: nothing rolls back before.
+    quotas.check(session=session, owner=principal.owner, specs=[spec], settings=settings)
+    job = state_machine.submit(
+        session=session,
+        spec=spec,
+        max_attempts=settings.max_attempts,
+        parent=parent,
+        owner=principal.owner,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+    try:
+        session.commit()
+    except IntegrityError:
+        if idempotency_key is None or request_hash is None:
+            raise
+        session.rollback()  # another request with this key committed first: answer with its job
+        first = idempotency.first_job(
+            session=session, owner=principal.owner, key=idempotency_key, request_hash=request_hash
+        )
+        if first is None:
+            raise
+        return first, False
+    _wake(session=session, queue=queue, jobs=[job])
+    return job, True
+
+
+def submit_sweep(
+    *, session: Session, queue: JobQueue, settings: Settings, principal: Principal, sweep: SweepSpec
+) -> Sweep:
+    """The sweep and every child, all stored or none: the first bad child is a 422 that names it."""
+    children = _children(sweep, session=session, settings=settings, principal=principal)
+    quotas.check(
+        session=session, owner=principal.owner, specs=[spec for spec, _ in children], settings=settings
+    )
+    row, made = sweeps.create_sweep(
+        session=session,
+        sweep=sweep,
+        children=children,
+        max_attempts=settings.max_attempts,
+        owner=principal.owner,
+    )
+    session.commit()
+    _wake(session=session, queue=queue, jobs=made)
+    return row
+
+
+def checked(
+    spec: JobSpec, *, session: Session, settings: Settings, principal: Principal
+) -> tuple[JobSpec, Job | None]:
+    """The spec as it will run (paths resolved and confined) and its parent job, or a 422."""
+    spec = confine_paths(spec, settings, may_read_job=_may_read_job(session, principal))
+    parent = _parent_of(spec, session=session, principal=principal)
+    _check_fits(spec, session=session, settings=settings)
+    return spec, parent
+
+
+def _wake(*, session: Session, queue: JobQueue, jobs: Sequence[Job]) -> None:
+    for job in jobs:
+        if job.wait_reason is None or state_machine.settle_waiting_job(session=session, job=job):
+            queue.enqueue(job.id, job.pool)
+
+
+def _children(
+    sweep: SweepSpec, *, session: Session, settings: Settings, principal: Principal
+) -> list[tuple[JobSpec, Job | None]]:
+    try:
+        grid = points(sweep)
+    except SweepSpecError as error:
+        raise invalid(error.loc, str(error), "sweep_invalid") from None
+    children = []
+    for index, point in enumerate(grid):
+        try:
+            spec = check_spec(child_spec(sweep, point))
+            children.append(checked(spec, session=session, settings=settings, principal=principal))
+        except SweepSpecError as error:
+            raise invalid(error.loc, str(error), "sweep_invalid") from None
+        except InvalidInputError as error:
+            raise _blame_child(error, sweep, point, f"job {index + 1} of {len(grid)}") from None
+    return children
+
+
+def _blame_child(error: InvalidInputError, sweep: SweepSpec, point: Point, which: str) -> InvalidInputError:
+    """A child's 422, placed on the swept field when that is what failed, else on the base spec."""
+    values = ", ".join(f"{path}={value!r}" for path, value in point.items())
+    details = []
+    for detail in error.details:
+        loc = tuple(detail["loc"])[1:]  # without "body"
+        swept = next((p for p in point if loc[: len(p.split("."))] == tuple(p.split("."))), None)
+        where = (*sweep.space_loc, swept) if swept is not None else ("base", *loc)
+        details.append({**detail, "loc": ("body", *where), "msg": f"{which} ({values}): {detail['msg']}"})
+    return InvalidInputError(details)
+
+
+def _check_fits(spec: JobSpec, *, session: Session, settings: Settings) -> None:
+    """A job that no live worker of its pool could ever run is a 422 naming the largest fit. With no worker of
+    the pool alive yet, it is accepted and waits (its wait_reason says so)."""
+    resources = spec.resources
+    fit = workers.largest_fit(session=session, pool=resources.pool, lease_seconds=settings.lease_seconds)
+    if fit is not None and resources.gpus_per_node > fit:
+        raise invalid(
+            ("resources", "procs_per_node"),
+            f"needs {resources.gpus_per_node} GPUs on one node; the largest worker of pool {resources.pool!r} has "
+            f"{fit}: at most procs_per_node {fit}",
+            "does_not_fit",
+        )
+    if resources.nodes > 1:
+        nodes = workers.nodes_that_fit(
+            session=session,
+            pool=resources.pool,
+            gpus=resources.gpus_per_node,
+            lease_seconds=settings.lease_seconds,
+        )
+        if nodes is not None and resources.nodes > nodes:
+            raise invalid(
+                ("resources", "nodes"),
+                f"needs {resources.nodes} nodes (one worker each); pool {resources.pool!r} has {nodes} live "
+                f"workers that fit a node of it: at most nodes {nodes}",
+                "does_not_fit",
+            )
+
+
+def _may_read_job(session: Session, principal: Principal) -> Callable[[int], bool] | None:
+    """confine_paths' owner rule: which jobs' run directories `principal` may start from (None: any)."""
+    if principal.is_admin:
+        return None
+    return lambda job_id: reads.find_job(session=session, job_id=job_id, principal=principal) is not None
+
+
+def _parent_of(spec: JobSpec, *, session: Session, principal: Principal) -> Job | None:
+    if spec.init is None or spec.init.from_job is None:
+        return None
+    parent_id = spec.init.from_job
+    # Another owner's job "does not exist" either: its existence does not leak.
+    parent = reads.find_job(session=session, job_id=parent_id, principal=principal)
+    if parent is None:
+        raise invalid(("init", "from_job"), f"job {parent_id} does not exist", "job_not_found")
+    wanted = spec.init.checkpoint
+    if JobStatus(parent.status).finished:
+        # A finished job's checkpoints are final: a name it never saved can only fail later, in the worker. A
+        # cancelled or failed job is a fine starting point when it kept a checkpoint (a stopped long pretrain).
+        names = [
+            c.name for c in reads.list_checkpoints(session=session, job_id=parent_id, principal=principal)
+        ]
+        if not names and parent.status != JobStatus.succeeded:
+            raise invalid(
+                ("init", "from_job"),
+                f"job {parent_id} is {parent.status} and kept no checkpoint to start from",
+                "job_not_usable",
+            )
+        if wanted is not None and wanted not in names:
+            raise invalid(
+                ("init", "checkpoint"),
+                f"job {parent_id} has no checkpoint {wanted!r}; it has {', '.join(names) or 'none'}",
+                "checkpoint_not_found",
+            )
+    return parent
