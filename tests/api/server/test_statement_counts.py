@@ -1,0 +1,62 @@
+"""A page costs the same number of SQL statements however many jobs there are: the job page and the list page,
+with queued, running and finished jobs on them (a read that rolled its caller back made SQLAlchemy reload every
+row already loaded, one statement each)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from api.core import state_machine as sm
+from api.core import workers
+from tests.api.conftest import Api, submit
+
+
+@contextmanager
+def counted(api: Api) -> Iterator[list[str]]:
+    """The statements the app's own engine runs meanwhile."""
+    engine = api.client.app.state.engine  # type: ignore[attr-defined]
+    statements: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+def add_jobs(api: Api, count: int) -> list[int]:
+    return [submit(api, name=f"j{i}")["id"] for i in range(count)]
+
+
+def page_costs(api: Api, job_id: int) -> tuple[int, int]:
+    with counted(api) as one:
+        assert api.client.get(f"/jobs/{job_id}").status_code == 200
+    with counted(api) as page:
+        assert len(api.client.get("/jobs?limit=20").json()["items"]) == 20
+    return len(one), len(page)
+
+
+def test_statements_per_page_do_not_grow_with_the_jobs(api: Api) -> None:
+    with api.session() as session:
+        workers.announce(session=session, name="w", host="h", pid=1)
+    first = add_jobs(api, 25)
+    with Session(api.engine) as session:  # a running and a finished job on the page too
+        held = sm.claim(session=session, worker="w")
+        assert held is not None
+        assert sm.finish(
+            session=session, claim=sm.claim(session=session, worker="w"), status=sm.JobStatus.succeeded
+        )  # type: ignore[arg-type]
+    queued = first[-1]
+    small = page_costs(api, queued)
+    add_jobs(api, 75)
+    large = page_costs(api, queued)
+    assert large == small
+    # One job: the job, its metric summary, the queue's head, the live workers; a page adds its total.
+    assert small[0] <= 4 and small[1] <= 5, small
