@@ -26,6 +26,7 @@ from worker.launch import descendants
 from .sampler import TrainerSampler, trainer_processes
 
 LOG_EVERY = 5  # tiny_spec's train.log_every
+OPEN_ENDED_STEPS = 10_000_000
 BATCH_SIZE = 8  # a step in milliseconds even on a crowded CPU: the faults, not the training, take the time
 QUEUE = "chaos"
 
@@ -41,9 +42,26 @@ class Chaos:
     def settings(self) -> Settings:
         return self.stack.settings
 
-    def post(self, steps: int, checkpoint_every: int = 25) -> int:
-        spec = tiny_spec(steps=steps, checkpoint_every=checkpoint_every, train={"batch_size": BATCH_SIZE})
+    def post(self, steps: int, checkpoint_every: int = 25, priority: int = 0) -> int:
+        spec = tiny_spec(
+            steps=steps,
+            checkpoint_every=checkpoint_every,
+            train={"batch_size": BATCH_SIZE},
+            resources={"priority": priority},
+        )
         return int(self.stack.post(spec)["id"])
+
+    def post_open_ended(self) -> int:
+        """A job that trains until the test has done its part (then `end`), however fast the machine trains: a
+        fault window must not depend on a step count tuned to one machine."""
+        return self.post(steps=OPEN_ENDED_STEPS)
+
+    def end(self, job_id: int, *, attempt: int) -> dict[str, Any]:
+        """Cancel an open-ended job and check it ran as `attempt` with every step it logged stored once."""
+        assert self.training(job_id), "the open-ended job stopped before the test ended it"
+        assert self.stack.client.post(f"/jobs/{job_id}/cancel").status_code == 202
+        self.wait_finished(job_id, timeout=120)
+        return self.assert_ran_once(job_id, status="cancelled", attempt=attempt, steps=None)
 
     def holder(self, job_id: int) -> subprocess.Popen[bytes]:
         """The live worker whose descendants include the job's trainer."""
@@ -91,16 +109,18 @@ class Chaos:
             for path in sorted(self.settings.home.glob("worker-*.log"))
         )
 
-    def assert_ran_once(self, job_id: int, *, status: str, attempt: int, steps: int) -> dict[str, Any]:
+    def assert_ran_once(self, job_id: int, *, status: str, attempt: int, steps: int | None) -> dict[str, Any]:
         """The job ended `status` as `attempt`, every logged step stored exactly once (in the database and in
-        metrics.jsonl), and no two of its trainers ever ran at the same moment."""
+        metrics.jsonl; up to `steps`, or for an open-ended job up to the last it logged), and no two of its
+        trainers ever ran at the same moment."""
         job = self.stack.job(job_id)
         summary = {k: v for k, v in job.items() if k not in ("spec", "latest_metrics")}
         context = f"job {job_id}: {summary}\n{self.worker_logs()}"
         assert (job["status"], job["attempt"]) == (status, attempt), context
         self.sampler.assert_never_two(job_id)
-        expected = list(range(LOG_EVERY, steps + 1, LOG_EVERY))
         stored = self.stack.metric_steps(job_id, "loss")
+        last = steps if steps is not None else max(stored, default=0)
+        expected = list(range(LOG_EVERY, last + 1, LOG_EVERY))
         assert stored == expected, f"database: {step_errors(stored, expected)}"
         written = metrics_file_steps(self.settings.run_dir(job_id))
         assert written == expected, f"metrics.jsonl: {step_errors(written, expected)}"

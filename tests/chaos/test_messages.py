@@ -19,7 +19,9 @@ def test_lost_message_is_sent_again_within_a_lease_while_others_wait(tmp_path: P
         lost = chaos.post(steps=30)
         broker = redis.Redis.from_url(chaos.broker.url)
         assert broker.rpop(QUEUE) is not None  # consumed, never claimed: a worker died right after taking it
-        busy = chaos.post(steps=100_000)  # keeps the one worker busy (cancelled once the message is back)...
+        # The head of the queue (claims take it, whichever message woke them): keeps the one worker busy
+        # (cancelled once the message is back)...
+        busy = chaos.post(steps=100_000, priority=10)
         waiting = chaos.post(steps=30)  # ...so this message waits in the queue the whole time
         chaos.stack.start_worker()
         chaos.stack.wait_status(busy, "running", timeout=120)

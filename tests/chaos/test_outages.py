@@ -18,7 +18,7 @@ def test_database_restart_shorter_than_half_the_lease_costs_no_attempt(tmp_path:
     # says the issue) even after a heartbeat's gap and a retry backoff of up to 5 s.
     lease = 40.0
     with chaos_stack(tmp_path, workers=1, lease_seconds=lease) as chaos:
-        job_id = chaos.post(steps=1200)
+        job_id = chaos.post_open_ended()
         chaos.wait_for_checkpoint(job_id)
         down_at = time.monotonic()
         chaos.pg.stop()  # immediate: every connection cut, as in a crash
@@ -26,10 +26,11 @@ def test_database_restart_shorter_than_half_the_lease_costs_no_attempt(tmp_path:
         chaos.pg.start()
         outage = time.monotonic() - down_at
         assert outage < lease * 0.3 - 5, f"the restart took {outage:.1f} s: not the fault under test"
-        assert chaos.training(job_id), "the job ended before the database came back: lengthen it"
-
-        chaos.wait_finished(job_id, timeout=240)
-        chaos.assert_ran_once(job_id, status="succeeded", attempt=1, steps=1200)
+        step_back = chaos.stack.wait_for(job_id, lambda j: j["step"] > 0, timeout=60, what="progress")["step"]
+        chaos.stack.wait_for(
+            job_id, lambda j: j["step"] > step_back, timeout=60, what="progress after the outage"
+        )
+        chaos.end(job_id, attempt=1)
         # The trainer trained on through the outage: one process, never restarted.
         assert len(chaos.sampler.pids[job_id]) == 1, chaos.sampler.pids
 
@@ -37,13 +38,12 @@ def test_database_restart_shorter_than_half_the_lease_costs_no_attempt(tmp_path:
 def test_broker_restart_loses_no_attempt_and_jobs_posted_meanwhile_run_on_its_return(tmp_path: Path) -> None:
     lease = 6.0
     with chaos_stack(tmp_path, workers=2, lease_seconds=lease) as chaos:
-        running = chaos.post(steps=600)
+        running = chaos.post_open_ended()
         chaos.wait_for_checkpoint(running)
         chaos.broker.stop()  # SIGKILL, no persistence: every message in it is gone
         posted_meanwhile = chaos.post(steps=50)  # stored; its message cannot be sent
         time.sleep(3)
         chaos.broker.start()
-        assert chaos.training(running), "the job ended before the broker came back: lengthen it"
         back = datetime.now().astimezone()
 
         started = chaos.stack.wait_for(
@@ -51,7 +51,6 @@ def test_broker_restart_loses_no_attempt_and_jobs_posted_meanwhile_run_on_its_re
         )
         waited = (datetime.fromisoformat(started["started_at"]) - back).total_seconds()
         assert waited < lease * 2, f"started {waited:.1f} s after the broker came back"
-        chaos.wait_finished(running, timeout=240)
         chaos.wait_finished(posted_meanwhile, timeout=60)
-        chaos.assert_ran_once(running, status="succeeded", attempt=1, steps=600)
         chaos.assert_ran_once(posted_meanwhile, status="succeeded", attempt=1, steps=50)
+        chaos.end(running, attempt=1)
