@@ -51,7 +51,7 @@ def main() -> None:
 
     def pil() -> list[torch.Tensor]:
         return [
-            torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
+            torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
             for data in encoded
         ]
 
