@@ -14,6 +14,8 @@
 #   2. the same with fp8 Linear layers (target >= 5,000 img/s)
 #   3. torch.profiler of the compiled bf16 and fp8 steps: the top kernels and the GPU's idle time
 #   4. loss curves of the digits example: fp32 eager (reference), bf16 compiled, fp8 compiled
+#   5. (issue 21, separate: `bash bench/gpu_check.sh 5`, about 1 min) JPEG decoding of shard-sized photos with
+#      nvJPEG, batched (torchvision.io.decode_jpeg on the device), against PIL: img/s and pixel agreement
 set -uo pipefail
 OUT=${OUT:-gpu-check}
 mkdir -p "$OUT"
@@ -35,7 +37,7 @@ print(f"torch {torch.__version__}, torchao {torchao.__version__}, pydantic {pyda
 print(f"measured bf16 matmul (8192^3): {measured_matmul_flops(device, torch.bfloat16) / 1e12:.0f} TFLOP/s")
 EOF
 
-SECTIONS=${*:-1 2 3 4}
+SECTIONS=${*:-1 2 3 4 5}
 wants() { [[ " $SECTIONS " == *" $1 "* ]]; }
 B16=(--device cuda --variant B/16 --image-size 224 --batch-size 256 --classes 1000 --synthetic-size 4096)
 JOB=(--steps 100 --warmup-steps 40 --log-every 10 --model-only-once)
@@ -60,5 +62,14 @@ fi
 if wants 4; then
   echo "== 4. digits example: loss curves against fp32 eager"
   timeout 180 python3 bench/loss_curves.py --device cuda fp32:false bf16:true fp8:true
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 21 (data at scale), not issue 12's figures: not yet run on a GPU.
+if wants 5; then
+  echo "== 5. JPEG decoding: PIL vs torchvision CPU vs nvJPEG batched (500x375, quality 90)"
+  for batch in 64 256; do
+    timeout 120 python3 bench/jpeg_decode.py --device cuda --images 1024 --batch-size "$batch"
+  done
 fi
 echo "== done"

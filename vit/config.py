@@ -24,9 +24,11 @@ PRESETS: dict[str, tuple[int, int, int, int]] = {
     "H": (32, 1280, 5120, 16),
 }
 VARIANT_PATTERN = re.compile(rf"^({'|'.join(PRESETS)})/([1-9][0-9]*)$")
-DATASETS = ("synthetic", "digits", "cifar10", "cifar100", "pets", "flowers102", "imagefolder")
+DATASETS = ("synthetic", "digits", "cifar10", "cifar100", "pets", "flowers102", "imagefolder", "shards")
 # Datasets that read files: they need `data.root` (the embedded ones are built in memory).
-FILE_DATASETS = ("cifar10", "cifar100", "pets", "flowers102", "imagefolder")
+FILE_DATASETS = ("cifar10", "cifar100", "pets", "flowers102", "imagefolder", "shards")
+# Where `vitq data pack` shards can be read from: a local or shared-filesystem directory, or over HTTP(S).
+SHARD_URL_SCHEMES = ("http://", "https://")
 
 PositiveInt = Annotated[int, Field(gt=0)]
 DEFAULT_POOL = "default"  # the pool of a spec that names none (resources.pool)
@@ -121,11 +123,13 @@ AUGMENT_HELP = (
 
 
 class DataSpec(_Strict):
-    dataset: Literal["synthetic", "digits", "cifar10", "cifar100", "pets", "flowers102", "imagefolder"] = (
-        "synthetic"
-    )
+    dataset: Literal[
+        "synthetic", "digits", "cifar10", "cifar100", "pets", "flowers102", "imagefolder", "shards"
+    ] = "synthetic"
     root: str | None = Field(
-        None, description="Directory of the dataset's files (required for file datasets)."
+        None,
+        description="Directory of the dataset's files (required for file datasets); for shards, the directory "
+        "or http(s):// URL holding the index.json that `vitq data pack` wrote.",
     )
     download: bool = Field(False, description="Let torchvision download the dataset into root when missing.")
     val_fraction: float = Field(
@@ -169,8 +173,21 @@ class DataSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:
+        if self.dataset == "shards" and not self.root:
+            raise ValueError(
+                "dataset 'shards' reads packed shards: set data.root to the directory or http(s):// URL "
+                "holding the index.json that `vitq data pack` wrote"
+            )
         if self.dataset in FILE_DATASETS and not self.root:
             raise ValueError(f"dataset {self.dataset!r} reads files: set data.root to its directory")
+        if self.dataset == "shards":
+            assert self.root is not None
+            if "://" in self.root and not self.root.startswith(SHARD_URL_SCHEMES):
+                raise ValueError(
+                    f"data.root {self.root!r}: shards are read from a directory or an http(s):// URL"
+                )
+            if self.download:
+                raise ValueError("data.download is for the torchvision datasets; shards are made by pack")
         if isinstance(self.subset, float) and not 0.0 < self.subset <= 1.0:
             raise ValueError("subset as a fraction must be in (0, 1]")
         if isinstance(self.subset, int) and self.subset < 1:

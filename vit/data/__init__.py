@@ -3,7 +3,8 @@
 Every dataset returned yields (float32 (3, S, S) image in [-1, 1], int label) and has a `labels` int64 tensor.
 Sources: synthetic and digits are built in memory (no files, no network); cifar10, cifar100, pets and
 flowers102 come through torchvision from data.root (their own test split serves as validation); imagefolder
-reads root/train/<class>/ and root/val/<class>/, or root/<class>/ with a held-out share.
+reads root/train/<class>/ and root/val/<class>/, or root/<class>/ with a held-out share; shards reads what
+`vitq data pack` wrote (vit.data.shards), from a directory or an http(s) URL, its val split or a held-out share.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from vit.data.errors import DataError
 from vit.data.files import ImageFiles, Selection, existing_root, folder_with_split, torchvision_splits
 from vit.data.loader import ShardedSampler, build_loader, set_epoch
 from vit.data.memory import TensorImages, digits_images, synthetic_images
+from vit.data.shards import TarShards, open_packed, whole
 from vit.data.splits import stratified_split, subset_indices
 from vit.data.transforms import (
     DIGITS,
@@ -49,6 +51,7 @@ DEFAULT_AUGMENTATIONS: dict[str, AugmentSpec] = {
     "pets": PHOTO,
     "flowers102": PHOTO,
     "imagefolder": PHOTO,
+    "shards": PHOTO,
 }
 
 
@@ -62,7 +65,7 @@ def training_augmentation(data: DataSpec) -> AugmentSpec | None:
 
 
 # Every kind is a torch Dataset of (image, label) with len() and a `labels` tensor.
-ImageDataset = TensorImages | ImageFiles | Selection
+ImageDataset = TensorImages | ImageFiles | Selection | TarShards
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,16 @@ def build_datasets(data: DataSpec, *, image_size: int, seed: int) -> Datasets:
             train, val = train.select(train_idx), train.select(val_idx).with_transform(eval_tf)
         else:
             val = ImageFiles(val_files.paths, val_files.labels, eval_tf)
+    elif data.dataset == "shards":
+        assert data.root is not None
+        packed = open_packed(data.root)
+        class_names = packed.class_names
+        train = whole(packed.train, train_tf)
+        if packed.val is None:
+            train_idx, val_idx = stratified_split(train.labels, data.val_fraction, seed)
+            train, val = train.select(train_idx), train.select(val_idx).with_transform(eval_tf)
+        else:
+            val = whole(packed.val, eval_tf)
     else:
         assert data.root is not None
         root = existing_root(data.root) if not data.download else _created(data.root)

@@ -152,8 +152,8 @@ TORCHVISION: dict[str, tuple[type[Dataset[tuple[torch.Tensor, int]]], str, tuple
 }
 
 
-def _open(
-    name: str, root: Path, split: str, download: bool, transform: Transform
+def open_torchvision(
+    name: str, root: Path, split: str, download: bool, transform: Transform | None
 ) -> Dataset[tuple[torch.Tensor, int]]:
     cls, folder, _, _ = TORCHVISION[name]
     try:
@@ -170,7 +170,7 @@ def _open(
         ) from err
 
 
-def _labels_of(dataset: Dataset[tuple[torch.Tensor, int]]) -> torch.Tensor:
+def labels_of(dataset: Dataset[tuple[torch.Tensor, int]]) -> torch.Tensor:
     """Labels of a torchvision dataset without decoding its images (Pets and Flowers keep them privately)."""
     raw = getattr(dataset, "targets", None)
     if raw is None:
@@ -183,13 +183,15 @@ def torchvision_splits(
 ) -> tuple[Selection, Selection, list[str]]:
     """(train, test, class names) of a torchvision dataset, every image of each split selected."""
     _, _, train_splits, test_split = TORCHVISION[name]
-    parts = [_open(name, root, split, download, train_transform) for split in train_splits]
-    test = _open(name, root, test_split, False, eval_transform)  # downloading the train split fetched it
-    labels = torch.cat([_labels_of(part) for part in parts])
+    parts = [open_torchvision(name, root, split, download, train_transform) for split in train_splits]
+    test = open_torchvision(
+        name, root, test_split, False, eval_transform
+    )  # downloading the train split fetched it
+    labels = torch.cat([labels_of(part) for part in parts])
     train = parts[0] if len(parts) == 1 else ConcatDataset(parts)
     num_classes = int(labels.max()) + 1
     classes = list(getattr(parts[0], "classes", None) or [str(i) for i in range(num_classes)])
-    test_labels = _labels_of(test)
+    test_labels = labels_of(test)
     return (
         Selection(train, labels, torch.arange(len(labels))),
         Selection(test, test_labels, torch.arange(len(test_labels))),

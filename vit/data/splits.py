@@ -14,11 +14,11 @@ import torch
 def _per_class_orders(labels: torch.Tensor, seed: int) -> list[torch.Tensor]:
     """For each class present, its sample indices in a seeded random order."""
     generator = torch.Generator().manual_seed(seed)
-    orders = []
-    for cls in torch.unique(labels, sorted=True).tolist():
-        members = torch.nonzero(labels == cls).flatten()
-        orders.append(members[torch.randperm(len(members), generator=generator)])
-    return orders
+    # Each class's indices in ascending order, from one stable sort (one pass per class is 1,000 passes over
+    # ImageNet's 1.28 M labels: seconds at every job start).
+    by_class = torch.argsort(labels, stable=True)
+    counts = torch.unique(labels, sorted=True, return_counts=True)[1].tolist()
+    return [members[torch.randperm(len(members), generator=generator)] for members in by_class.split(counts)]
 
 
 def stratified_split(
