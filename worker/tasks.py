@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from api.core.broker import RUN_JOB_TASK, pool_queue
-from vit.config import DEFAULT_POOL
 from api.core.settings import get_settings
+from vit.config import DEFAULT_POOL
 from worker.celery_app import app
 from worker.supervisor import supervise
 

@@ -325,6 +325,12 @@ def cmd_download(args: argparse.Namespace, client: VitqClient) -> int:
 # ---------------------------------------------------------------- argument parsing
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from vit.data.pack import main as data_main  # torchvision: imported only by the commands that need it
+
+    return data_main(args.args, prog="vitq data")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitq",
@@ -403,11 +409,21 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("checkpoint", nargs="?", help="checkpoint name (default: the newest)")
     download.add_argument("-o", "--output", type=Path, help="file to write (default: jobID-NAME.safetensors)")
     download.set_defaults(call=cmd_download)
+    data = commands.add_parser(
+        "data", help="pack an image folder into shards, check shards (vitq data --help)", add_help=False
+    )
+    data.add_argument("args", nargs=argparse.REMAINDER)
+    data.set_defaults(run=cmd_data)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "run", None) is cmd_data:
+        args.args = [*unknown, *args.args]  # `vitq data --help` and the data commands' options are theirs
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if hasattr(args, "run"):
             run: Callable[[argparse.Namespace], int] = args.run

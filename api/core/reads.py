@@ -11,7 +11,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.core import workers
-from vit.config import DEFAULT_POOL
 from api.core.metric_queries import MetricSummary, summarize_metrics
 from api.core.models import MAX_JOB_ID, Checkpoint, Job, JobStatus
 from api.core.schemas import JobOut
@@ -23,6 +22,7 @@ from api.core.state_machine import (
     runnable,
     visible_to,
 )
+from vit.config import DEFAULT_POOL
 
 
 def get_job(*, session: Session, job_id: int, principal: Principal) -> Job:

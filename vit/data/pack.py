@@ -96,8 +96,8 @@ def run_check(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_DAMAGED
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vit.data.pack", description=__doc__)
+def main(argv: Sequence[str] | None = None, prog: str = "python -m vit.data.pack") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     add_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)
     return int(args.run(args))

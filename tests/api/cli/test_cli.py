@@ -12,6 +12,7 @@ import yaml
 from api.cli.main import UsageError, apply_overrides
 from api.client import VitqClient, VitqError
 from tests.api.cli.service import VITQ, Service, free_port, service_env, tiny_spec, wait_for
+from tests.vit.shard_helpers import write_photos
 
 # Submodules, not `vit`: under pytest, tests/vit/ (no __init__.py) can shadow the package's __init__.
 from vit.model import create_model
@@ -222,3 +223,23 @@ def test_sweep_submits_every_child_and_refuses_an_unknown_field(service: Service
     assert [client.get(int(row.split()[0]))["spec"]["optim"]["lr"] for row in rows] == [0.001, 0.003]
     bad = write(tmp_path / "bad.yaml", yaml.safe_dump({"base": base, "grid": {"optim.lrr": [0.001]}}))
     assert "unknown spec field 'optim.lrr'" in one_line_error(service.cli("sweep", bad))
+
+
+def test_vitq_data_packs_an_image_folder_and_checks_the_shards(tmp_path: Path) -> None:
+    write_photos(tmp_path / "images", per_class=2)
+    packed = subprocess.run(
+        [VITQ, "data", "pack", str(tmp_path / "images"), str(tmp_path / "shards")],
+        capture_output=True,
+        text=True,
+    )
+    assert packed.returncode == 0, packed.stderr
+    checked = subprocess.run(
+        [VITQ, "data", "check", str(tmp_path / "shards")], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stderr
+    (shard,) = sorted((tmp_path / "shards").glob("train-*.tar"))
+    shard.write_bytes(shard.read_bytes()[:-1024])  # truncated
+    damaged = subprocess.run(
+        [VITQ, "data", "check", str(tmp_path / "shards")], capture_output=True, text=True
+    )
+    assert damaged.returncode == 1 and shard.name in damaged.stdout + damaged.stderr
