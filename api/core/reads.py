@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from api.core import workers
@@ -134,14 +134,44 @@ def queue_view(
     if running_limit is not None:
         at_limit = frozenset(session.scalars(owners_at_running_limit(running_limit)))
         skip = (Job.owner.not_in(at_limit),) if at_limit else ()
+    places = (
+        _place_of(session=session, job=waiting[0], skip=skip)
+        if len(waiting) == 1
+        else _places_in(session=session, pools={job.pool for job in waiting}, skip=skip)
+    )
+    alive = workers.alive_per_pool(session=session, lease_seconds=lease_seconds)
+    return QueueView(places, alive, at_limit, running_limit)
+
+
+def _place_of(*, session: Session, job: Job, skip: tuple[Any, ...]) -> dict[int, int]:
+    """One job's page: the jobs ahead of it counted in the database (one row back)."""
+    ahead = (
+        select(Job.id).where(*runnable(), Job.pool == job.pool, *skip, _ahead_of(job)).limit(PLACES_COUNTED)
+    )
+    count = session.scalar(select(func.count()).select_from(ahead.subquery())) or 0
+    return {job.id: count + 1} if count < PLACES_COUNTED else {}
+
+
+def _places_in(*, session: Session, pools: set[str], skip: tuple[Any, ...]) -> dict[int, int]:
+    """A list page: the heads of the pools' queues, in queue order."""
     places: dict[int, int] = {}
-    for pool in sorted({job.pool for job in waiting}):
+    for pool in sorted(pools):
         head = select(Job.id).where(*runnable(), Job.pool == pool, *skip).order_by(*QUEUE_ORDER)
         places.update(
             (job_id, place) for place, job_id in enumerate(session.scalars(head.limit(PLACES_COUNTED)), 1)
         )
-    alive = workers.alive_per_pool(session=session, lease_seconds=lease_seconds)
-    return QueueView(places, alive, at_limit, running_limit)
+    return places
+
+
+def _ahead_of(job: Job) -> Any:
+    """The WHERE clause of the jobs before `job` in QUEUE_ORDER (priority descending, then first come)."""
+    return or_(
+        Job.priority > job.priority,
+        and_(
+            Job.priority == job.priority,
+            or_(Job.created_at < job.created_at, and_(Job.created_at == job.created_at, Job.id < job.id)),
+        ),
+    )
 
 
 def job_out(job: Job, summary: MetricSummary | None = None, queue: QueueView | None = None) -> JobOut:

@@ -24,6 +24,17 @@ def shown(engine: Engine, running_limit: int | None = None) -> dict[int, tuple[i
         return {o.id: (o.queue_position, o.wait_reason) for o in outs}
 
 
+def shown_alone(
+    engine: Engine, job_id: int, running_limit: int | None = None
+) -> tuple[int | None, str | None]:
+    """One job's place and reason, as GET /jobs/{id} shows them (counted apart from the list's way)."""
+    with Session(engine) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        (out,) = reads.jobs_out(session=session, jobs=[job], lease_seconds=LEASE, running_limit=running_limit)
+        return out.queue_position, out.wait_reason
+
+
 def run_order(engine: Engine, running_limit: int | None = None) -> list[int]:
     """The ids claims take, one after another, until nothing is left to claim."""
     taken = []
@@ -52,6 +63,7 @@ def test_a_released_child_runs_in_its_original_place_before_later_jobs(engine: E
         assert sm.release_waiting_children(session=session, parent_id=parent) == [child]
     places = shown(engine)
     assert places[child] == (1, "waiting for a free worker (0 jobs ahead)")
+    assert {job_id: shown_alone(engine, job_id) for job_id in places} == places
     assert places_in_order(places) == [child, *later] == run_order(engine)
 
 
@@ -77,6 +89,7 @@ def test_an_owner_below_the_running_limit_again_takes_its_original_place(engine:
     # Alice dropped below her limit: her job is ahead of bob's later one again (bob_1 runs, bob at his limit
     # of 1 too, so only alice's job is claimable now; with a limit of 2, alice's comes before bob_2).
     places = shown(engine, running_limit=2)
+    assert {job_id: shown_alone(engine, job_id, running_limit=2) for job_id in places} == places
     assert places_in_order(places) == [alice_next, bob_2] == run_order(engine, running_limit=2)
 
 
@@ -87,6 +100,7 @@ def test_priority_first_then_first_come_and_places_beyond_the_counted_head(engin
     high = add_job(engine, priority=5)
     places = shown(engine)
     assert (places[high][0], places[low][0]) == (1, 2)
+    assert (shown_alone(engine, high)[0], shown_alone(engine, low)[0]) == (1, 2)
     with Session(engine) as session:
         view = reads.QueueView(places={}, workers_alive={"default": 1})
         job = session.get(Job, low)
