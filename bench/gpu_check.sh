@@ -14,7 +14,10 @@
 #   2. the same with fp8 Linear layers (target >= 5,000 img/s)
 #   3. torch.profiler of the compiled bf16 and fp8 steps: the top kernels and the GPU's idle time
 #   4. loss curves of the digits example: fp32 eager (reference), bf16 compiled, fp8 compiled
-#   5. (issue 21, separate: `bash bench/gpu_check.sh 5`, about 1 min) JPEG decoding of shard-sized photos with
+#   5. issue 20: the B/16 bf16 compiled job with the regularized recipe (drop-path 0.1, mixup 0.8 + CutMix 1.0,
+#      RandAugment m9, label smoothing, EMA) against the plain job, run back to back on the same machine:
+#      target regularized / plain >= 0.9 (`bash bench/gpu_check.sh 5`, about 5 min, not yet run on a GPU)
+#   6. (issue 21, separate: `bash bench/gpu_check.sh 6`, about 1 min) JPEG decoding of shard-sized photos with
 #      nvJPEG, batched (torchvision.io.decode_jpeg on the device), against PIL: img/s and pixel agreement
 set -uo pipefail
 OUT=${OUT:-gpu-check}
@@ -63,11 +66,25 @@ if wants 4; then
   echo "== 4. digits example: loss curves against fp32 eager"
   timeout 180 python3 bench/loss_curves.py --device cuda fp32:false bf16:true fp8:true
 fi
+if wants 5; then
+  echo "== 5. B/16 bf16 compiled: regularized recipe vs plain"
+  for recipe in plain regularized; do
+    flag=$([ "$recipe" = regularized ] && echo --regularized)
+    timeout 200 python3 bench/job_throughput.py "${B16[@]}" "${JOB[@]}" --precision bf16 --compile true $flag \
+      --bench-rounds 1 --bench-steps 10 --bench-warmup 5 --json "$OUT/b16_bf16_$recipe.json"
+  done
+  python3 - "$OUT" <<'EOF'
+import json, sys
+plain, reg = (json.load(open(f"{sys.argv[1]}/b16_bf16_{r}.json"))["job_images_per_s"] for r in ("plain", "regularized"))
+verdict = "met" if reg >= 0.9 * plain else "MISSED"
+print(f"regularized {reg:,.0f} img/s / plain {plain:,.0f} img/s = {reg / plain:.3f} (target >= 0.9: {verdict})")
+EOF
+fi
 
 # ---------------------------------------------------------------------------------------------------------------
 # Issue 21 (data at scale), not issue 12's figures: not yet run on a GPU.
-if wants 5; then
-  echo "== 5. JPEG decoding: PIL vs torchvision CPU vs nvJPEG batched (500x375, quality 90)"
+if wants 6; then
+  echo "== 6. JPEG decoding: PIL vs torchvision CPU vs nvJPEG batched (500x375, quality 90)"
   for batch in 64 256; do
     timeout 120 python3 bench/jpeg_decode.py --device cuda --images 1024 --batch-size "$batch"
   done

@@ -2,7 +2,7 @@
 the CPU and, with --device cuda, batched on the GPU (nvJPEG); pixel agreement with PIL and images/s of each.
 
     OMP_NUM_THREADS=1 python bench/jpeg_decode.py                  # CPU: PIL vs torchvision.io
-    python bench/jpeg_decode.py --device cuda --batch-size 256     # + nvJPEG, batched (bench/gpu_check.sh 5)
+    python bench/jpeg_decode.py --device cuda --batch-size 256     # + nvJPEG, batched (bench/gpu_check.sh 6)
 
 The images are 500x375 JPEGs (quality 90) as bench/shard_throughput.py makes them, held in memory as bytes (what
 a shard read gives), so only decoding is timed. Agreement is the largest and the mean absolute difference per

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from vit.rundir import (
+    EMA_WEIGHTS_FILE,
     LATEST_FILE,
     META_FILE,
     STATE_FILE,
@@ -44,8 +45,10 @@ def save_checkpoint(
     state: dict[str, Any],
     spec: dict[str, Any],
     keep: int,
+    ema: nn.Module | None = None,
 ) -> Path:
-    """Write step-{step}/ atomically, point `latest` at it, delete all but the newest `keep`."""
+    """Write step-{step}/ atomically, point `latest` at it, delete all but the newest `keep`. `ema`: the
+    moving average of the weights, saved next to them in the same format."""
     root = checkpoints_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
@@ -54,8 +57,10 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
 
-    save_weights(model, tmp / WEIGHTS_FILE)
-    _fsync_file(tmp / WEIGHTS_FILE)
+    for module, file_name in ((model, WEIGHTS_FILE), (ema, EMA_WEIGHTS_FILE)):
+        if module is not None:
+            save_weights(module, tmp / file_name)
+            _fsync_file(tmp / file_name)
     torch.save(state, tmp / STATE_FILE)
     _fsync_file(tmp / STATE_FILE)
     meta = {"step": step, "time": time.time(), "spec": spec}

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vit.recipes import RECIPES, apply_recipe
+
 # Paper Table 1 (Ti and S from the reference configs): variant -> (depth, embed_dim, mlp_dim, num_heads).
 # Kept here, free of torch, so that the API checks a spec's shapes on submission; vit.model builds from it.
 PRESETS: dict[str, tuple[int, int, int, int]] = {
@@ -29,6 +31,8 @@ DATASETS = ("synthetic", "digits", "cifar10", "cifar100", "pets", "flowers102", 
 FILE_DATASETS = ("cifar10", "cifar100", "pets", "flowers102", "imagefolder", "shards")
 # Where `vitq data pack` shards can be read from: a local or shared-filesystem directory, or over HTTP(S).
 SHARD_URL_SCHEMES = ("http://", "https://")
+# The numeric options of timm's rand_augment_transform (timm.data.auto_augment).
+RAND_AUGMENT_PATTERN = re.compile(r"^rand(-(m|n|mstd|mmax|p)[0-9]+(\.[0-9]+)?|-inc[01])*$")
 
 PositiveInt = Annotated[int, Field(gt=0)]
 DEFAULT_POOL = "default"  # the pool of a spec that names none (resources.pool)
@@ -56,6 +60,12 @@ class ModelSpec(_Strict):
     pool: Literal["cls", "gap"] = "cls"
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
     attn_drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    drop_path_rate: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Stochastic depth of the last block; linear from 0 over depth (timm).",
+    )
 
     @field_validator("variant")
     @classmethod
@@ -148,6 +158,20 @@ class DataSpec(_Strict):
         description="Loader processes per trainer for file datasets; none: from the CPU count (in-memory "
         "datasets are batched on the training device and use none).",
     )
+    # Batch regularization, with timm's names and meanings (timm.data.Mixup, RandomErasing, RandAugment).
+    rand_augment: str | None = Field(
+        None,
+        description='timm RandAugment config, e.g. "rand-m9-mstd0.5-inc1" (DeiT) or "rand-n2-m10" (AugReg).',
+    )
+    mixup: float = Field(0.0, ge=0.0, le=10.0, description="Mixup alpha (0: off).")
+    cutmix: float = Field(0.0, ge=0.0, le=10.0, description="CutMix alpha (0: off).")
+    mixup_prob: float = Field(1.0, ge=0.0, le=1.0, description="Share of batches mixed at all.")
+    mixup_switch_prob: float = Field(
+        0.5, ge=0.0, le=1.0, description="With both on: share of mixed batches that use CutMix."
+    )
+    random_erasing: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of images with a random box erased."
+    )
     # synthetic only: size of the generated dataset and its number of classes.
     synthetic_size: int = Field(2048, ge=16, le=1_000_000)
     synthetic_classes: int = Field(10, ge=2, le=10_000)
@@ -170,6 +194,20 @@ class DataSpec(_Strict):
                 )
                 raise ValueError(f"{problems} (augment is {AUGMENT_HELP})") from None
         raise ValueError(f"augment is {AUGMENT_HELP}, got {value!r}")
+
+    @field_validator("rand_augment")
+    @classmethod
+    def _check_rand_augment(cls, value: str | None) -> str | None:
+        if value is not None and RAND_AUGMENT_PATTERN.match(value) is None:
+            raise ValueError(
+                'must be a timm RandAugment string: "rand" then -m<magnitude>, -n<ops>, -mstd<std>, -mmax<max>, '
+                f'-inc<0|1>, -p<prob> (e.g. "rand-m9-mstd0.5-inc1"), got {value!r}'
+            )
+        return value
+
+    @property
+    def mixes(self) -> bool:
+        return (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:
@@ -206,6 +244,12 @@ class OptimSpec(_Strict):
     warmup_steps: int | None = Field(None, ge=0)
     schedule: Literal["linear", "cosine", "constant"] | None = None
     clip_grad_norm: float | None = Field(None, ge=0.0, description="0 disables clipping.")
+    layer_decay: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Layer-wise lr decay (BEiT, timm): block i of L trains at lr * layer_decay^(L - i); 1: off.",
+    )
 
 
 class TrainSpec(_Strict):
@@ -226,6 +270,14 @@ class TrainSpec(_Strict):
     keep_checkpoints: PositiveInt = Field(3, le=1000)
     log_every: PositiveInt = 10
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    ema_decay: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Keep an exponential moving average of the weights (timm ModelEmaV3), evaluated and "
+        "checkpointed next to them; e.g. 0.9998 (timm), 0.99996 (DeiT). None: no EMA.",
+    )
 
 
 class EvalSpec(_Strict):
@@ -259,6 +311,7 @@ class InitSpec(_Strict):
     weights: str | None = Field(
         None, max_length=4096, description="Run directory, checkpoint directory or weights file."
     )
+    ema: bool = Field(False, description="Start from the checkpoint's EMA weights (train.ema_decay) instead.")
 
     @model_validator(mode="after")
     def _one_source(self) -> InitSpec:
@@ -279,6 +332,17 @@ class JobSpec(_Strict):
     eval: EvalSpec = EvalSpec()
     resources: ResourcesSpec = ResourcesSpec()
     init: InitSpec | None = None
+    recipe: str | None = Field(
+        None,
+        description="A named recipe (vit.recipes.RECIPES) whose values fill the fields the spec leaves out.",
+    )
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, value: str | None) -> str | None:
+        if value is not None and value not in RECIPES:
+            raise ValueError(f"unknown recipe {value!r}; known: {', '.join(RECIPES)}")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> JobSpec:
@@ -298,16 +362,25 @@ class JobSpec(_Strict):
             raise ValueError(
                 f"the per-process batch {self.train.batch_size // world} is not a multiple of micro_batch_size {micro}"
             )
+        data = apply_recipe(self, RECIPES[self.recipe]).data if self.recipe is not None else self.data
+        if data.mixes and (self.train.batch_size // world) % 2:
+            raise ValueError(
+                f"data.mixup/cutmix pair each image with another of its process's batch: the per-process batch "
+                f"{self.train.batch_size // world} must be even"
+            )
         return self
 
     def resolved(self) -> JobSpec:
-        """The same spec with every kind-dependent default filled in (idempotent)."""
-        defaults = PRETRAIN_OPTIM if self.kind == "pretrain" else FINETUNE_OPTIM
-        given = self.optim.model_dump(exclude_none=True)
+        """The same spec with the recipe's values and every kind-dependent default filled in (idempotent).
+
+        Fields the spec sets win over the recipe's, the recipe's over the kind's defaults."""
+        spec = apply_recipe(self, RECIPES[self.recipe]) if self.recipe is not None else self
+        defaults = PRETRAIN_OPTIM if spec.kind == "pretrain" else FINETUNE_OPTIM
+        given = spec.optim.model_dump(exclude_none=True)
         optim = OptimSpec(**{**defaults, **given})
         if optim.name == "sgd" and optim.betas is not None and "betas" not in given:
             optim = optim.model_copy(update={"betas": None})
-        return self.model_copy(update={"optim": optim})
+        return spec.model_copy(update={"optim": optim})
 
     @property
     def world_size(self) -> int:
@@ -324,6 +397,7 @@ PRETRAIN_OPTIM: dict[str, Any] = {
     "warmup_steps": 100,
     "schedule": "linear",
     "clip_grad_norm": 1.0,
+    "layer_decay": 1.0,
 }
 # Paper, fine-tuning: SGD momentum 0.9, no weight decay, clip at global norm 1, cosine decay.
 FINETUNE_OPTIM: dict[str, Any] = {
@@ -334,6 +408,7 @@ FINETUNE_OPTIM: dict[str, Any] = {
     "warmup_steps": 50,
     "schedule": "cosine",
     "clip_grad_norm": 1.0,
+    "layer_decay": 1.0,
 }
 
 

@@ -34,6 +34,9 @@ class ViTConfig:
     # Paper: dropout after every dense layer except qkv, and after adding position embeddings.
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
+    # Stochastic depth (Huang et al. 2016): each block's residual branches are dropped per sample, at a rate
+    # rising linearly from 0 (first block) to drop_path_rate (last), as timm's VisionTransformer does.
+    drop_path_rate: float = 0.0
     norm_eps: float = 1e-6  # the JAX reference's LayerNorm epsilon; timm uses the same
 
     def __post_init__(self) -> None:
@@ -45,7 +48,7 @@ class ViTConfig:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.pool not in ("cls", "gap"):
             raise ValueError(f'pool must be "cls" or "gap", got {self.pool!r}')
-        for name in ("drop_rate", "attn_drop_rate"):
+        for name in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if min(self.patch_size, self.embed_dim, self.depth, self.num_heads, self.mlp_dim) < 1:
@@ -63,7 +66,17 @@ class ViTConfig:
 
 
 OVERRIDES = frozenset(
-    {"patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "pool", "drop_rate", "attn_drop_rate"}
+    {
+        "patch_size",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "mlp_dim",
+        "pool",
+        "drop_rate",
+        "attn_drop_rate",
+        "drop_path_rate",
+    }
 )
 
 
@@ -101,19 +114,37 @@ class Mlp(nn.Module):
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))  # (B, N, mlp_dim) inside
 
 
-class Block(nn.Module):
-    """Pre-norm: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+class DropPath(nn.Module):
+    """Zero a sample's residual branch with probability p, scale the kept ones by 1/(1-p). The same draws as
+    timm's DropPath (one bernoulli_ per sample, on the branch's device), so seeded runs match timm's exactly."""
 
-    def __init__(self, cfg: ViTConfig) -> None:
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)  # (B, 1, 1)
+        return x * mask
+
+
+class Block(nn.Module):
+    """Pre-norm: x + attn(norm1(x)), then x + mlp(norm2(x)); each branch under stochastic depth."""
+
+    def __init__(self, cfg: ViTConfig, drop_path: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.attn = Attention(cfg)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.mlp = Mlp(cfg)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
 class PatchEmbed(nn.Module):
@@ -137,7 +168,9 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.embed_dim))  # includes the cls slot
         self.pos_drop = nn.Dropout(cfg.drop_rate) if cfg.drop_rate > 0 else nn.Identity()
-        self.blocks = nn.Sequential(*[Block(cfg) for _ in range(cfg.depth)])
+        # timm's linear rule over depth; on the CPU, also when the model is built on the meta device.
+        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu").tolist()
+        self.blocks = nn.Sequential(*[Block(cfg, rate) for rate in rates])
         gap = cfg.pool == "gap"
         self.norm: nn.Module = nn.Identity() if gap else nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.fc_norm: nn.Module = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if gap else nn.Identity()
@@ -171,6 +204,14 @@ class VisionTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's layer grouping (timm.optim's layer-wise lr decay reads it): the embeddings are layer 0, block i
+        layer i + 1 (the final norm goes with the last block), the head alone on top."""
+        return {
+            "stem": r"^cls_token|pos_embed|patch_embed",
+            "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        }
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images -> (B, N+1, D) tokens, class token first. With cls pooling the tokens are
@@ -217,7 +258,7 @@ def create_model(variant: str, *, num_classes: int, image_size: int, **overrides
     """Build a ViT by variant name, e.g. create_model("Ti/4", num_classes=10, image_size=32, depth=6).
 
     Overrides: patch_size, embed_dim, depth, num_heads, mlp_dim, pool ("cls" | "gap"), drop_rate,
-    attn_drop_rate (None leaves the preset's value)."""
+    attn_drop_rate, drop_path_rate (None leaves the preset's value)."""
     return VisionTransformer(
         model_config(variant, num_classes=num_classes, image_size=image_size, **overrides)
     )

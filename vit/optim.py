@@ -1,7 +1,9 @@
 """Optimizer and learning-rate schedule for a resolved spec.
 
 Weight decay applies to matrices only: position embedding, class token, biases and norm parameters are all
-1-D (or, for the embeddings, named) and excluded, as is common practice for ViT.
+1-D (or, for the embeddings, named) and excluded, as is common practice for ViT. Layer-wise lr decay
+(`optim.layer_decay` < 1, BEiT's fine-tuning rule) uses timm's grouping: one group per layer and decay kind,
+each at lr * layer_decay^(layers - 1 - layer), which the schedule then scales as a whole.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import math
 from typing import Any
 
 import torch
+from timm.optim import param_groups_layer_decay
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -37,10 +40,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def build_optimizer(model: nn.Module, optim: OptimSpec, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW or SGD (momentum, no Nesterov) over `param_groups`; `optim` must be resolved."""
+    """AdamW or SGD (momentum, no Nesterov) over `param_groups` (or timm's layer-decay groups); `optim` must be
+    resolved."""
     if optim.lr is None or optim.weight_decay is None:
         raise ValueError("build_optimizer needs a resolved spec (JobSpec.resolved())")
-    groups = param_groups(model, optim.weight_decay)
+    if optim.layer_decay is not None and optim.layer_decay < 1.0:
+        groups = param_groups_layer_decay(
+            model,
+            optim.weight_decay,
+            no_weight_decay_list=sorted(getattr(model, "no_weight_decay", set)()),
+            layer_decay=optim.layer_decay,
+        )
+        for group in groups:
+            group["lr"] = optim.lr * group.pop("lr_scale")  # the schedule's base lr of the group
+    else:
+        groups = param_groups(model, optim.weight_decay)
     # The fused kernels are the fastest path on CUDA; elsewhere torch picks foreach by itself.
     fused = True if device.type == "cuda" else None
     if optim.name == "adamw":

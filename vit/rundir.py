@@ -36,6 +36,7 @@ LOG_FILE = "train.log"
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
 WEIGHTS_FILE = "model.safetensors"
+EMA_WEIGHTS_FILE = "ema.safetensors"  # next to WEIGHTS_FILE in runs with train.ema_decay
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 LOCK_FILE = "trainer.lock"

@@ -1,8 +1,10 @@
 """The training loop: one resolved spec, one run directory, alone or as one rank of a torch.distributed group.
 
 State that resume needs is `state_dict()` (optimizer, scheduler, step, data position, per-rank RNG); the weights
-go next to it as model.safetensors. Each optimizer step consumes one global batch, split into this rank's
-share and then into micro batches whose gradients accumulate (DDP syncs only on the last).
+go next to it as model.safetensors (and their moving average as ema.safetensors). Each optimizer step consumes
+one global batch (train.batch_size, whatever the number of processes), split into this rank's share, regularized
+as a whole (vit.regularize), then cut into micro batches whose gradients accumulate (DDP syncs only on the last).
+Steps, the schedule, logging and checkpoints all count optimizer steps; a stop waits for the step to end.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -32,6 +34,7 @@ from vit.metrics_log import MetricsLog
 from vit.model import VisionTransformer, create_model
 from vit.optim import build_optimizer, build_scheduler, load_training_state
 from vit.precision import UnsupportedPrecision, autocast, check_supported, convert_to_fp8
+from vit.regularize import BatchRegularizer
 from vit.weights import load_pretrained
 
 # What the ranks agree to do at a step boundary (the largest wish wins): go on, checkpoint and stop, or stop at
@@ -106,6 +109,10 @@ class Trainer:
         self._set_precision()
         self.optimizer = build_optimizer(self.model, self.spec.optim, ctx.device)
         self.scheduler = build_scheduler(self.optimizer, self.spec.optim, self.total_steps)
+        self.regularizer = BatchRegularizer(
+            self.spec.data, self.spec.train.label_smoothing, self.num_classes, ctx.device
+        )
+        self.ema: ModelEmaV3 | None = None  # built by restore(), from the weights training starts with
         self.ddp: nn.Module = self.model  # wrapped for DDP by restore(), once the weights are final
         self.restored = False
         self.metrics = MetricsLog(run_dir, enabled=ctx.is_main, total_steps=self.total_steps)
@@ -123,6 +130,11 @@ class Trainer:
                 self._load_init_weights()
             # Distinct streams per rank from here on (dropout, augmentation in the main process).
             rng.seed_everything(self.spec.train.seed + self.ctx.rank)
+        if self.spec.train.ema_decay is not None:
+            self.ema = ModelEmaV3(self.model, decay=self.spec.train.ema_decay)
+            saved = resume_from / rundir.EMA_WEIGHTS_FILE if resume_from is not None else None
+            if saved is not None and saved.is_file():  # else (EMA turned on at resume) it starts from here
+                self.ema.module.load_state_dict(load_file(str(saved)), strict=True)
         if self.ctx.distributed:
             device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
@@ -156,6 +168,7 @@ class Trainer:
             rank=self.ctx.rank,
             world_size=self.ctx.world_size,
             device=self.ctx.device,
+            per_image=self.spec.data.rand_augment is not None,
         )
         set_epoch(self.train_loader, 0)
         self.batches_per_epoch = len(self.train_loader)
@@ -178,7 +191,7 @@ class Trainer:
 
     def _few_shot_loader(self) -> DataLoader[tuple[torch.Tensor, int]]:
         """Training images without augmentation, at most max(few_shot) per class (the probe's support set)."""
-        plain = self.spec.data.model_copy(update={"augment": False})
+        plain = self.spec.data.model_copy(update={"augment": False, "rand_augment": None})
         train = build_datasets(plain, image_size=self.spec.model.image_size, seed=self.spec.train.seed).train
         labels = train.labels
         support = subset_indices(labels, max(self.spec.eval.few_shot), self.spec.train.seed)
@@ -187,7 +200,7 @@ class Trainer:
     def _load_init_weights(self) -> None:
         assert self.spec.init is not None and self.spec.init.weights is not None
         try:
-            report = load_pretrained(self.model, self.spec.init.weights)
+            report = load_pretrained(self.model, self.spec.init.weights, ema=self.spec.init.ema)
         except (FileNotFoundError, ValueError) as error:
             raise SpecError(f"init.weights: {error}") from None
         if isinstance(self.model.head, nn.Linear):
@@ -295,9 +308,10 @@ class Trainer:
         device = self.ctx.device
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
+        images, targets = self.regularizer(images, labels)
         total_loss = torch.zeros((), device=device)
-        micro_images, micro_labels = images.split(self.micro_batch), labels.split(self.micro_batch)
-        for index, (x, y) in enumerate(zip(micro_images, micro_labels, strict=True)):
+        micro_images, micro_targets = images.split(self.micro_batch), targets.split(self.micro_batch)
+        for index, (x, y) in enumerate(zip(micro_images, micro_targets, strict=True)):
             # Gradients are all-reduced once per step, after the last micro batch.
             sync = index == self.accumulation - 1
             no_sync: AbstractContextManager[Any] = (
@@ -307,7 +321,7 @@ class Trainer:
             )
             with no_sync:
                 with self._autocast():
-                    loss = F.cross_entropy(self.ddp(x).float(), y)
+                    loss = self.regularizer.loss(self.ddp(x).float(), y)
                 # Equal micro batches: the mean of their means is the batch mean (DDP then averages ranks).
                 (loss / self.accumulation).backward()
             total_loss += loss.detach()
@@ -321,6 +335,9 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            # timm's train.py: the count of updates including this one (the first update copies the weights).
+            self.ema.update(self.model, step=self.step + 1)
         return total_loss / self.accumulation, grad_norm.detach()
 
     def _autocast(self) -> AbstractContextManager[Any]:
@@ -368,7 +385,7 @@ class Trainer:
             self.step,
             {
                 "loss": loss_sum / (window.steps * ranks),
-                "lr": float(self.scheduler.get_last_lr()[0]),
+                "lr": float(max(self.scheduler.get_last_lr())),  # the top layer's under layer-wise decay
                 "grad_norm": norm_sum / (window.steps * ranks),
                 "images_per_s": images_per_s,
                 "epoch": self.epoch + self.batch / self.batches_per_epoch,
@@ -380,20 +397,28 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """val_loss, val_top1 and few_shot_{n} over the whole split; a collective call, every rank gets them.
+        """val_loss, val_top1 and few_shot_{n} over the whole split, and the same of the EMA weights prefixed
+        ema_ (train.ema_decay); a collective call, every rank gets them.
 
         The ranks share the work rather than rank 0 doing it alone: besides being world-size times faster, it
         keeps the others from waiting in the next step's all-reduce, where a long evaluation (a large split,
         few-shot features) would outlast the process group's timeout (10 min for NCCL) and kill the run.
         """
+        results = self._evaluate(self.model)
+        if self.ema is not None:
+            results |= {f"ema_{name}": value for name, value in self._evaluate(self.ema.module).items()}
+        self.metrics.log(self.step, results)
+        return results
+
+    def _evaluate(self, model: nn.Module) -> dict[str, float]:
         device = self.ctx.device
         distributed = self.ctx.distributed
         with self._autocast():
-            val_loss, val_top1 = top1(self.model, self.val_loader, device, distributed=distributed)
+            val_loss, val_top1 = top1(model, self.val_loader, device, distributed=distributed)
             results = {"val_loss": float(val_loss), "val_top1": float(val_top1)}
             if self.few_shot_loader is not None:
                 results |= few_shot_eval(
-                    self.model,
+                    model,
                     self.few_shot_loader,
                     self.val_loader,
                     self.spec.eval.few_shot,
@@ -403,7 +428,6 @@ class Trainer:
                     seed=self.spec.train.seed,
                     distributed=distributed,
                 )
-        self.metrics.log(self.step, results)
         return results
 
     def save_checkpoint(self) -> None:
@@ -417,6 +441,7 @@ class Trainer:
                 state=state,
                 spec=self.spec.model_dump(mode="json"),
                 keep=self.spec.train.keep_checkpoints,
+                ema=self.ema.module if self.ema is not None else None,
             )
 
     def close(self) -> None:

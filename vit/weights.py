@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vit.model import VisionTransformer
+from vit.rundir import EMA_WEIGHTS_FILE, WEIGHTS_FILE
 
 StateDict = dict[str, torch.Tensor]
 Grid = tuple[int, int]
@@ -41,12 +42,14 @@ class LoadReport:
     head_reset: bool = False  # the head was zero-initialised instead of loaded
 
 
-def load_pretrained(model: VisionTransformer, path: str | Path, *, strict: bool = True) -> LoadReport:
-    """Load weights from `path` into `model` in place.
+def load_pretrained(
+    model: VisionTransformer, path: str | Path, *, strict: bool = True, ema: bool = False
+) -> LoadReport:
+    """Load weights from `path` into `model` in place (ema: a checkpoint's EMA weights, ema.safetensors).
 
     Raises FileNotFoundError for a missing path and ValueError for a file that is not a ViT checkpoint, a patch
     size or width that differs from the model's, or (when strict) keys missing or left over besides the head."""
-    source = resolve_weights_file(Path(path))
+    source = resolve_weights_file(Path(path), ema=ema)
     state = read_state_dict(source)
     report = LoadReport(source=source)
     _check_patch_embedding(state, model)
@@ -88,25 +91,31 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
     save_file(tensors, str(path), metadata={"format": "pt"})
 
 
-def resolve_weights_file(path: Path) -> Path:
-    """A weights file itself, a checkpoint directory's model.safetensors, or a run directory's latest one."""
+def resolve_weights_file(path: Path, *, ema: bool = False) -> Path:
+    """A weights file itself, a checkpoint directory's model.safetensors, or a run directory's latest one (ema:
+    ema.safetensors instead, the moving average a run with train.ema_decay saves next to the weights)."""
+    weights = EMA_WEIGHTS_FILE if ema else WEIGHTS_FILE
     if not path.exists():
         raise FileNotFoundError(f"no weights at {path}")
     if path.is_file():
+        if ema:
+            raise ValueError(f"{path} is a file: EMA weights are read from a checkpoint or run directory")
         return path
-    if (path / "model.safetensors").is_file():
-        return path / "model.safetensors"
+    if (path / weights).is_file():
+        return path / weights
+    if ema and (path / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"{path} has no {weights}: it was trained without train.ema_decay")
     latest = path / "checkpoints" / "latest"
     if latest.is_file():
         name = latest.read_text().strip()
         if not re.fullmatch(r"[\w.\-]+", name) or name in (".", ".."):
             raise ValueError(f"{latest} should name a checkpoint directory, holds {name!r}")
-        checkpoint = path / "checkpoints" / name / "model.safetensors"
+        checkpoint = path / "checkpoints" / name / weights
         if not checkpoint.is_file():
             raise FileNotFoundError(f"{latest} names {name!r}, but {checkpoint} does not exist")
         return checkpoint
     raise ValueError(
-        f"{path} is a directory without model.safetensors or checkpoints/latest: "
+        f"{path} is a directory without {weights} or checkpoints/latest: "
         "expected a checkpoint directory or a run directory"
     )
 

@@ -83,7 +83,8 @@ def build_datasets(data: DataSpec, *, image_size: int, seed: int) -> Datasets:
     class-stratified and fixed by `seed`, so every rank and every resumed run sees the same images.
     """
     augmentation = training_augmentation(data)
-    train_tf, eval_tf = train_transform(image_size, augmentation), eval_transform(image_size)
+    train_tf = train_transform(image_size, augmentation, data.rand_augment)
+    eval_tf = eval_transform(image_size)
     train: ImageDataset
     val: ImageDataset
     if data.dataset in ("synthetic", "digits"):
@@ -94,7 +95,8 @@ def build_datasets(data: DataSpec, *, image_size: int, seed: int) -> Datasets:
             source, class_names = digits_images(image_size)
         train_idx, val_idx = stratified_split(source.labels, data.val_fraction, seed)
         # Stored at image_size already: evaluation needs no resize, training crops the stored tensor.
-        train = source.select(train_idx).with_transform(train_tf if augmentation else None)
+        augmented = augmentation is not None or data.rand_augment is not None
+        train = source.select(train_idx).with_transform(train_tf if augmented else None)
         val = source.select(val_idx)
     elif data.dataset == "imagefolder":
         assert data.root is not None  # DataSpec requires it for file datasets

@@ -6,7 +6,9 @@ path. Order and resume are the loader's (vit.data.loader): the same ShardedSampl
 skip_batches=k)` and `len()` mean what they mean for a DataLoader. The crops are drawn from the device's default
 generator, which the trainer's checkpoints capture: a resumed run draws the crops it would have drawn.
 
-Datasets that read files keep the DataLoader and its CPU workers (decoding is CPU work).
+Datasets that read files keep the DataLoader and its CPU workers (decoding is CPU work), and so does any dataset
+with `data.rand_augment`: timm's RandAugment works on PIL images, one at a time (mixup, CutMix and random erasing
+run on the device in either case: vit.regularize).
 """
 
 from __future__ import annotations
@@ -103,9 +105,11 @@ def build_train_batches(
     rank: int,
     world_size: int,
     device: torch.device,
+    per_image: bool = False,
 ) -> DeviceBatches | DataLoader[tuple[torch.Tensor, int]]:
-    """DeviceBatches for an in-memory dataset, else a DataLoader over CPU workers (module docstring)."""
-    images = in_memory(dataset, image_size)
+    """DeviceBatches for an in-memory dataset, else (or with per_image: the dataset's own per-image transform
+    is wanted) a DataLoader over CPU workers (module docstring)."""
+    images = None if per_image else in_memory(dataset, image_size)
     if images is not None:
         return DeviceBatches(
             images,

@@ -8,8 +8,11 @@ so pretrained weights from it and from timm's ViT ports see the input range they
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
+from PIL import Image, ImageOps
+from timm.data.auto_augment import rand_augment_transform
 from torchvision.transforms import v2
 
 from vit.config import AUGMENT_PRESETS, AugmentSpec
@@ -41,17 +44,41 @@ def normalize_uint8(image: torch.Tensor) -> torch.Tensor:
     return image.to(torch.float32).sub_(127.5).div_(127.5)
 
 
-def train_transform(image_size: int, augmentation: AugmentSpec | None) -> Transform:
-    """Random resized crop (+ flip) to image_size; None: the evaluation transform (no augmentation)."""
-    if augmentation is None:
+def train_transform(
+    image_size: int, augmentation: AugmentSpec | None, rand_augment: str | None = None
+) -> Transform:
+    """Random resized crop (+ flip) to image_size, then timm's RandAugment (`rand_augment`, a timm config string)
+    as timm's training transform orders them; neither: the evaluation transform (no augmentation)."""
+    if augmentation is None and rand_augment is None:
         return eval_transform(image_size)
-    steps: list[v2.Transform] = [
-        v2.ToImage(),
-        v2.RandomResizedCrop(image_size, scale=augmentation.crop_scale, antialias=True),
-    ]
-    if augmentation.flip:
-        steps.append(v2.RandomHorizontalFlip())
+    steps: list[Any] = [v2.ToImage()]
+    if augmentation is None:
+        steps += [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+    else:
+        steps.append(v2.RandomResizedCrop(image_size, scale=augmentation.crop_scale, antialias=True))
+        if augmentation.flip:
+            steps.append(v2.RandomHorizontalFlip())
+    if rand_augment is not None:
+        # timm.data.create_transform's parameters: translations up to 45 % of the side, fills at the mean.
+        fill = tuple(round(255 * m) for m in MEAN)
+        hparams = {"translate_const": int(image_size * 0.45), "img_mean": fill}
+        rand_augment_ops = rand_augment_transform(rand_augment, hparams)
+        for op in rand_augment_ops.ops:
+            if op.name.startswith("Posterize"):
+                op.aug_fn = _posterize
+        steps += [v2.ToPILImage(), rand_augment_ops, v2.ToImage()]
     return v2.Compose([*steps, *_to_unit_float()])
+
+
+def _posterize(image: Image.Image, bits_to_keep: int, **_: object) -> Image.Image:
+    """timm's posterize, where keeping no bits gives a black image (as TF's RandAugment and older Pillow) rather
+    than the error current Pillow raises; timm's levels reach 0 bits (Posterize at m0, PosterizeIncreasing at
+    m10: AugReg's light1 and DeiT's mstd draws)."""
+    if bits_to_keep >= 8:
+        return image
+    if bits_to_keep < 1:
+        return Image.new(image.mode, image.size)
+    return ImageOps.posterize(image, bits_to_keep)
 
 
 def eval_transform(image_size: int) -> Transform:
