@@ -3,6 +3,8 @@
 PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+# Test processes: most tests wait on services, subprocesses and trainers, so more processes than cores pay off.
+TEST_PROCESSES ?= 4
 
 .PHONY: serve test lint services compose-test mutation
 
@@ -24,7 +26,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: $(STAMP) services lint
-	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -rs --durations=15
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -rs --durations=25 -n $(TEST_PROCESSES) --dist loadfile
 
 # docker compose up --build, a job, two workers, down -v (tests/compose). Needs a Docker engine with Compose v2;
 # on a machine without Docker Hub, run ../shared/tools/local-docker.sh first (base image stand-ins).
