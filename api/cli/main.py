@@ -12,7 +12,6 @@ import csv
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,9 +26,7 @@ from api.cli.exit_codes import (
 )
 from api.cli.tokens import add_commands as add_auth_commands
 from api.cli.tokens import serve_settings
-from api.client import FINISHED_STATUSES, VitqClient, VitqError, default_url
-
-POLL_SECONDS = 1.0
+from api.client import VitqClient, VitqError, default_url
 
 
 class UsageError(Exception):
@@ -168,11 +165,14 @@ def _cell(value: Any) -> str:
 
 
 def follow_job(client: VitqClient, job_id: int, out: TextIO) -> int:
-    """Poll the job until it ends; a redrawn bar on a terminal, a line per change otherwise."""
+    """Follow the job's events until it ends; a redrawn bar on a terminal, a line per change otherwise."""
     tty = out.isatty()
     last_line = ""
-    while True:
-        job = client.get(job_id)
+    job = client.get(job_id)
+    for kind, data in client.events(job_id):
+        if kind not in ("job", "end"):
+            continue
+        job = data
         line = progress_line(job)
         if tty:
             out.write("\r\033[K" + line)
@@ -180,9 +180,6 @@ def follow_job(client: VitqClient, job_id: int, out: TextIO) -> int:
             out.write(line + "\n")
         out.flush()
         last_line = line
-        if job["status"] in FINISHED_STATUSES:
-            break
-        time.sleep(POLL_SECONDS)
     if tty:
         out.write("\n")
     if job["status"] == "failed" and job.get("error"):
@@ -265,25 +262,11 @@ def cmd_logs(args: argparse.Namespace, client: VitqClient) -> int:
     if not args.follow:
         sys.stdout.write(client.logs(args.id, tail=args.tail))
         return EXIT_OK
-    shown: list[str] = []
-    while True:
-        finished = client.get(args.id)["status"] in FINISHED_STATUSES
-        lines = client.logs(args.id, tail=max(args.tail, 1000)).splitlines()
-        new = lines[overlap(shown, lines) :] if shown else lines[-args.tail :]
-        for line in new:
-            print(line, flush=True)
-        shown = (shown + new)[-2000:]
-        if finished:  # read once more after the end so the last lines are never lost
-            return EXIT_OK
-        time.sleep(POLL_SECONDS)
-
-
-def overlap(shown: list[str], tail: list[str]) -> int:
-    """How many leading lines of `tail` were already printed (the longest suffix of `shown` it starts with)."""
-    for size in range(min(len(shown), len(tail)), 0, -1):
-        if shown[-size:] == tail[:size]:
-            return size
-    return 0
+    for kind, data in client.events(args.id, log_tail=args.tail):
+        if kind == "log":
+            sys.stdout.write(data if data.endswith("\n") else data + "\n")
+            sys.stdout.flush()
+    return EXIT_OK
 
 
 def cmd_cancel(args: argparse.Namespace, client: VitqClient) -> int:

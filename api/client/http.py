@@ -15,6 +15,7 @@ import builtins
 import json
 import os
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -69,6 +70,20 @@ def error_message(response: httpx.Response) -> str:
     if detail:
         return str(detail)
     return f"HTTP {response.status_code}: {response.reason_phrase}"
+
+
+def server_sent_events(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(event, data) pairs of a text/event-stream (comments skipped, multi-line data joined with newlines)."""
+    kind, data = "message", list[str]()
+    for line in lines:
+        if not line:
+            if data:
+                yield kind, "\n".join(data)
+            kind, data = "message", list[str]()
+        elif line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[6:] if line.startswith("data: ") else line[5:])
 
 
 class VitqClient:
@@ -197,6 +212,25 @@ class VitqClient:
             raise VitqError(f"cannot write {path}: {exc.strerror or exc}") from exc
         partial.replace(path)
         return path
+
+    def events(
+        self, job_id: int, *, since: int | None = None, log_tail: int | None = None
+    ) -> Iterator[tuple[str, Any]]:
+        """A job's changes as they happen, until it ends: ("job", job), ("metrics", {"series", "cursor"}), ("log",
+        text) and last ("end", job). `since`: metric points after this cursor first (0: all); `log_tail`: the
+        log's last lines first. Raises VitqError when the stream breaks (reconnect with the last cursor)."""
+        params = {k: v for k, v in (("since", since), ("log_tail", log_tail)) if v is not None}
+        try:
+            with self._http.stream("GET", f"/jobs/{job_id}/events", params=params, timeout=None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise VitqError(error_message(response), response.status_code)
+                for kind, data in server_sent_events(response.iter_lines()):
+                    yield kind, (data if kind == "log" else json.loads(data))
+                    if kind == "end":
+                        return
+        except httpx.TransportError as exc:
+            raise VitqError(f"lost the vitq server at {self.url} ({exc})") from exc
 
     def logs(self, job_id: int, *, tail: int = 200) -> str:
         return self._request("GET", f"/jobs/{job_id}/logs", params={"tail": tail}).text

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -12,11 +10,10 @@ from fastapi.responses import PlainTextResponse
 from api.core import reads
 from api.server.auth import PrincipalDep
 from api.server.deps import JobId, SessionDep, SettingsDep
+from api.server.log_files import tail_lines
+from vit.rundir import LOG_FILE
 
 router = APIRouter(tags=["logs"])
-LOG_FILE = "train.log"
-BLOCK_BYTES = 64 * 1024
-MAX_TAIL_BYTES = 16 * 1024 * 1024
 
 
 @router.get("/jobs/{job_id}/logs", response_class=PlainTextResponse, responses={404: {}})
@@ -31,24 +28,3 @@ def get_logs(
     path = settings.run_dir(job_id) / LOG_FILE
     text = tail_lines(path, tail) if path.is_file() else ""
     return PlainTextResponse(text)
-
-
-def tail_lines(path: Path, count: int) -> str:
-    """The last `count` lines, read backwards block by block: a long log is never read whole, and a log without
-    newlines (a runaway progress bar) is cut at MAX_TAIL_BYTES."""
-    blocks: list[bytes] = []
-    newlines = read = 0
-    with path.open("rb") as file:
-        position = file.seek(0, os.SEEK_END)
-        # count + 1 newlines guarantee `count` whole lines (the last line may lack its newline).
-        while position > 0 and newlines <= count and read < MAX_TAIL_BYTES:
-            size = min(BLOCK_BYTES, position)
-            position -= size
-            file.seek(position)
-            block = file.read(size)
-            blocks.append(block)
-            newlines += block.count(b"\n")
-            read += size
-    data = b"".join(reversed(blocks))
-    lines = data.splitlines(keepends=True)[-count:]
-    return b"".join(lines).decode("utf-8", errors="replace")
