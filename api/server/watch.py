@@ -58,9 +58,15 @@ class JobFeed:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Stand at the present (the first read), then follow it."""
-        await asyncio.to_thread(self._read)
+        """Stand at the present (nothing of the past is read: watchers catch up on their own), then follow it."""
+        await asyncio.to_thread(self._stand)
         self.task = asyncio.create_task(self._run())
+
+    def _stand(self) -> None:
+        with self.sessions() as session:
+            self.cursor = newest_point(session, self.job_id)
+        self.offset = log_end(self.log_path)
+        self._read()
 
     async def _run(self) -> None:
         while not self.finished:
@@ -113,6 +119,24 @@ class JobFeed:
                 Change("log", chunk.decode("utf-8", errors="replace"), self.offset, self.offset + len(chunk))
             )
             self.offset += len(chunk)
+
+
+def newest_point(session: Session, job_id: int) -> int:
+    """The id of the job's newest metric point (0: none): one probe of the (job_id, id) index."""
+    return session.scalar(select(func.max(MetricPoint.id)).where(MetricPoint.job_id == job_id)) or 0
+
+
+def log_end(path: Path) -> int:
+    """The offset just after the log's last complete line."""
+    try:
+        with path.open("rb") as file:
+            size = file.seek(0, 2)
+            start = max(0, size - 64 * 1024)
+            file.seek(start)
+            tail = file.read()
+    except FileNotFoundError:
+        return 0
+    return start + tail.rfind(b"\n") + 1 if b"\n" in tail else start
 
 
 def read_log(path: Path, offset: int, limit: int) -> bytes:

@@ -10,7 +10,7 @@ export class ApiError extends Error {
 
 const TOKEN_KEY = "vitq-token"; // a server with authentication wants `Authorization: Bearer <token>`
 
-function authHeaders() {
+export function authHeaders() {
   const token = localStorage.getItem(TOKEN_KEY);
   return token ? { authorization: `Bearer ${token}` } : {};
 }

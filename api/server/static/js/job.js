@@ -1,12 +1,14 @@
 // One job: status, live curves, few-shot results, checkpoints, lineage, log tail, resolved spec, and actions.
 
 import { api, download } from "./api.js";
+import { watchJob } from "./events.js";
 import { Board } from "./charts.js";
-import { bytes, duration, h, jobDuration, localTime, number, percent, poll, progressText, setText, statusBadge } from "./format.js";
+import { bytes, duration, h, jobDuration, localTime, number, percent, progressText, setText, statusBadge } from "./format.js";
 import { dumpYaml } from "./yaml.js";
 
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 const FIRST_LOAD_POINTS = 1000; // the server downsamples longer series to this budget
+const LOG_LINES = 200; // of train.log shown, the newest
 
 export function mountJob(view, id) {
   const title = h("h1", {}, `Job ${id}`);
@@ -167,34 +169,81 @@ export function mountJob(view, id) {
   }
 
   async function loadLogs() {
-    const text = (await api(`/jobs/${id}/logs?tail=200`)) || "(no log yet)";
+    const text = (await api(`/jobs/${id}/logs?tail=${LOG_LINES}`)) || "(no log yet)";
+    if (text === "(no log yet)") logs.dataset.empty = "true";
+    else delete logs.dataset.empty;
     if (logs.textContent === text) return;
     const atBottom = logs.scrollHeight - logs.scrollTop - logs.clientHeight < 24;
     logs.textContent = text;
     if (atBottom) logs.scrollTop = logs.scrollHeight; // follow unless the reader scrolled up
   }
 
-  async function tick() {
-    const firstLoad = job === null;
-    try {
-      // The first (downsampled, largest) metrics load runs alongside the job's own fetch.
-      const [next] = await Promise.all([api(`/jobs/${id}`), firstLoad ? loadMetrics() : null]);
-      render(next);
-    } catch (err) {
-      if (err.status !== 404) throw err; // poll() logs it and tries again
-      view.replaceChildren(h("p", { class: "empty" }, `Job ${id} not found.`));
-      return false;
-    }
-    await Promise.all([firstLoad ? null : loadMetrics(), loadCheckpoints(), loadLogs(), loadChildren()]);
-    return !FINISHED.has(job.status); // a finished job cannot change any more: stop polling
-
+  async function load() {
+    // The first (downsampled, largest) metrics load runs alongside the job's own fetch.
+    const [next] = await Promise.all([api(`/jobs/${id}`), loadMetrics()]);
+    render(next);
+    await Promise.all([loadCheckpoints(), loadLogs(), loadChildren()]);
   }
 
-  view.refreshMetrics = loadMetrics; // one incremental poll on demand: bench/dashboard.py times it
-  const stop = poll(tick, 2000);
+  // After the first load, the page is told about changes (one shared feed on the server) instead of polling.
+  function onEvent(kind, data) {
+    if (kind === "job" || kind === "end") {
+      render(data);
+      loadCheckpoints().catch(console.warn);
+      if (kind === "end") loadChildren().catch(console.warn);
+    } else if (kind === "metrics") {
+      addMetrics(data);
+    } else if (kind === "log") {
+      appendLog(data, replaceLog);
+      replaceLog = false;
+    }
+  }
+
+  function addMetrics(result) {
+    if (!board.setPoints(id, result.series, { replace: false })) { // a resumed attempt rewrote the history
+      cursor = null;
+      loadMetrics().catch(console.warn);
+      return;
+    }
+    if (Object.values(result.series).some((s) => s.steps.length)) board.render();
+    if (result.cursor != null) cursor = result.cursor;
+  }
+
+  function appendLog(text, replace) {
+    const atBottom = logs.scrollHeight - logs.scrollTop - logs.clientHeight < 24;
+    const lines = (replace || logs.dataset.empty ? "" : logs.textContent) + text;
+    logs.textContent = lines.split("\n").slice(-LOG_LINES - 1).join("\n");
+    delete logs.dataset.empty;
+    if (atBottom) logs.scrollTop = logs.scrollHeight; // follow unless the reader scrolled up
+  }
+
+  const stopped = new AbortController();
+  let replaceLog = false; // the first log event of a (re)connection is the tail: it replaces what is shown
+  async function follow() {
+    while (!stopped.signal.aborted) {
+      try {
+        if (job === null) await load();
+        if (FINISHED.has(job.status)) return; // a finished job cannot change any more
+        replaceLog = true;
+        await watchJob(id, { since: cursor ?? 0, log_tail: LOG_LINES }, onEvent, stopped.signal);
+        return;
+      } catch (err) {
+        if (err.status === 404) {
+          view.replaceChildren(h("p", { class: "empty" }, `Job ${id} not found.`));
+          return;
+        }
+        if (stopped.signal.aborted) return;
+        console.warn(err);
+        await new Promise((resolve) => setTimeout(resolve, 2000));
+      }
+    }
+  }
+
+  view.refreshMetrics = loadMetrics; // one incremental fetch on demand: bench/dashboard.py times it
+  follow();
   return {
     destroy() {
-      stop();
+      stopped.abort();
       board.destroy();
     },
   };
