@@ -61,10 +61,21 @@ class Outcome(enum.Enum):
     """Why the watch loop ended."""
 
     EXITED = "the trainer exited"
-    CANCELLED = "a cancel was requested; the trainer saved a checkpoint"
-    SHUTDOWN = "the worker is shutting down; the trainer saved a checkpoint"
-    OUTAGE = "the database was unreachable too long; the trainer saved a checkpoint"
+    CANCELLED = "a cancel was requested"
+    SHUTDOWN = "the worker is shutting down"
+    OUTAGE = "the database was unreachable too long"
     LEASE_LOST = "the job is no longer ours; the trainer was stopped"
+
+
+def how_it_ended(exit_code: int | None) -> str:
+    """What the trainer's exit code says it did, in words (a log line must not claim a checkpoint it never saved)."""
+    if exit_code == rundir.EXIT_INTERRUPTED:
+        return "the trainer saved a checkpoint and stopped"
+    if exit_code == rundir.EXIT_OK:
+        return "the trainer finished every step"
+    if exit_code is not None and exit_code < 0:
+        return f"the trainer was killed by signal {-exit_code} without saving"
+    return f"the trainer exited with code {exit_code}"
 
 
 def worker_name() -> str:
@@ -263,7 +274,7 @@ class Run:
             trainer.kill()
             raise
         exit_code = trainer.poll()
-        log.info("job %s: %s (exit code %s)", self.job_id, outcome.value, exit_code)
+        log.info("job %s: %s; %s", self.job_id, outcome.value, how_it_ended(exit_code))
         if outcome == Outcome.LEASE_LOST:
             return
         if not self._leads():  # rank 0's supervisor ends the job; another node only ends a failed attempt
@@ -271,13 +282,15 @@ class Run:
                 tail, trainer_exit = rundir.log_tail(log_path, log_start)
                 self._fail_gang_attempt(f"its trainers exited with code {trainer_exit or exit_code}:\n{tail}")
             return
-        self._catch_up()
-        if outcome == Outcome.CANCELLED:
+        # After an outage the last renewal is old: what is on disk still goes in, for as long as a lease.
+        self._catch_up(late=outcome == Outcome.OUTAGE)
+        if exit_code == rundir.EXIT_OK:
+            # Finished every step, even when a cancel or a stop came too late to interrupt it: the work is done.
+            self._finish(JobStatus.succeeded)
+        elif outcome == Outcome.CANCELLED:
             self._finish(JobStatus.cancelled)
         elif outcome in (Outcome.SHUTDOWN, Outcome.OUTAGE) or exit_code == rundir.EXIT_FENCED:
-            self._hand_back()
-        elif exit_code == rundir.EXIT_OK:
-            self._finish(JobStatus.succeeded)
+            self._hand_back(late=outcome == Outcome.OUTAGE)
         else:
             tail, trainer_exit = rundir.log_tail(log_path, log_start)
             self._failed(trainer_exit if trainer_exit is not None else exit_code, tail)
@@ -363,7 +376,9 @@ class Run:
             unrenewed = now - self.renewed_at
             if unrenewed > lease * FENCE_FRACTION:
                 trainer.kill()  # it has fenced itself by now, or is stuck: either way someone may take the job
-                return Outcome.LEASE_LOST
+                # A stop ordered for an outage still ends in a hand-back, however long the trainer took to exit:
+                # the hand-back is fenced, so trying it late is safe (it lands only while the job is ours).
+                return Outcome.OUTAGE if stopping == Outcome.OUTAGE else Outcome.LEASE_LOST
             if stopping is None and unrenewed > lease * OUTAGE_STOP_FRACTION:
                 stopping = Outcome.OUTAGE
             if stopping is None and SHUTDOWN.is_set():
@@ -438,9 +453,11 @@ class Run:
             self.pending = []
         return stored is not False
 
-    def _catch_up(self) -> None:
-        """After the trainer exited: store what it wrote last, retrying while the lease lasts."""
-        deadline = self.renewed_at + self.settings.lease_seconds * FENCE_FRACTION
+    def _catch_up(self, *, late: bool = False) -> None:
+        """After the trainer exited: store what it wrote last, retrying while the lease lasts (`late`, after an
+        outage: for a lease from now; the writes are fenced, so they land only while the job is still ours)."""
+        start = time.monotonic() if late else self.renewed_at
+        deadline = start + self.settings.lease_seconds * FENCE_FRACTION
         while time.monotonic() < deadline:
             if not self._follow() or (self.database.down_since is None and not self.pending):
                 return
@@ -452,9 +469,10 @@ class Run:
         return max(self.reader.last_step, saved)
 
     # ------------------------------------------------------------------------------------------- endings
-    def _final(self, operation: Callable[[Session], bool], what: str) -> bool:
-        """A final transition, retried until the lease would run out; False if it did not land."""
-        deadline = self.renewed_at + self.settings.lease_seconds
+    def _final(self, operation: Callable[[Session], bool], what: str, *, late: bool = False) -> bool:
+        """A final transition, retried until the lease would run out (`late`: for a lease from now); False if it
+        did not land."""
+        deadline = (time.monotonic() if late else self.renewed_at) + self.settings.lease_seconds
         done = self.database.until(operation, deadline)
         if not done:
             log.warning("job %s: lost before it could be %s", self.job_id, what)
@@ -469,10 +487,12 @@ class Run:
             f"marked {status.value}",
         )
 
-    def _hand_back(self) -> None:
+    def _hand_back(self, *, late: bool = False) -> None:
         """Back to the queue without using up an attempt (a deploy, an outage or a stall did not fail it)."""
         if self._final(
-            lambda s: state_machine.release(session=s, claim=self.claim, count_attempt=False), "handed back"
+            lambda s: state_machine.release(session=s, claim=self.claim, count_attempt=False),
+            "handed back",
+            late=late,
         ):
             self._enqueue()
 
