@@ -171,7 +171,12 @@ def points(sweep: SweepSpec) -> list[Point]:
     assert sweep.random is not None
     rng = random.Random(sweep.random.seed)
     space = sweep.random.space
-    return [{path: _draw(space[path], rng) for path in space} for _ in range(sweep.random.samples)]
+    drawn = [{path: _draw(space[path], rng) for path in space} for _ in range(sweep.random.samples)]
+    for point in drawn:
+        for path, value in point.items():
+            if isinstance(value, float) and not math.isfinite(value):  # bounds as wide as 1e308 overflow
+                raise SweepSpecError((*sweep.space_loc, path), f"{path}: drew {value}; narrow the bounds")
+    return drawn
 
 
 def _draw(distribution: Distribution, rng: random.Random) -> Any:
