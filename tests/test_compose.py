@@ -165,7 +165,7 @@ def test_every_service_of_the_image_has_the_same_valid_settings(services: dict[s
     assert services["postgres"]["environment"]["POSTGRES_DB"] == "vitq"
 
 
-API_ONLY = {"VITQ_AUTH", "VITQ_BOOTSTRAP_ADMIN_TOKEN"}  # only the API checks tokens
+API_ONLY = {"VITQ_AUTH", "VITQ_BOOTSTRAP_ADMIN_TOKEN", "VITQ_ALLOWED_HOSTS"}  # only the API reads them
 
 
 def test_the_api_requires_tokens_and_its_first_admin_token_comes_from_env(services: dict[str, Any]) -> None:
@@ -174,6 +174,9 @@ def test_the_api_requires_tokens_and_its_first_admin_token_comes_from_env(servic
     assert env["VITQ_BOOTSTRAP_ADMIN_TOKEN"].startswith("${VITQ_ADMIN_TOKEN:?")
     assert "VITQ_ADMIN_TOKEN" in env_example() and not env_example()["VITQ_ADMIN_TOKEN"]  # no default token
     assert not API_ONLY & set(environment(services["worker"]))
+    # The API answers to the names in .env, and to `api`, the name Prometheus scrapes it by.
+    assert env["VITQ_ALLOWED_HOSTS"] == "${VITQ_ALLOWED_HOSTS:-localhost,127.0.0.1,::1},api"
+    assert env_example()["VITQ_ALLOWED_HOSTS"] == "localhost,127.0.0.1,::1"
 
 
 def test_remote_worker_uses_the_heads_database_broker_and_shared_storage(services: dict[str, Any]) -> None:
@@ -234,7 +237,7 @@ def test_the_api_runs_without_torch(tmp_path: Path) -> None:
         from api.core.settings import Settings
         settings = Settings(home=sys.argv[1])
         upgrade(settings.resolved_database_url)
-        with TestClient(create_app(settings)) as client:
+        with TestClient(create_app(settings), base_url="http://localhost") as client:
             job = client.post("/jobs", json={{"kind": "pretrain", "name": "t", "train": {{"steps": 1}}}})
             assert job.status_code == 201, job.text
             assert client.get("/metrics").status_code == 200

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     # Authentication (api/server/auth.py): "required" (bearer tokens) or "off" (every request acts as a local admin).
     # Unset means required, except under `vitq serve` bound to a loopback address.
     auth: Literal["required", "off"] | None = None
+    # Host names the API answers to (comma-separated; "*" any): a request for another name is a 400, so a page
+    # that re-points its own DNS name at this server (DNS rebinding) reaches nothing. `vitq serve --host NAME` adds
+    # NAME. Origins other than the server's own that may write (e.g. "https://vitq.example" behind a proxy that
+    # rewrites Host): api/server/request_guard.py.
+    allowed_hosts: str = "localhost,127.0.0.1,::1"
+    allowed_origins: str = ""
     # Stored (hashed) at API start if absent: docker compose's first admin token.
     bootstrap_admin_token: SecretStr | None = None
     # Quotas per owner (api/core/quotas.py); None: no limit. Only max_running_jobs delays (a job waits), the rest refuse
@@ -82,6 +88,14 @@ class Settings(BaseSettings):
     @property
     def auth_required(self) -> bool:
         return self.auth != "off"
+
+    @property
+    def allowed_host_names(self) -> frozenset[str]:
+        return frozenset(h.strip().lower().strip("[]") for h in self.allowed_hosts.split(",") if h.strip())
+
+    @property
+    def allowed_origin_list(self) -> frozenset[str]:
+        return frozenset(o.strip().lower().rstrip("/") for o in self.allowed_origins.split(",") if o.strip())
 
     @property
     def resolved_database_url(self) -> str:

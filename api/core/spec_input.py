@@ -20,7 +20,8 @@ from api.core.settings import Settings
 from vit.config import JobSpec
 
 JSON_TYPES = ("application/json",)
-YAML_TYPES = ("application/yaml", "text/yaml", "application/x-yaml")  # documented; any non-JSON type is YAML
+# Documented; any other non-JSON type is read as YAML too, except the form types (api/server/request_guard.py).
+YAML_TYPES = ("application/yaml", "text/yaml", "application/x-yaml")
 # A spec nests a few levels deep; parsers recurse once per level, and a body of 10,000 brackets would exhaust
 # Python's stack (a RecursionError: a 500, then a dropped connection). Checked before the recursive parse.
 MAX_DEPTH = 32
@@ -44,7 +45,7 @@ def parse_spec(body: bytes, content_type: str) -> JobSpec:
 def load_document(body: bytes, content_type: str) -> Any:
     """The body as JSON (for a JSON content type) or as YAML without aliases; 422 when it is neither."""
     media_type = content_type.split(";", 1)[0].strip().lower()
-    # YAML is a superset of JSON, so any other type (curl's default form type included) is read as YAML.
+    # YAML is a superset of JSON, so any other type is read as YAML (form types never get here: a 415).
     document = _load_json(body) if media_type in JSON_TYPES else _load_yaml(body)
     check_values(document, ())
     return document

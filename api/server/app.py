@@ -18,6 +18,7 @@ from api.core.settings import Settings, get_settings
 from api.server import errors
 from api.server.auth import store_bootstrap_token
 from api.server.prometheus import JobCollector, LatencyMiddleware, request_latency
+from api.server.request_guard import RequestGuard
 from api.server.routes import checkpoints, dashboard, health, jobs, logs, metrics, prometheus, sweeps, workers
 from api.server.unavailable import DATABASE_UNAVAILABLE, ResponseDeadline, database_unavailable
 from vit.config import JobSpec
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for error in DATABASE_UNAVAILABLE:
         app.add_exception_handler(error, database_unavailable)
     app.add_middleware(ResponseDeadline)
+    app.add_middleware(RequestGuard, settings=settings)  # outermost: a refused request costs nothing more
     for module in (jobs, sweeps, workers, metrics, checkpoints, logs, health, prometheus, dashboard):
         app.include_router(module.router)
     app.openapi = lambda: _openapi_with_spec(app)  # type: ignore[method-assign]
