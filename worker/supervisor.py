@@ -255,7 +255,7 @@ class Run:
         env = trainer_env(procs, devices)
         if self.node is not None:
             env = {**gang.network_env(self.node), **env}  # a setting of the worker's own wins
-        trainer = Trainer(command, env, log_path)
+        trainer = Trainer(command, env, log_path, cwd=self.run_dir)  # a working directory of its own
         try:
             outcome = self._watch(trainer)
         except BaseException:
