@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from api.core.parent_death import term_when_parent_dies
+from vit.data_roots import DATA_ROOTS_ENV
 
 
 def trainer_command(spec_path: Path, run_dir: Path, procs_per_node: int, *, attempt: int) -> list[str]:
@@ -56,10 +57,14 @@ def trainer_command(spec_path: Path, run_dir: Path, procs_per_node: int, *, atte
     ]
 
 
-def trainer_env(procs_per_node: int, devices: Sequence[int] | None = None) -> dict[str, str]:
+def trainer_env(
+    procs_per_node: int, devices: Sequence[int] | None = None, *, data_roots: Sequence[Path] = ()
+) -> dict[str, str]:
     """The trainer's environment; on a GPU worker (`devices` not None) it sees only the devices it holds (none
-    for a CPU job), so jobs packed on one machine never share a device."""
+    for a CPU job), so jobs packed on one machine never share a device. `data_roots`: the only directories its
+    dataset's files may resolve into (vit/data/confine.py)."""
     env = dict(os.environ)
+    env[DATA_ROOTS_ENV] = os.pathsep.join(str(root) for root in data_roots)
     env["PYTHONSAFEPATH"] = "1"
     env["PYTHONPATH"] = str(
         trainer_import_path()
