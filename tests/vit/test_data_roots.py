@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.vit.test_data import _write_fake_pets, _write_images
 from vit.config import DataSpec
 from vit.data import DataError, build_datasets
 from vit.data_roots import DATA_ROOTS_ENV
 from worker.launch import trainer_env
-
-from tests.vit.test_data import _write_fake_pets, _write_images
 
 
 def _build(**fields: object) -> None:
@@ -40,11 +39,11 @@ def test_an_image_linking_outside_is_refused(data: Path) -> None:
 
 def test_a_class_folder_or_root_linking_outside_is_refused(data: Path) -> None:
     (data / "pics" / "owl").symlink_to(data.parent / "elsewhere" / "owl")
-    with pytest.raises(DataError, match="pics/owl links to"):
+    with pytest.raises(DataError, match=r"pics/owl links to"):
         _build(dataset="imagefolder", root=str(data / "pics"))
     (data / "pics" / "owl").unlink()
     (data / "outside").symlink_to(data.parent / "elsewhere")
-    with pytest.raises(DataError, match="resolves to .*elsewhere, outside the data directory"):
+    with pytest.raises(DataError, match=r"resolves to .*elsewhere, outside the data directory"):
         _build(dataset="imagefolder", root=str(data / "outside"))
 
 
@@ -54,7 +53,7 @@ def test_links_within_the_data_directory_are_followed_and_checked(data: Path) ->
     (data / "shared" / "owl" / "loop").symlink_to(data / "shared")  # a loop ends
     _build(dataset="imagefolder", root=str(data / "pics"))  # inside: fine
     (data / "shared" / "owl" / "img9.png").symlink_to(data.parent / "secret.png")  # one hop further out
-    with pytest.raises(DataError, match="owl/img9.png links to"):
+    with pytest.raises(DataError, match=r"owl/img9\.png links to"):
         _build(dataset="imagefolder", root=str(data / "pics"))
 
 
@@ -65,7 +64,7 @@ def test_a_torchvision_dataset_is_checked_before_it_is_read(data: Path) -> None:
     victim = sorted(images.iterdir())[0]
     victim.unlink()
     victim.symlink_to(data.parent / "secret.png")
-    with pytest.raises(DataError, match=f"{victim.name} links to"):
+    with pytest.raises(DataError, match=rf"{victim.name} links to"):
         _build(dataset="pets", root=str(data / "pets"), subset=2)
 
 
