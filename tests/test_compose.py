@@ -110,6 +110,16 @@ def test_no_secret_in_the_compose_files_and_every_required_variable_in_env_examp
         assert "${" + password in (ROOT / "docker-compose.yml").read_text()
 
 
+def test_no_default_password_and_the_head_publishes_only_where_the_operator_says() -> None:
+    example = env_example()
+    assert example["POSTGRES_PASSWORD"] == example["REDIS_PASSWORD"] == ""  # compose's `:?` refuses to start
+    assert "change-me" not in (ROOT / ".env.example").read_text()
+    head = load("docker-compose.head.yml")["services"]
+    for service in ("postgres", "redis"):
+        (published,) = head[service]["ports"]
+        assert published.startswith("${VITQ_HEAD_BIND:?"), published  # no 0.0.0.0 default
+
+
 def test_redis_needs_a_password_and_the_api_is_published_on_localhost(services: dict[str, Any]) -> None:
     assert "--requirepass" in services["redis"]["command"]
     assert environment(services["worker"])["VITQ_BROKER_URL"].startswith("redis://:${REDIS_PASSWORD")

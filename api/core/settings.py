@@ -10,12 +10,15 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # A lease outlives this many heartbeats: one late or lost heartbeat (a slow disk, a database hiccup) is no death.
 LEASES_PER_HEARTBEAT = 3
+# .env.example's passwords until issue 23: a copied .env may still hold them.
+PLACEHOLDER_PASSWORD = "change-me"
 
 
 class Settings(BaseSettings):
@@ -77,6 +80,16 @@ class Settings(BaseSettings):
                 "VITQ_BOOTSTRAP_ADMIN_TOKEN is set but VITQ_AUTH=off: the token would never be asked for; "
                 "unset VITQ_AUTH (or set it to required), or unset the token"
             )
+        for name, url, variable in (
+            ("database", self.database_url, "POSTGRES_PASSWORD"),
+            ("broker", self.broker_url, "REDIS_PASSWORD"),
+        ):
+            password = urlsplit(url or "").password or ""
+            if password.startswith(PLACEHOLDER_PASSWORD):
+                raise ValueError(
+                    f"the {name} password is still the example's placeholder ({password}): set {variable} in .env "
+                    "to a secret of your own (e.g. `openssl rand -hex 32`) and recreate the stack"
+                )
         storage, data = self.resolved_storage.absolute(), self.resolved_data_dir.absolute()
         if storage.is_relative_to(data):
             raise ValueError(

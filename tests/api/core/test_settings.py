@@ -25,6 +25,11 @@ ROOT = Path(__file__).resolve().parents[3]
         ({"lease_seconds": 60, "reap_seconds": 90}, "lower VITQ_REAP_SECONDS"),
         ({"auth": "off", "bootstrap_admin_token": "x" * 40}, "the token would never be asked for"),
         ({"data_dir": "{home}/shared", "storage": "{home}/shared/runs"}, "outside the data directory"),
+        (
+            {"database_url": "postgresql+psycopg://vitq:change-me-postgres@postgres:5432/vitq"},
+            "set POSTGRES_PASSWORD in .env",
+        ),
+        ({"broker_url": "redis://:change-me-redis@redis:6379/0"}, "set REDIS_PASSWORD in .env"),
     ],
 )
 def test_settings_that_cannot_work_together_are_refused(
