@@ -14,7 +14,6 @@ from pathlib import Path
 
 from vit.config import AUGMENT_PRESETS, AugmentSpec, DataSpec
 from vit.data.errors import DataError
-from vit.data_roots import check_confined
 from vit.data.files import ImageFiles, Selection, existing_root, folder_with_split, torchvision_splits
 from vit.data.loader import ShardedSampler, build_loader, set_epoch
 from vit.data.memory import TensorImages, digits_images, synthetic_images
@@ -30,6 +29,7 @@ from vit.data.transforms import (
     eval_transform,
     train_transform,
 )
+from vit.data_roots import check_confined
 
 __all__ = [
     "MEAN",

@@ -15,12 +15,11 @@ import pytest
 import uvicorn
 import yaml
 
-from api.client import VitqClient
 from api.cli.tokens import serve_settings
+from api.client import VitqClient
 from api.core.migrate import upgrade
 from api.core.settings import Settings
 from api.server.app import create_app
-
 from tests.api.conftest import TINY_SPEC
 
 SPEC_YAML = yaml.safe_dump(TINY_SPEC)
