@@ -110,6 +110,16 @@ def test_no_secret_in_the_compose_files_and_every_required_variable_in_env_examp
         assert "${" + password in (ROOT / "docker-compose.yml").read_text()
 
 
+def test_no_default_password_and_the_head_publishes_only_where_the_operator_says() -> None:
+    example = env_example()
+    assert example["POSTGRES_PASSWORD"] == example["REDIS_PASSWORD"] == ""  # compose's `:?` refuses to start
+    assert "change-me" not in (ROOT / ".env.example").read_text()
+    head = load("docker-compose.head.yml")["services"]
+    for service in ("postgres", "redis"):
+        (published,) = head[service]["ports"]
+        assert published.startswith("${VITQ_HEAD_BIND:?"), published  # no 0.0.0.0 default
+
+
 def test_redis_needs_a_password_and_the_api_is_published_on_localhost(services: dict[str, Any]) -> None:
     assert "--requirepass" in services["redis"]["command"]
     assert environment(services["worker"])["VITQ_BROKER_URL"].startswith("redis://:${REDIS_PASSWORD")
@@ -165,7 +175,7 @@ def test_every_service_of_the_image_has_the_same_valid_settings(services: dict[s
     assert services["postgres"]["environment"]["POSTGRES_DB"] == "vitq"
 
 
-API_ONLY = {"VITQ_AUTH", "VITQ_BOOTSTRAP_ADMIN_TOKEN"}  # only the API checks tokens
+API_ONLY = {"VITQ_AUTH", "VITQ_BOOTSTRAP_ADMIN_TOKEN", "VITQ_ALLOWED_HOSTS"}  # only the API reads them
 
 
 def test_the_api_requires_tokens_and_its_first_admin_token_comes_from_env(services: dict[str, Any]) -> None:
@@ -174,6 +184,9 @@ def test_the_api_requires_tokens_and_its_first_admin_token_comes_from_env(servic
     assert env["VITQ_BOOTSTRAP_ADMIN_TOKEN"].startswith("${VITQ_ADMIN_TOKEN:?")
     assert "VITQ_ADMIN_TOKEN" in env_example() and not env_example()["VITQ_ADMIN_TOKEN"]  # no default token
     assert not API_ONLY & set(environment(services["worker"]))
+    # The API answers to the names in .env, and to `api`, the name Prometheus scrapes it by.
+    assert env["VITQ_ALLOWED_HOSTS"] == "${VITQ_ALLOWED_HOSTS:-localhost,127.0.0.1,::1},api"
+    assert env_example()["VITQ_ALLOWED_HOSTS"] == "localhost,127.0.0.1,::1"
 
 
 def test_remote_worker_uses_the_heads_database_broker_and_shared_storage(services: dict[str, Any]) -> None:
@@ -234,7 +247,7 @@ def test_the_api_runs_without_torch(tmp_path: Path) -> None:
         from api.core.settings import Settings
         settings = Settings(home=sys.argv[1])
         upgrade(settings.resolved_database_url)
-        with TestClient(create_app(settings)) as client:
+        with TestClient(create_app(settings), base_url="http://localhost") as client:
             job = client.post("/jobs", json={{"kind": "pretrain", "name": "t", "train": {{"steps": 1}}}})
             assert job.status_code == 201, job.text
             assert client.get("/metrics").status_code == 200

@@ -33,6 +33,9 @@ FILE_DATASETS = ("cifar10", "cifar100", "pets", "flowers102", "imagefolder", "sh
 SHARD_URL_SCHEMES = ("http://", "https://")
 # The numeric options of timm's rand_augment_transform (timm.data.auto_augment).
 RAND_AUGMENT_PATTERN = re.compile(r"^rand(-(m|n|mstd|mmax|p)[0-9]+(\.[0-9]+)?|-inc[01])*$")
+# A job's (and a sweep's) name: shown in lists and used in file names of exports.
+NAME_PATTERN = r"^[\w.\- ]+$"
+MAX_NAME_CHARS = 128
 
 PositiveInt = Annotated[int, Field(gt=0)]
 DEFAULT_POOL = "default"  # the pool of a spec that names none (resources.pool)
@@ -324,7 +327,7 @@ class InitSpec(_Strict):
 
 class JobSpec(_Strict):
     kind: Literal["pretrain", "finetune"]
-    name: str = Field("unnamed", min_length=1, max_length=128, pattern=r"^[\w.\- ]+$")
+    name: str = Field("unnamed", min_length=1, max_length=MAX_NAME_CHARS, pattern=NAME_PATTERN)
     model: ModelSpec = ModelSpec()
     data: DataSpec = DataSpec()
     optim: OptimSpec = OptimSpec()

@@ -135,9 +135,9 @@ def trainer_command(
         "0",  # the service, not the elastic agent, restarts a job (from its checkpoint, on a fresh gang)
         "-m",
         "vit.train",
-        str(spec_path),
+        str(spec_path.absolute()),
         "--out",
-        str(run_dir),
+        str(run_dir.absolute()),
         "--attempt",
         str(attempt),
     ]

@@ -2,24 +2,44 @@
 subprocess in its own process group.
 
 The worker process never imports torch's CUDA side: the launcher and the trainer processes own the devices.
+
+The trainer imports nothing from a directory a user can write to: `python -m` would put its working directory
+first on the import path (a `csv.py` in the directory the worker was started from would run inside every job),
+so it runs in its run directory with PYTHONSAFEPATH (no working directory on the path, for torchrun's children
+too) and a PYTHONPATH of one private directory that holds only `vit`, the package this worker runs.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
+import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from api.core.parent_death import term_when_parent_dies
+from vit.data_roots import DATA_ROOTS_ENV
 
 
 def trainer_command(spec_path: Path, run_dir: Path, procs_per_node: int, *, attempt: int) -> list[str]:
     # --attempt: the trainer obeys this attempt's lease file and waits for its predecessor's lock.
-    trainer = ["-m", "vit.train", str(spec_path), "--out", str(run_dir), "--attempt", str(attempt)]
+    # Absolute: the trainer runs in a working directory of its own.
+    trainer = [
+        "-m",
+        "vit.train",
+        str(spec_path.absolute()),
+        "--out",
+        str(run_dir.absolute()),
+        "--attempt",
+        str(attempt),
+    ]
     if procs_per_node == 1:
         # One process has nothing to rendezvous with: skipping the elastic agent saves its ~2.5 s torch import
         # from every job's start-up. The trainer runs as rank 0 of 1 either way.
@@ -37,10 +57,18 @@ def trainer_command(spec_path: Path, run_dir: Path, procs_per_node: int, *, atte
     ]
 
 
-def trainer_env(procs_per_node: int, devices: Sequence[int] | None = None) -> dict[str, str]:
+def trainer_env(
+    procs_per_node: int, devices: Sequence[int] | None = None, *, data_roots: Sequence[Path] = ()
+) -> dict[str, str]:
     """The trainer's environment; on a GPU worker (`devices` not None) it sees only the devices it holds (none
-    for a CPU job), so jobs packed on one machine never share a device."""
+    for a CPU job), so jobs packed on one machine never share a device. `data_roots`: the only directories its
+    dataset's files may resolve into (vit/data/confine.py)."""
     env = dict(os.environ)
+    env[DATA_ROOTS_ENV] = os.pathsep.join(str(root) for root in data_roots)
+    env["PYTHONSAFEPATH"] = "1"
+    env["PYTHONPATH"] = str(
+        trainer_import_path()
+    )  # replaces the worker's own (PYTHONPATH=. would be cwd again)
     if devices is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
     # Without this each CPU process would start one thread per core and they would fight over the cores.
@@ -49,15 +77,31 @@ def trainer_env(procs_per_node: int, devices: Sequence[int] | None = None) -> di
     return env
 
 
+@functools.cache
+def trainer_import_path() -> Path:
+    """A directory of this worker's own holding just a link to its `vit` package (found without importing it:
+    the worker must not load torch), so the trainer runs the same code as the worker and nothing beside it."""
+    spec = importlib.util.find_spec("vit")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the vit package is not importable by this worker")
+    directory = Path(tempfile.mkdtemp(prefix="vitq-trainer-path-"))  # mode 0700
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    (directory / "vit").symlink_to(Path(next(iter(spec.submodule_search_locations))).resolve())
+    return directory
+
+
 class Trainer:
     """The launcher process and, through it, the training processes (which torchrun starts in sessions of
     their own, so signals to the launcher's group do not reach them directly)."""
 
-    def __init__(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, command: list[str], env: dict[str, str], log_path: Path, *, cwd: Path | None = None
+    ) -> None:
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command,
                 env=env,
+                cwd=cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

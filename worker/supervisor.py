@@ -263,10 +263,10 @@ class Run:
                 join_timeout_s=max(1, int(self.settings.lease_seconds)),
             )
         devices = self.claim.devices if DEVICE_SLOTS.gpu_worker else None
-        env = trainer_env(procs, devices)
+        env = trainer_env(procs, devices, data_roots=[self.settings.resolved_data_dir])
         if self.node is not None:
             env = {**gang.network_env(self.node), **env}  # a setting of the worker's own wins
-        trainer = Trainer(command, env, log_path)
+        trainer = Trainer(command, env, log_path, cwd=self.run_dir)  # a working directory of its own
         try:
             outcome = self._watch(trainer)
         except BaseException:

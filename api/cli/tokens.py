@@ -33,6 +33,9 @@ def serve_settings(settings: Settings, *, host: str, insecure: bool) -> tuple[Se
     means required, except on a loopback address (one person on a laptop); `--insecure` or VITQ_AUTH=off turn
     it off on any address, said loudly."""
     loopback = is_loopback(host)
+    if host not in ("0.0.0.0", "::", "") and host.strip("[]").lower() not in settings.allowed_host_names:
+        # The address it was told to serve on is a name it answers to (api/server/request_guard.py).
+        settings = settings.model_copy(update={"allowed_hosts": f"{settings.allowed_hosts},{host}"})
     if not (insecure or settings.auth == "off" or (settings.auth is None and loopback)):
         required = settings.model_copy(update={"auth": "required"})
         return required, "vitq: authentication required (make tokens with `vitq token create --owner NAME`)"

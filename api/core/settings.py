@@ -10,9 +10,15 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A lease outlives this many heartbeats: one late or lost heartbeat (a slow disk, a database hiccup) is no death.
+LEASES_PER_HEARTBEAT = 3
+# .env.example's passwords until issue 23: a copied .env may still hold them.
+PLACEHOLDER_PASSWORD = "change-me"
 
 
 class Settings(BaseSettings):
@@ -24,19 +30,27 @@ class Settings(BaseSettings):
     storage: Path | None = None  # run directories; default <home>/storage
     data_dir: Path | None = None  # dataset roots and weight files a job may read; default <home>/data
     queue: str = "training"
-    lease_seconds: float = 60.0  # a running job whose heartbeat is older than this belongs to a dead worker
-    heartbeat_seconds: float = 5.0
+    lease_seconds: float = Field(
+        60.0, gt=0
+    )  # a running job whose heartbeat is older belongs to a dead worker
+    heartbeat_seconds: float = Field(5.0, gt=0)
     pool: str = "default"  # the group of workers this one belongs to (jobs name it as resources.pool)
     devices: str | None = None  # the GPUs this worker may use ("0,1", "none"); default: all nvidia-smi lists
     advertise_address: str | None = None  # where other nodes reach this worker; default: its host name
-    reap_seconds: float | None = (
-        None  # how often each worker's reaper looks; default a third of the lease, 1-5 s
-    )
+    reap_seconds: float | None = Field(
+        None, gt=0
+    )  # how often each worker's reaper looks; default a third of the lease, 1-5 s
     max_attempts: int = 3  # attempts per job, the first one included
     max_spec_bytes: int = 64 * 1024
     # Authentication (api/server/auth.py): "required" (bearer tokens) or "off" (every request acts as a local admin).
     # Unset means required, except under `vitq serve` bound to a loopback address.
     auth: Literal["required", "off"] | None = None
+    # Host names the API answers to (comma-separated; "*" any): a request for another name is a 400, so a page
+    # that re-points its own DNS name at this server (DNS rebinding) reaches nothing. `vitq serve --host NAME` adds
+    # NAME. Origins other than the server's own that may write (e.g. "https://vitq.example" behind a proxy that
+    # rewrites Host): api/server/request_guard.py.
+    allowed_hosts: str = "localhost,127.0.0.1,::1"
+    allowed_origins: str = ""
     # Stored (hashed) at API start if absent: docker compose's first admin token.
     bootstrap_admin_token: SecretStr | None = None
     # Quotas per owner (api/core/quotas.py); None: no limit. Only max_running_jobs delays (a job waits), the rest refuse
@@ -46,9 +60,55 @@ class Settings(BaseSettings):
     max_gpus: int | None = Field(None, ge=0)  # GPUs asked for by the owner's unfinished jobs together
     max_job_images: int | None = Field(None, ge=1)  # train.steps x train.batch_size of one job
 
+    @model_validator(mode="after")
+    def _settings_that_work_together(self) -> Settings:
+        """Refuse at start what would only fail later, job after job, with the setting to change."""
+        if self.lease_seconds < LEASES_PER_HEARTBEAT * self.heartbeat_seconds:
+            raise ValueError(
+                f"VITQ_LEASE_SECONDS={self.lease_seconds:g} is shorter than {LEASES_PER_HEARTBEAT} heartbeats "
+                f"(VITQ_HEARTBEAT_SECONDS={self.heartbeat_seconds:g}): every running job would lose its lease "
+                f"between two heartbeats; set VITQ_LEASE_SECONDS to at least "
+                f"{LEASES_PER_HEARTBEAT * self.heartbeat_seconds:g} or lower VITQ_HEARTBEAT_SECONDS"
+            )
+        if self.reap_seconds is not None and self.reap_seconds > self.lease_seconds:
+            raise ValueError(
+                f"VITQ_REAP_SECONDS={self.reap_seconds:g} is longer than VITQ_LEASE_SECONDS={self.lease_seconds:g}: "
+                "a dead worker's job would wait more than a lease to be requeued; lower VITQ_REAP_SECONDS or unset it"
+            )
+        if self.auth == "off" and self.bootstrap_admin_token is not None:
+            raise ValueError(
+                "VITQ_BOOTSTRAP_ADMIN_TOKEN is set but VITQ_AUTH=off: the token would never be asked for; "
+                "unset VITQ_AUTH (or set it to required), or unset the token"
+            )
+        for name, url, variable in (
+            ("database", self.database_url, "POSTGRES_PASSWORD"),
+            ("broker", self.broker_url, "REDIS_PASSWORD"),
+        ):
+            password = urlsplit(url or "").password or ""
+            if password.startswith(PLACEHOLDER_PASSWORD):
+                raise ValueError(
+                    f"the {name} password is still the example's placeholder ({password}): set {variable} in .env "
+                    "to a secret of your own (e.g. `openssl rand -hex 32`) and recreate the stack"
+                )
+        storage, data = self.resolved_storage.absolute(), self.resolved_data_dir.absolute()
+        if storage.is_relative_to(data):
+            raise ValueError(
+                f"VITQ_STORAGE ({storage}) is inside VITQ_DATA_DIR ({data}): any job could read every other "
+                "owner's runs as a dataset; put the run storage outside the data directory"
+            )
+        return self
+
     @property
     def auth_required(self) -> bool:
         return self.auth != "off"
+
+    @property
+    def allowed_host_names(self) -> frozenset[str]:
+        return frozenset(h.strip().lower().strip("[]") for h in self.allowed_hosts.split(",") if h.strip())
+
+    @property
+    def allowed_origin_list(self) -> frozenset[str]:
+        return frozenset(o.strip().lower().rstrip("/") for o in self.allowed_origins.split(",") if o.strip())
 
     @property
     def resolved_database_url(self) -> str:
@@ -72,4 +132,18 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """The settings from the environment; settings that cannot work end the process with one line each that
+    names the variable (`vitq serve` and the worker start with this), not a traceback."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SystemExit("\n".join(f"vitq: {problem}" for problem in setting_problems(error))) from None
+
+
+def setting_problems(error: ValidationError) -> list[str]:
+    problems = []
+    for detail in error.errors(include_url=False):
+        message = detail["msg"].removeprefix("Value error, ")
+        names = [str(part) for part in detail["loc"]]
+        problems.append(f"VITQ_{'_'.join(names).upper()}: {message}" if names else message)
+    return problems

@@ -5,6 +5,7 @@ shape with `loc` = ["body", *field path]."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Callable
@@ -19,12 +20,22 @@ from api.core.settings import Settings
 from vit.config import JobSpec
 
 JSON_TYPES = ("application/json",)
-YAML_TYPES = ("application/yaml", "text/yaml", "application/x-yaml")  # documented; any non-JSON type is YAML
+# Documented; any other non-JSON type is read as YAML too, except the form types (api/server/request_guard.py).
+YAML_TYPES = ("application/yaml", "text/yaml", "application/x-yaml")
 # A spec nests a few levels deep; parsers recurse once per level, and a body of 10,000 brackets would exhaust
 # Python's stack (a RecursionError: a 500, then a dropped connection). Checked before the recursive parse.
 MAX_DEPTH = 32
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _JSON_BRACKET = re.compile(rb"[\[\]{}]")
+# No spec field needs a longer integer; Python refuses to parse one of 4,300+ digits at all (a ValueError).
+MAX_INT_DIGITS = 64
+# A lone UTF-16 surrogate (JSON's "\ud800") decodes to a str that cannot be encoded back: not text.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _BadNumber(str):
+    """A number the parser met and that no field can take (NaN, an infinity, an overlong integer): kept as its
+    text, so that check_values reports it at its field instead of the parser failing without a place."""
 
 
 def parse_spec(body: bytes, content_type: str) -> JobSpec:
@@ -34,8 +45,44 @@ def parse_spec(body: bytes, content_type: str) -> JobSpec:
 def load_document(body: bytes, content_type: str) -> Any:
     """The body as JSON (for a JSON content type) or as YAML without aliases; 422 when it is neither."""
     media_type = content_type.split(";", 1)[0].strip().lower()
-    # YAML is a superset of JSON, so any other type (curl's default form type included) is read as YAML.
-    return _load_json(body) if media_type in JSON_TYPES else _load_yaml(body)
+    # YAML is a superset of JSON, so any other type is read as YAML (form types never get here: a 415).
+    document = _load_json(body) if media_type in JSON_TYPES else _load_yaml(body)
+    check_values(document, ())
+    return document
+
+
+def check_values(value: Any, loc: tuple[str | int, ...]) -> None:
+    """422 at the first value no field can hold and that would fail later as a 500: a non-finite float (JSON has
+    none to write back, optimizers fail on one), an overlong integer, a string with a lone surrogate (no
+    encoding writes it). The document is at most MAX_DEPTH levels deep, so the recursion is bounded."""
+    if isinstance(value, _BadNumber):
+        if value.lstrip("+-").isdigit():
+            raise invalid(
+                loc,
+                f"an integer of {len(value.lstrip('+-'))} digits; at most {MAX_INT_DIGITS}",
+                "int_too_long",
+            )
+        raise invalid(loc, f"{value} is not a finite number", "finite_number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise invalid(loc, f"{value} is not a finite number", "finite_number")
+    if isinstance(value, str) and _SURROGATE.search(value):
+        raise invalid(loc, "contains a lone UTF-16 surrogate (not text)", "string_unicode")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_values(key, loc)
+            check_values(item, (*loc, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_values(item, (*loc, index))
+
+
+def _json_int(text: str) -> int | _BadNumber:
+    return int(text) if len(text.lstrip("-")) <= MAX_INT_DIGITS else _BadNumber(text)
+
+
+def _json_float(text: str) -> float | _BadNumber:
+    number = float(text)
+    return number if math.isfinite(number) else _BadNumber(text)
 
 
 def check_spec(data: Any) -> JobSpec:
@@ -56,7 +103,7 @@ def check_spec(data: Any) -> JobSpec:
 def _load_json(body: bytes) -> Any:
     _check_json_depth(body)
     try:
-        return json.loads(body)
+        return json.loads(body, parse_int=_json_int, parse_float=_json_float, parse_constant=_BadNumber)
     except json.JSONDecodeError as error:
         raise invalid(
             (error.pos,),
@@ -103,6 +150,13 @@ class _SpecLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
+
+    def construct_yaml_int(self, node: Any) -> Any:
+        digits = str(node.value).replace("_", "").lstrip("+-")
+        return _BadNumber(node.value) if len(digits) > MAX_INT_DIGITS else super().construct_yaml_int(node)
+
+
+_SpecLoader.add_constructor("tag:yaml.org,2002:int", _SpecLoader.construct_yaml_int)
 
 
 def _load_yaml(body: bytes) -> Any:

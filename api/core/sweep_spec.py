@@ -30,7 +30,7 @@ from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from vit.config import JobSpec
+from vit.config import MAX_NAME_CHARS, NAME_PATTERN, JobSpec
 
 # More children than this is a typo in a grid rather than a study (and one transaction holds them all).
 MAX_SWEEP_JOBS = 100
@@ -69,7 +69,7 @@ class RandomSpace(_Strict):
 
 
 class SweepSpec(_Strict):
-    name: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[\w.\- ]+$")
+    name: str | None = Field(None, min_length=1, max_length=MAX_NAME_CHARS, pattern=NAME_PATTERN)
     base: dict[str, Any] = Field(description="A job spec, as POST /jobs takes it.")
     grid: dict[str, list[Any]] | None = Field(None, min_length=1)
     random: RandomSpace | None = None
@@ -98,7 +98,14 @@ Point = dict[str, Any]  # dotted field -> value of one child
 
 
 def check_fields(sweep: SweepSpec) -> None:
-    """Every swept path names a field of JobSpec, and a grid's lists are not empty; SweepSpecError otherwise."""
+    """Every swept path names a field of JobSpec, and a grid's lists are not empty; SweepSpecError otherwise.
+    Without a name of its own, the sweep takes the base spec's: that one must then follow the job-name rules."""
+    base_name = sweep.base.get("name")
+    if sweep.name is None and base_name is not None:
+        if not isinstance(base_name, str) or not 0 < len(base_name) <= MAX_NAME_CHARS:
+            raise SweepSpecError(("base", "name"), f"a name is 1 to {MAX_NAME_CHARS} characters")
+        if not re.fullmatch(NAME_PATTERN, base_name):
+            raise SweepSpecError(("base", "name"), "a name has letters, digits, spaces and . _ - only")
     for path in sweep.fields:
         loc = (*sweep.space_loc, path)
         problem = _field_problem(path)
@@ -171,7 +178,12 @@ def points(sweep: SweepSpec) -> list[Point]:
     assert sweep.random is not None
     rng = random.Random(sweep.random.seed)
     space = sweep.random.space
-    return [{path: _draw(space[path], rng) for path in space} for _ in range(sweep.random.samples)]
+    drawn = [{path: _draw(space[path], rng) for path in space} for _ in range(sweep.random.samples)]
+    for point in drawn:
+        for path, value in point.items():
+            if isinstance(value, float) and not math.isfinite(value):  # bounds as wide as 1e308 overflow
+                raise SweepSpecError((*sweep.space_loc, path), f"{path}: drew {value}; narrow the bounds")
+    return drawn
 
 
 def _draw(distribution: Distribution, rng: random.Random) -> Any:

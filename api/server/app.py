@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import sessionmaker
 
@@ -18,6 +19,7 @@ from api.core.settings import Settings, get_settings
 from api.server import errors
 from api.server.auth import store_bootstrap_token
 from api.server.prometheus import JobCollector, LatencyMiddleware, request_latency
+from api.server.request_guard import RequestGuard
 from api.server.routes import (
     checkpoints,
     dashboard,
@@ -30,6 +32,7 @@ from api.server.routes import (
     sweeps,
     workers,
 )
+from api.server.security_headers import SecurityHeaders
 from api.server.unavailable import DATABASE_UNAVAILABLE, ResponseDeadline, database_unavailable
 from api.server.watch import Feeds
 from vit.config import JobSpec
@@ -49,7 +52,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         queue.close()
         engine.dispose()
 
-    app = FastAPI(title="vitq", summary="A training service for Vision Transformers.", lifespan=lifespan)
+    # /docs and /redoc with Swagger UI and ReDoc from the fastapi-offline package (pinned in pyproject), not a CDN.
+    app = FastAPIOffline(
+        title="vitq",
+        summary="A training service for Vision Transformers.",
+        lifespan=lifespan,
+        static_url="/docs-static",
+    )
     app.state.settings = settings
     app.state.engine = engine
     # expire_on_commit=False: a committed job is returned as is, without a reload round trip.
@@ -63,6 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for error in DATABASE_UNAVAILABLE:
         app.add_exception_handler(error, database_unavailable)
     app.add_middleware(ResponseDeadline)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestGuard, settings=settings)  # outermost: a refused request costs nothing more
     app.state.feeds = Feeds(sessions, settings)
     for module in (jobs, events, sweeps, workers, metrics, checkpoints, logs, health, prometheus, dashboard):
         app.include_router(module.router)

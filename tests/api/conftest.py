@@ -88,7 +88,7 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
     settings.resolved_storage.mkdir()
     engine = make_engine(database_url)
     try:
-        with TestClient(create_app(settings)) as client:
+        with TestClient(create_app(settings), base_url="http://localhost") as client:
             yield Api(client=client, settings=settings, engine=engine)
     finally:
         with Session(engine) as session:

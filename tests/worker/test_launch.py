@@ -10,6 +10,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
+from worker.launch import Trainer, trainer_command, trainer_env
+
 # A stand-in for the trainer: it records the SIGTERM it gets, as the real one checkpoints on it.
 TRAINER = textwrap.dedent(
     """
@@ -60,3 +64,29 @@ def test_trainer_gets_sigterm_when_the_worker_is_killed(tmp_path: Path) -> None:
         not Path(f"/proc/{trainer_pid}").exists()
         or "Z" in Path(f"/proc/{trainer_pid}/stat").read_text().split()[2]
     )
+
+
+# Modules a user could leave in the directory a worker is started from; each leaves a mark if it is imported.
+SHADOWS = ("csv", "yaml", "sitecustomize", "vit/__init__")
+
+
+@pytest.mark.parametrize("procs", [1, 2], ids=["trainer", "torchrun"])
+def test_the_trainer_imports_nothing_from_the_workers_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, procs: int
+) -> None:
+    started_in, run_dir, marks = tmp_path / "home", tmp_path / "run", tmp_path / "imported"
+    for name in SHADOWS:
+        module = started_in / f"{name}.py"
+        module.parent.mkdir(parents=True, exist_ok=True)
+        module.write_text(f"open({str(marks)!r}, 'a').write({name!r} + '\\n')\n")
+    run_dir.mkdir()
+    monkeypatch.chdir(started_in)  # the worker's working directory ...
+    monkeypatch.setenv("PYTHONPATH", ".")  # ... even when its environment names it
+    spec = run_dir / "missing-spec.yaml"  # the real trainer imports everything, then refuses the spec
+    env = {**trainer_env(procs), "OMP_NUM_THREADS": "1"}
+    trainer = Trainer(
+        trainer_command(spec, run_dir, procs, attempt=1), env, run_dir / "train.log", cwd=run_dir
+    )
+    assert trainer.process.wait(timeout=120) != 0
+    assert not marks.exists(), marks.read_text()
+    assert str(spec) in (run_dir / "train.log").read_text()  # the real vit.train ran and named its input

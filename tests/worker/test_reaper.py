@@ -40,7 +40,7 @@ def add_job(settings: Settings, **values: object) -> int:
 def test_runnable_jobs_without_a_message_get_a_wake_up_however_many_others_wait(
     tmp_path: Path, redis_url: str, unique_queue: str
 ) -> None:
-    settings = Settings(home=tmp_path, lease_seconds=2.0)
+    settings = Settings(home=tmp_path, lease_seconds=2.0, heartbeat_seconds=0.5)
     upgrade(settings.resolved_database_url)
     first, second, third = add_job(settings), add_job(settings), add_job(settings)
     add_job(settings, wait_reason="waiting for job 1 (running) to succeed")  # never runnable: never sent
@@ -67,7 +67,7 @@ def test_runnable_jobs_without_a_message_get_a_wake_up_however_many_others_wait(
 
 
 def test_reaper_survives_a_broker_it_cannot_reach(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path, lease_seconds=1.0)
+    settings = Settings(home=tmp_path, lease_seconds=1.0, heartbeat_seconds=0.25)
     upgrade(settings.resolved_database_url)
     engine = make_engine(settings.resolved_database_url)
     spec = JobSpec.model_validate({"kind": "pretrain", "train": {"steps": 30}}).resolved()

@@ -29,6 +29,7 @@ from vit.data.transforms import (
     eval_transform,
     train_transform,
 )
+from vit.data_roots import check_confined
 
 __all__ = [
     "MEAN",
@@ -100,7 +101,9 @@ def build_datasets(data: DataSpec, *, image_size: int, seed: int) -> Datasets:
         val = source.select(val_idx)
     elif data.dataset == "imagefolder":
         assert data.root is not None  # DataSpec requires it for file datasets
-        train_files, val_files, class_names = folder_with_split(existing_root(data.root))
+        root = existing_root(data.root)
+        check_confined(root)
+        train_files, val_files, class_names = folder_with_split(root)
         train = ImageFiles(train_files.paths, train_files.labels, train_tf)
         if val_files is None:
             train_idx, val_idx = stratified_split(train_files.labels, data.val_fraction, seed)
@@ -120,7 +123,10 @@ def build_datasets(data: DataSpec, *, image_size: int, seed: int) -> Datasets:
     else:
         assert data.root is not None
         root = existing_root(data.root) if not data.download else _created(data.root)
+        check_confined(root)  # before torchvision reads a file (CIFAR's loads its arrays when built)
         train, val, class_names = torchvision_splits(data.dataset, root, data.download, train_tf, eval_tf)
+        if data.download:
+            check_confined(root)  # and what the download unpacked
     if data.subset is not None:
         train = train.select(subset_indices(train.labels, data.subset, seed))
     return Datasets(train=train, val=val, num_classes=len(class_names), class_names=class_names)

@@ -65,7 +65,7 @@ def test_declared_length_over_the_limit_is_413_before_the_body_is_sent(server: s
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as connection:
         connection.sendall(
-            b"POST /jobs HTTP/1.1\r\nHost: test\r\nContent-Type: application/yaml\r\n"
+            b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/yaml\r\n"
             + f"Content-Length: {LIMIT + 1}\r\n\r\n".encode()
         )  # and no body: a server waiting to read it would time out here
         assert connection.recv(4096).startswith(b"HTTP/1.1 413 ")

@@ -118,3 +118,50 @@ def test_a_weights_path_too_long_for_the_file_system_is_422(api: Api) -> None:
     spec = {**TINY_SPEC, "kind": "finetune", "init": {"weights": "0" * 1000}}  # a name over 255 bytes
     error = assert_422_at(api.client.post("/jobs", json=spec), ["body", "init", "weights"])
     assert error["type"] == "weights_not_found"
+
+
+_SPEC = (
+    '{"kind": "pretrain", "model": {"variant": "Ti/4", "image_size": 16, "depth": 1, "embed_dim": 32, '
+    '"num_heads": 2}, "train": {"steps": 40, "batch_size": 32}, "optim": {"betas": [0.9, %s]}}'
+)
+
+
+# Each a value no field can hold that the server once answered with a 500 (its parser, or its own 422, failed).
+@pytest.mark.parametrize(
+    ("value", "content_type", "kind"),
+    [
+        ("NaN", "application/json", "finite_number"),
+        ("-Infinity", "application/json", "finite_number"),
+        ("1e999", "application/json", "finite_number"),
+        ("9" * 4400, "application/json", "int_too_long"),
+        ('"\\ud800"', "application/json", "string_unicode"),
+        (".nan", "application/yaml", "finite_number"),
+        (".inf", "application/yaml", "finite_number"),
+        ("9" * 4400, "application/yaml", "int_too_long"),
+        ('"\\ud800"', "application/yaml", "string_unicode"),
+    ],
+    ids=["nan", "-infinity", "1e999", "4400-digits", "surrogate", "yaml-nan", "yaml-inf", "yaml-4400-digits",
+         "yaml-surrogate"],
+)  # fmt: skip
+def test_non_finite_numbers_overlong_integers_and_lone_surrogates_are_422(
+    api: Api, value: str, content_type: str, kind: str
+) -> None:
+    error = assert_422_at(_post(api, _SPEC % value, content_type), ["body", "optim", "betas", 1])
+    assert error["type"] == kind
+    grid_value = '{"base": ' + _SPEC % "0.999" + ', "grid": {"optim.betas": [[0.9, ' + value + "]]}}"
+    sweeps = {
+        ("base", "optim", "betas", 1): '{"base": ' + _SPEC % value + ', "grid": {"seed": [0]}}',
+        ("grid", "optim.betas", 0, 1): grid_value,
+    }
+    for loc, body in sweeps.items():
+        answer = api.client.post("/sweeps", content=body.encode(), headers={"content-type": content_type})
+        assert assert_422_at(answer, ["body", *loc])["type"] == kind
+    assert api.stored_job_count() == 0
+    assert api.client.get("/sweeps").json()["total"] == 0
+
+
+def test_random_draws_that_overflow_are_422(api: Api) -> None:
+    sweep = {"base": TINY_SPEC, "random": {"samples": 2, "space": {"optim.lr": {"uniform": [-1e308, 1e308]}}}}
+    error = assert_422_at(api.client.post("/sweeps", json=sweep), ["body", "random", "space", "optim.lr"])
+    assert "narrow the bounds" in error["msg"]
+    assert api.stored_job_count() == 0

@@ -37,7 +37,7 @@ def test_no_live_worker_while_jobs_wait_is_503_and_a_heartbeat_makes_it_healthy(
 
 def test_broker_down_is_503(api: Api) -> None:
     down = api.settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
-    with TestClient(create_app(down)) as client:
+    with TestClient(create_app(down), base_url="http://localhost") as client:
         response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["database"] == "ok"
@@ -47,7 +47,7 @@ def test_broker_down_is_503(api: Api) -> None:
 
 def test_database_down_is_503(api: Api) -> None:
     down = api.settings.model_copy(update={"database_url": "postgresql+psycopg://postgres@127.0.0.1:1/none"})
-    with TestClient(create_app(down)) as client:
+    with TestClient(create_app(down), base_url="http://localhost") as client:
         response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["database"].startswith("down:")

@@ -231,7 +231,7 @@ def test_weights_that_do_not_exist_are_422_at_submit(api: Api) -> None:
 
 def test_job_is_stored_and_201_when_the_broker_is_down(api: Api) -> None:
     down = api.settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
-    with TestClient(create_app(down)) as client:
+    with TestClient(create_app(down), base_url="http://localhost") as client:
         response = client.post("/jobs", json=TINY_SPEC)
     assert response.status_code == 201
     assert response.json()["status"] == "queued"

@@ -185,6 +185,29 @@ def test_malformed_sweeps_are_422(api: Api, body: dict[str, Any], words: str) ->
     assert words in str(detail), detail
 
 
+@pytest.mark.parametrize(
+    ("sweep_name", "base_name", "loc"),
+    [
+        (None, "x" * 5000, ["body", "base", "name"]),  # the sweep takes the base's name: the same rules
+        (None, "lr <script>", ["body", "base", "name"]),
+        (None, "study\n", ["body", "base", "name"]),
+        (None, 42, ["body", "base", "name"]),
+        ("x" * 129, "tiny", ["body", "name"]),
+        ("a/b", "tiny", ["body", "name"]),
+    ],
+)
+def test_sweep_names_follow_the_job_name_rules(
+    api: Api, sweep_name: str | None, base_name: Any, loc: list[str]
+) -> None:
+    body = {"base": {**TINY_SPEC, "name": base_name}, "grid": {"optim.lr": [1e-3]}}
+    detail = post_sweep(api, body if sweep_name is None else {**body, "name": sweep_name}, status=422)[
+        "detail"
+    ]
+    assert detail[0]["loc"] == loc, detail
+    assert stored_sweep_count(api) == 0
+    assert api.stored_job_count() == 0
+
+
 def test_show_reports_each_childs_metrics_and_the_best(api: Api) -> None:
     sweep = post_sweep(api, {"base": TINY_SPEC, "grid": {"optim.lr": [1e-3, 3e-3]}})
     first, second = (c["job"]["id"] for c in sweep["jobs"])

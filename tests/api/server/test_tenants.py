@@ -99,7 +99,7 @@ def tenants(api_pg_url: str, redis_url: str, unique_queue: str, tmp_path: Path) 
     )
     assert revoked_row is not None and tokens.revoke(session=session, token_id=revoked_row.id)
     try:
-        with TestClient(create_app(settings)) as client:
+        with TestClient(create_app(settings), base_url="http://localhost") as client:
             yield Tenants(client, settings, session, alice, bob, admin, revoked)
     finally:
         session.execute(delete(Job))
@@ -326,7 +326,7 @@ def test_the_bootstrap_admin_token_is_stored_hashed_once(tenants: Tenants) -> No
     token = secrets.token_hex(32)
     settings = tenants.settings.model_copy(update={"bootstrap_admin_token": SecretStr(token)})
     for _ in range(2):  # a restart finds it stored
-        with TestClient(create_app(settings)) as client:
+        with TestClient(create_app(settings), base_url="http://localhost") as client:
             listed = client.get("/jobs", headers={"authorization": f"Bearer {token}"})
             assert listed.status_code == 200
     rows = tenants.session.scalars(
@@ -334,7 +334,10 @@ def test_the_bootstrap_admin_token_is_stored_hashed_once(tenants: Tenants) -> No
     ).all()
     assert len(rows) == 1 and rows[0].is_admin
     short = tenants.settings.model_copy(update={"bootstrap_admin_token": SecretStr("too-short")})
-    with pytest.raises(ValueError, match="shorter than 32"), TestClient(create_app(short)):
+    with (
+        pytest.raises(ValueError, match="shorter than 32"),
+        TestClient(create_app(short), base_url="http://localhost"),
+    ):
         pass
 
 
