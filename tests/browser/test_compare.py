@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from api.client import VitqClient
 from tests.api.cli.service import Service, tiny_spec, wait_for
-from tests.api.conftest import ARTIFACTS, horizontal_overflow, stroke_pixels
+from tests.browser.conftest import ARTIFACTS, horizontal_overflow, stroke_pixels
 
 pytestmark = pytest.mark.browser
 BLUE = (37, 99, 235)  # the first job's colour (and a single job's first metric), #2563eb

@@ -12,7 +12,7 @@ from playwright.sync_api import Page, expect
 
 from api.client import VitqClient
 from tests.api.cli.service import Service, tiny_spec, wait_for
-from tests.api.conftest import horizontal_overflow, stroke_pixels
+from tests.browser.conftest import horizontal_overflow, stroke_pixels
 
 pytestmark = pytest.mark.browser
 BLUE = (37, 99, 235)  # the first line's colour, #2563eb
