@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from api.core.parent_death import term_when_parent_dies
+from worker import peak
 
 
 def trainer_command(spec_path: Path, run_dir: Path, procs_per_node: int, *, attempt: int) -> list[str]:
@@ -46,6 +47,7 @@ def trainer_env(procs_per_node: int, devices: Sequence[int] | None = None) -> di
     # Without this each CPU process would start one thread per core and they would fight over the cores.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // procs_per_node)))
     env["PYTHONUNBUFFERED"] = "1"  # progress lines reach train.log as they are printed
+    env.update(peak.trainer_env())  # the worker's calibrated peak, once measured (worker/peak.py)
     return env
 
 

@@ -203,7 +203,8 @@ def progress_line(job: dict[str, Any], width: int = 24) -> str:
     if job.get("images_per_s"):
         parts.append(f"{job['images_per_s']:.0f} img/s")
     if metrics.get("mfu") is not None:
-        parts.append(f"MFU {metrics['mfu']:.1%}")
+        peak = f" of {metrics['peak_tflops']:.3g} TFLOP/s" if metrics.get("peak_tflops") else ""
+        parts.append(f"MFU {metrics['mfu']:.1%}{peak}")
     if job["status"] == "running" and job.get("eta_seconds") is not None:
         parts.append(f"ETA {format_duration(job['eta_seconds'])}")
     if job["status"] == "queued" and job.get("wait_reason"):

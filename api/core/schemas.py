@@ -131,6 +131,11 @@ class WorkerOut(BaseModel):
     heartbeat_at: datetime
     jobs: list[int]  # running jobs it holds
     devices: list[DeviceOut]  # its GPUs (none: a CPU worker)
+    peak_flops: float | None = (
+        None  # the MFU denominator its trainers get (worker/peak.py); None: not calibrated
+    )
+    peak_source: str | None = None  # how that peak was measured
+    usage: dict[str, Any] | None = None  # the latest resource sample (worker/usage.py)
 
 
 class WorkerList(BaseModel):

@@ -25,6 +25,8 @@ export const PANELS = [
   { id: "epoch", title: "Epoch", metrics: { epoch: "epoch" } },
   // Model FLOP utilization: a fraction of the accelerator's peak, when the trainer knows that peak.
   { id: "mfu", title: "MFU", metrics: { mfu: "MFU" }, percent: true },
+  // What MFU is divided by and how it was found: read by the job summary, never drawn.
+  { id: "peak", title: "Peak", metrics: { peak_tflops: "peak", peak_kind: "peak kind" }, hidden: true },
 ];
 
 // x axis choices: the logged step, the images trained on (step x global batch), or the training time summed
@@ -100,7 +102,7 @@ export class Board {
   // Draw: a panel for every metric some run has, then every panel's data.
   render({ rebuild = false } = {}) {
     for (const run of this.runs) {
-      for (const name of run.points.keys()) this.panel(panelFor(name));
+      for (const name of run.points.keys()) if (!panelFor(name).hidden) this.panel(panelFor(name));
     }
     for (const panel of this.panels.values()) panel.refresh({ rebuild });
   }

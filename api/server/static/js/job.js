@@ -2,11 +2,27 @@
 
 import { api, download } from "./api.js";
 import { Board } from "./charts.js";
-import { bytes, duration, h, jobDuration, localTime, number, percent, poll, progressText, setText, statusBadge } from "./format.js";
+import { bytes, duration, h, jobDuration, localTime, number, percent, poll, progressText, setText, significant, statusBadge } from "./format.js";
 import { dumpYaml } from "./yaml.js";
 
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 const FIRST_LOAD_POINTS = 1000; // the server downsamples longer series to this budget
+
+// How the trainer found the peak MFU divides by (vit.flops.PeakKind, logged as peak_kind).
+const PEAK_KINDS = [
+  "datasheet bf16 dense rate",
+  "calibrated by the worker: fastest matmul, best its host has shown",
+  "measured by the trainer: fastest of 12 matmuls",
+  "the rate training reached (the measured peak read low)",
+];
+
+// "45.2% of 0.0961 TFLOP/s" and, under it, how that peak was found; model FLOPs / the peak (vit/flops.py).
+function mfuReading(metrics) {
+  if (metrics?.mfu == null) return "";
+  if (metrics.peak_tflops == null) return percent(metrics.mfu);
+  return h("span", { class: "mfu" }, `${percent(metrics.mfu)} of ${significant(metrics.peak_tflops, 3)} TFLOP/s`,
+    h("small", { class: "muted peak-source" }, PEAK_KINDS[metrics.peak_kind] ?? "peak"));
+}
 
 export function mountJob(view, id) {
   const title = h("h1", {}, `Job ${id}`);
@@ -90,13 +106,13 @@ export function mountJob(view, id) {
       ["Duration", jobDuration(job)],
       ["ETA", job.status === "running" ? duration(job.eta_seconds) : ""],
       ["Throughput", job.images_per_s == null ? "" : `${number(job.images_per_s, 3)} img/s`],
-      ["MFU", percent(job.latest_metrics?.mfu)], // model FLOPs / the device's peak (vit/flops.py)
+      ["MFU", mfuReading(job.latest_metrics)],
       ["Best val top-1", percent(job.best_val_top1)],
       ["Train loss", number(job.latest_metrics?.loss)],
     ];
     summary.replaceChildren(
       ...rows.filter(([, v]) => v !== null && v !== undefined && v !== "")
-        .map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, String(v)))),
+        .map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v instanceof Node ? v : String(v)))),
     );
     renderFewShot();
     const text = dumpYaml(job.spec);
