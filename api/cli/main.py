@@ -20,6 +20,7 @@ from typing import Any, TextIO
 import yaml
 
 from api.cli.exit_codes import (
+    EXIT_BROKEN_PIPE,
     EXIT_BY_STATUS,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -438,6 +439,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nvitq: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`vitq show 1 | head`): stop quietly, as other Unix tools do. Stdout goes to
+        # /dev/null so that the interpreter's last flush does not raise again on the way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

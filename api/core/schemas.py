@@ -48,6 +48,8 @@ class JobOut(BaseModel):
     best_val_top1: float | None
     images_per_s: float | None
     eta_seconds: float | None
+    tags: list[str] = []  # the owner's labels (PATCH /jobs/{id})
+    notes: str | None = None  # the owner's free text
 
 
 class JobList(BaseModel):
@@ -135,7 +137,6 @@ class WorkerOut(BaseModel):
         None  # the MFU denominator its trainers get (worker/peak.py); None: not calibrated
     )
     peak_source: str | None = None  # how that peak was measured
-    usage: dict[str, Any] | None = None  # the latest resource sample (worker/usage.py)
 
 
 class WorkerList(BaseModel):

@@ -1,8 +1,7 @@
-"""Tags and notes on jobs (their owner's), the latest resource sample of each job and worker, and each worker's
-calibrated peak rate (vit/flops.py).
+"""Tags and notes on jobs (their owner's), and each worker's calibrated peak rate (vit/flops.py, worker/peak.py).
 
 Revision ID: 0009_job_notes
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-02
 """
 
@@ -14,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009_job_notes"
-down_revision: str | None = "0005"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -22,8 +21,6 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.add_column("jobs", sa.Column("tags", sa.JSON(), nullable=True))
     op.add_column("jobs", sa.Column("notes", sa.Text(), nullable=True))
-    op.add_column("jobs", sa.Column("usage", sa.JSON(), nullable=True))
-    op.add_column("workers", sa.Column("usage", sa.JSON(), nullable=True))
     op.add_column("workers", sa.Column("peak_flops", sa.Float(), nullable=True))
     op.add_column("workers", sa.Column("peak_source", sa.Text(), nullable=True))
 
@@ -32,8 +29,6 @@ def downgrade() -> None:
     for table, column in (
         ("workers", "peak_source"),
         ("workers", "peak_flops"),
-        ("workers", "usage"),
-        ("jobs", "usage"),
         ("jobs", "notes"),
         ("jobs", "tags"),
     ):

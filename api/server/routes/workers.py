@@ -59,7 +59,6 @@ def list_workers(session: SessionDep, settings: SettingsDep, principal: Principa
                 ],
                 peak_flops=w.peak_flops,
                 peak_source=w.peak_source,
-                usage=w.usage,
             )
             for w in alive
         ]
