@@ -381,6 +381,13 @@ class Trainer:
         images = window.steps * self.spec.train.batch_size
         # Mean time per rank: ranks run in lockstep, so it is the interval's wall time.
         images_per_s = images / max(seconds_sum / ranks, 1e-9)
+        per_rank_flops = images_per_s * self.flops_per_image / ranks
+        raised = self.peak.at_least(per_rank_flops)
+        if raised is not self.peak:
+            self.peak = raised
+            self._say(
+                f"mfu: peak raised to {raised.flops_per_s / 1e12:.3g} TFLOP/s, the rate training reached"
+            )
         self.metrics.log(
             self.step,
             {
@@ -389,7 +396,10 @@ class Trainer:
                 "grad_norm": norm_sum / (window.steps * ranks),
                 "images_per_s": images_per_s,
                 "epoch": self.epoch + self.batch / self.batches_per_epoch,
-                "mfu": images_per_s * self.flops_per_image / (self.peak.flops_per_s * ranks),
+                "mfu": per_rank_flops / self.peak.flops_per_s,
+                # What MFU was divided by and how it was found (vit.flops.PeakKind), for the dashboard to say.
+                "peak_tflops": self.peak.flops_per_s / 1e12,
+                "peak_kind": float(self.peak.kind),
                 **self.first_line_extras,
             },
         )

@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     from api.core.db import session_scope
     from api.core.logging_setup import configure_logging
     from api.core.settings import get_settings
-    from worker import devices, supervisor
+    from worker import devices, peak, supervisor
     from worker.celery_app import app
+    from worker.launch import trainer_env
     from worker.reaper import Reaper
     from worker.supervisor import SHUTDOWN, worker_name
     from worker.tasks import enqueue_job
@@ -98,6 +99,13 @@ def main(argv: list[str] | None = None) -> None:
             )
     except Exception:
         logging.getLogger(__name__).exception("could not register in the database; the reaper will retry")
+
+    def record_peak(flops_per_s: float, source: str) -> tuple[float, str]:
+        with session_scope(database) as session:
+            return workers.record_peak(session=session, name=name, flops_per_s=flops_per_s, source=source)
+
+    indices = [d["index"] for d in gpus]
+    peak.calibrate_in_background(gpus, trainer_env(1, indices[:1] if gpus else None), record_peak)
 
     def on_shutdown(**_: Any) -> None:
         SHUTDOWN.set()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from api.core.parent_death import term_when_parent_dies
 from vit.data_roots import DATA_ROOTS_ENV
+from worker import peak
 
 
 def trainer_command(spec_path: Path, run_dir: Path, procs_per_node: int, *, attempt: int) -> list[str]:
@@ -66,14 +67,13 @@ def trainer_env(
     env = dict(os.environ)
     env[DATA_ROOTS_ENV] = os.pathsep.join(str(root) for root in data_roots)
     env["PYTHONSAFEPATH"] = "1"
-    env["PYTHONPATH"] = str(
-        trainer_import_path()
-    )  # replaces the worker's own (PYTHONPATH=. would be cwd again)
+    env["PYTHONPATH"] = str(trainer_import_path())  # replaces the worker's own (PYTHONPATH=. is cwd again)
     if devices is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
     # Without this each CPU process would start one thread per core and they would fight over the cores.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // procs_per_node)))
     env["PYTHONUNBUFFERED"] = "1"  # progress lines reach train.log as they are printed
+    env.update(peak.trainer_env())  # the worker's calibrated peak, once measured (worker/peak.py)
     return env
 
 

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import yaml
 
 from api.cli.exit_codes import (
+    EXIT_BROKEN_PIPE,
     EXIT_BY_STATUS,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -200,7 +201,8 @@ def progress_line(job: dict[str, Any], width: int = 24) -> str:
     if job.get("images_per_s"):
         parts.append(f"{job['images_per_s']:.0f} img/s")
     if metrics.get("mfu") is not None:
-        parts.append(f"MFU {metrics['mfu']:.1%}")
+        peak = f" of {metrics['peak_tflops']:.3g} TFLOP/s" if metrics.get("peak_tflops") else ""
+        parts.append(f"MFU {metrics['mfu']:.1%}{peak}")
     if job["status"] == "running" and job.get("eta_seconds") is not None:
         parts.append(f"ETA {format_duration(job['eta_seconds'])}")
     if job["status"] == "queued" and job.get("wait_reason"):
@@ -420,6 +422,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nvitq: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`vitq show 1 | head`): stop quietly, as other Unix tools do. Stdout goes to
+        # /dev/null so that the interpreter's last flush does not raise again on the way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

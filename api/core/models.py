@@ -92,6 +92,9 @@ class Job(Base):
     cancelled_by: Mapped[str | None] = mapped_column(String(64), default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The owner's labels and free text (PATCH /jobs/{id}, api/core/job_notes.py).
+    tags: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    notes: Mapped[str | None] = mapped_column(Text, default=None)
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
@@ -167,6 +170,9 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # The MFU denominator its trainers get: the best rate its host has shown for this device (worker/peak.py).
+    peak_flops: Mapped[float | None] = mapped_column(Float, default=None)
+    peak_source: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class JobNode(Base):

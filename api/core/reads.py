@@ -210,6 +210,8 @@ def job_out(job: Job, summary: MetricSummary | None = None, queue: QueueView | N
         best_val_top1=summary.best_val_top1,
         images_per_s=summary.images_per_s,
         eta_seconds=eta,
+        tags=job.tags or [],
+        notes=job.notes,
     )
 
 

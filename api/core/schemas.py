@@ -48,6 +48,8 @@ class JobOut(BaseModel):
     best_val_top1: float | None
     images_per_s: float | None
     eta_seconds: float | None
+    tags: list[str] = []  # the owner's labels (PATCH /jobs/{id})
+    notes: str | None = None  # the owner's free text
 
 
 class JobList(BaseModel):
@@ -131,6 +133,10 @@ class WorkerOut(BaseModel):
     heartbeat_at: datetime
     jobs: list[int]  # running jobs it holds
     devices: list[DeviceOut]  # its GPUs (none: a CPU worker)
+    peak_flops: float | None = (
+        None  # the MFU denominator its trainers get (worker/peak.py); None: not calibrated
+    )
+    peak_source: str | None = None  # how that peak was measured
 
 
 class WorkerList(BaseModel):

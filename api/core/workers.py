@@ -54,6 +54,19 @@ def beat(*, session: Session, name: str) -> None:
     session.commit()
 
 
+def record_peak(*, session: Session, name: str, flops_per_s: float, source: str) -> tuple[float, str]:
+    """Keep a worker's calibrated peak: the best rate its host has shown for the same device and threads
+    (`source`) in any registered worker, this measurement included; returns that best and its source."""
+    host = session.scalar(select(Worker.host).where(Worker.name == name))
+    previous = session.scalar(
+        select(func.max(Worker.peak_flops)).where(Worker.host == host, Worker.peak_source == source)
+    )
+    best = max(flops_per_s, previous or 0.0)
+    session.execute(update(Worker).where(Worker.name == name).values(peak_flops=best, peak_source=source))
+    session.commit()
+    return best, source
+
+
 def retire(*, session: Session, name: str) -> None:
     """A worker shutting down cleanly says so at once, instead of leaving the others to wait out its lease."""
     session.execute(update(Worker).where(Worker.name == name).values(stopped_at=now()))

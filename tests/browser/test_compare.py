@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Iterator
 from functools import partial
 
 import pytest
@@ -14,7 +15,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from api.client import VitqClient
 from tests.api.cli.service import Service, tiny_spec, wait_for
-from tests.api.conftest import ARTIFACTS, horizontal_overflow, stroke_pixels
+from tests.browser.conftest import ARTIFACTS, horizontal_overflow, stroke_pixels
 
 pytestmark = pytest.mark.browser
 BLUE = (37, 99, 235)  # the first job's colour (and a single job's first metric), #2563eb
@@ -237,4 +238,124 @@ def test_every_screen_fits_the_window(
         assert (
             page.locator("table.jobs tbody tr").first.evaluate("r => getComputedStyle(r).display") == "grid"
         )
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def running_and_queued(client: VitqClient, two_jobs: list[int]) -> Iterator[list[int]]:
+    """A long job running (all images: subset 1.0) and one queued behind it (subset left out); cancelled after.
+    After two_jobs: they hold the one worker otherwise."""
+    whole = "data: {dataset: synthetic, synthetic_size: 256, num_workers: 0, subset: 1.0}"
+    running = client.submit(tiny_spec("long-run", steps=100_000, dataset=whole))["id"]
+    queued = client.submit(tiny_spec("waiting-run", steps=100_000))["id"]
+    wait_for(lambda: client.get(running)["eta_seconds"] is not None, timeout=120)
+    yield [running, queued]
+    for job_id in (queued, running):
+        client.cancel(job_id)
+
+
+def right_edge(page: Page, selector: str) -> float:
+    return float(page.locator(selector).first.evaluate("e => e.getBoundingClientRect().right"))
+
+
+def test_a_phone_shows_progress_places_errors_and_why_a_chart_is_empty(
+    browser: Browser, service: Service, running_and_queued: list[int]
+) -> None:
+    running, queued = running_and_queued
+    context = browser.new_context(viewport={"width": 390, "height": 900})
+    page = context.new_page()
+    page.goto(f"{service.url}/#/")
+    page.locator("#view[data-loaded=true]").wait_for()
+    card = page.locator(f"tr[data-job-id='{running}']")
+    expect(card.locator(".bar-label")).to_contain_text("ETA")
+    label_right = card.locator(".bar-label").evaluate("e => e.getBoundingClientRect().right")
+    assert label_right <= card.evaluate("e => e.getBoundingClientRect().right")  # the ETA is not cut
+    # A queued job says where it stands and why, not "0/100000".
+    expect(page.locator(f"tr[data-job-id='{queued}'] td[data-col=progress]")).to_contain_text(
+        re.compile(r"(#\d+ in queue|queued)")
+    )
+    expect(card.locator("td[data-col=subset]")).to_have_text("100% of images")  # 1.0, not "1"
+
+    page.goto(f"{service.url}/#/jobs/{running}")
+    expect(page.locator(".job-progress .bar-label")).to_contain_text("ETA")
+    assert right_edge(page, ".job-progress .bar-label") <= 390
+    assert page.locator(".job-progress .bar-label").evaluate("e => e.scrollWidth <= e.clientWidth + 1")
+
+    page.goto(f"{service.url}/#/jobs/{queued}")  # nothing logged yet: a sentence, not empty charts
+    expect(page.locator(".no-metrics")).to_contain_text("No metrics yet: the job is queued")
+    expect(page.locator(".charts")).to_be_hidden()
+    page.screenshot(path=str(ARTIFACTS / "job-queued-390.png"), full_page=True)
+
+    page.goto(f"{service.url}/#/submit")
+    page.locator("#view[data-ready=true]").wait_for()
+    bad = tiny_spec("bad", steps=10).replace(
+        "optim: {", "optim: {schedule: a-schedule-nobody-has-ever-heard-of, "
+    )
+    page.locator("textarea[name=spec]").fill(bad)
+    page.get_by_role("button", name="Submit").click()
+    message = page.locator(".mark-msg").first
+    expect(message).to_be_visible()
+    assert right_edge(page, ".mark-msg") <= right_edge(page, ".editor") + 1  # ends in an ellipsis, inside
+    assert message.get_attribute("title")  # the whole message on hover, and in the list below
+    errors = page.locator("[data-testid=errors]")
+    assert errors.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
+    page.screenshot(path=str(ARTIFACTS / "submit-error-390.png"), full_page=True)
+    assert horizontal_overflow(page) == 0
+    context.close()
+
+
+def test_many_runs_compare_with_readable_legends_table_and_sparse_curves(
+    browser: Browser, service: Service, two_jobs: list[int], running_and_queued: list[int]
+) -> None:
+    ids = sorted([*two_jobs, *running_and_queued])
+    context = browser.new_context(viewport={"width": 1920, "height": 1000})
+    page = context.new_page()
+    page.goto(f"{service.url}/#/compare?ids={','.join(map(str, ids))}")
+    expect(page.locator("table.diff th[data-job-id]")).to_have_count(4)
+    page.locator('[data-chart="Loss"] .u-legend .line-sample').first.wait_for()
+    page.wait_for_function(  # two finished jobs' train and val, the running job's train at least
+        "document.querySelectorAll('[data-chart=\"Loss\"] .u-legend .line-sample').length >= 5"
+    )
+    assert horizontal_overflow(page) == 0
+    subset = page.locator("tr[data-field='data.subset'] td")
+    expect(subset).to_have_text(["all", "all", "100% of images", "all"])  # never a raw null
+    expect(page.locator("table.diff")).not_to_contain_text("null")
+    # Train and val differ in the legend as on the canvas: a solid and a dashed sample, not two squares.
+    styles = page.locator('[data-chart="Loss"] .u-legend .u-series:not([hidden]) .line-sample').evaluate_all(
+        "els => els.map(e => getComputedStyle(e).borderTopStyle)"
+    )
+    assert {"solid", "dashed"} <= set(styles), styles
+    for chart in ("Loss", "Learning rate"):
+        legend = page.locator(f'[data-chart="{chart}"] .u-legend').evaluate(
+            "e => e.getBoundingClientRect().height"
+        )
+        plot = page.locator(f'[data-chart="{chart}"] canvas').evaluate(
+            "e => e.getBoundingClientRect().height"
+        )
+        assert legend < plot / 2, (chart, legend, plot)
+    expect(page.locator('[data-chart="Loss"]')).to_have_attribute("data-axes", "step | cross-entropy")
+    page.screenshot(path=str(ARTIFACTS / "compare-many-1920.png"), full_page=True)
+
+    page.goto(f"{service.url}/#/jobs/{two_jobs[0]}")
+    page.locator("#view[data-metrics-loaded=true]").wait_for()
+    expect(page.locator("dl.summary div", has_text="Attempt").locator("dd")).to_have_text("1")  # not "1 of 3"
+    faint_before = stroke_pixels(page, "Validation top-1", BLUE, alpha=FAINT)  # antialiased edges
+    page.get_by_label("smoothing").evaluate(
+        "el => { el.value = '0.9'; el.dispatchEvent(new Event('input')); }"
+    )
+    # A few evaluations are drawn as they are: no smoothed line beside a faint raw one.
+    assert stroke_pixels(page, "Validation top-1", BLUE, alpha=FAINT) <= faint_before + 20
+    assert stroke_pixels(page, "Validation top-1", BLUE) > 20
+    assert stroke_pixels(page, "Loss", BLUE, alpha=FAINT) > 50  # a long series still is smoothed
+
+    # The owner tags and annotates the run; a bad tag is refused with its field named; the list shows the tags.
+    page.get_by_label("tags").fill("two words")
+    page.get_by_role("button", name="Save tags and notes").click()
+    expect(page.locator(".job-notes [role=status]")).to_contain_text("tags.0")
+    page.get_by_label("tags").fill("baseline, lr-low")
+    page.get_by_label("notes").fill("the reference run")
+    page.get_by_role("button", name="Save tags and notes").click()
+    expect(page.locator(".job-notes [role=status]")).to_have_text("saved")
+    page.goto(f"{service.url}/#/")
+    expect(page.locator(f"tr[data-job-id='{two_jobs[0]}'] .tag")).to_have_text(["baseline", "lr-low"])
     context.close()

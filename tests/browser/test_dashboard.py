@@ -9,7 +9,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from api.client import VitqClient
 from tests.api.cli.service import Service, tiny_spec, wait_for
-from tests.api.conftest import ARTIFACTS
+from tests.browser.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 TRAINING_TIMEOUT_MS = 120_000
@@ -75,9 +75,13 @@ def test_submitted_job_succeeds_with_drawn_curves(
     assert saved.value.path().stat().st_size == first["size_bytes"]
     expect(page.get_by_role("cell", name="1-shot")).to_be_visible()
     expect(page.locator("pre.spec")).to_contain_text("embed_dim: 32")
-    expect(page.locator("dl.summary div", has_text="MFU").locator("dd")).to_have_text(
-        re.compile(r"^\d+\.\d%$")
+    # MFU against a stated peak and how it was found (the worker's calibration, still running when this first
+    # job started, or the trainer's own measurement), never above it.
+    mfu = page.locator("dl.summary div", has_text="MFU").locator("dd")
+    expect(mfu).to_have_text(
+        re.compile(r"^\d+\.\d% of [\d.]+ TFLOP/s(calibrated by the worker|measured by the)")
     )
+    assert 0 < float(mfu.inner_text().split("%")[0]) <= 100
 
 
 def test_job_list_shows_and_filters_jobs(page: Page, service: Service, pretrained_job: int) -> None:

@@ -12,7 +12,7 @@ from playwright.sync_api import Page, expect
 
 from api.client import VitqClient
 from tests.api.cli.service import Service, tiny_spec, wait_for
-from tests.api.conftest import horizontal_overflow, stroke_pixels
+from tests.browser.conftest import horizontal_overflow, stroke_pixels
 
 pytestmark = pytest.mark.browser
 BLUE = (37, 99, 235)  # the first line's colour, #2563eb
@@ -64,6 +64,18 @@ def test_sweep_ranks_its_jobs_by_the_chosen_metric_and_plots_it(
     expect(page.locator(".sweep-plot-title")).to_have_text("final train loss against optim.lr")
     assert stroke_pixels(page, "sweep", BLUE) > 30  # two points and the line between them
     assert horizontal_overflow(page) == 0
+
+    # On a phone the ranking scrolls inside its box, says so, and shows the metric without scrolling.
+    page.set_viewport_size({"width": 390, "height": 900})
+    box = page.locator(".panel .table-scroll")
+    if box.evaluate("b => b.scrollWidth > b.clientWidth"):
+        expect(page.locator(".scroll-hint")).to_be_visible()
+    metric = page.locator("table.ranking tbody tr").first.locator("td[data-col=metric]")
+    assert metric.evaluate("c => c.getBoundingClientRect().right") <= box.evaluate(
+        "b => b.getBoundingClientRect().right"
+    )
+    assert horizontal_overflow(page) == 0
+    page.set_viewport_size({"width": 1400, "height": 1000})
 
     page.get_by_role("link", name="Compare all").click()
     page.wait_for_url(f"**/#/compare?ids={','.join(str(c['job']['id']) for c in finished_sweep['jobs'])}")

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
+from tests.vit.tiny_specs import SYNTHETIC, TINY_MODEL
 from vit import flops
-from vit.flops import datasheet_bf16_tflops, device_peak, forward_flops, training_flops_per_image
+from vit.flops import PeakKind, datasheet_bf16_tflops, device_peak, forward_flops, training_flops_per_image
 from vit.model import model_config
+from vit.train import main
 
 
 def test_ti16_at_224_matches_a_hand_count() -> None:
@@ -54,3 +63,50 @@ def test_measuring_the_peak_leaves_the_random_streams_alone() -> None:
     before = torch.get_rng_state()
     device_peak(torch.device("cpu"))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_worker_calibrated_peak_is_used_and_training_never_passes_its_peak(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker hands its calibration down; a peak that read low (here far too low: 1 kFLOP/s) is raised to the
+    # rate training reached, so MFU is at most 100 % (it was 125.9 %, series up to 191 %).
+    monkeypatch.setenv(flops.PEAK_FLOPS_ENV, "1000.0")
+    monkeypatch.setenv(flops.PEAK_SOURCE_ENV, "worker calibration: test")
+    peak = device_peak(torch.device("cpu"))
+    assert (peak.flops_per_s, peak.kind) == (1000.0, PeakKind.WORKER_CALIBRATION)
+    spec = {
+        "kind": "pretrain",
+        "model": TINY_MODEL,
+        "data": SYNTHETIC,
+        "train": {"steps": 3, "batch_size": 16, "log_every": 1},
+        "resources": {"device": "cpu"},
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    assert main([str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "run")]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [line for line in lines if "mfu" in line]
+    assert len(train) == 3
+    for line in train:
+        assert 0 < line["mfu"] <= 1.0
+        assert line["peak_tflops"] * 1e12 >= 1000.0
+    assert train[0]["peak_kind"] == PeakKind.TRAINING_REACHED  # raised at once: no CPU is that slow
+    # A peak is never lowered again within a run: each line's is at least the one before.
+    assert [line["peak_tflops"] for line in train] == sorted(line["peak_tflops"] for line in train)
+
+
+def test_the_measured_peak_is_the_fastest_of_several_timings() -> None:
+    flops._measured.clear()
+    peak = device_peak(torch.device("cpu"))
+    assert peak.kind == PeakKind.TRAINER_MEASURED
+    assert f"fastest of {flops.TIMINGS}" in peak.source
+    # `python -m vit.flops` (the worker's calibration) answers with the same kind of measurement, as JSON.
+    found = subprocess.run(
+        [sys.executable, "-m", "vit.flops"], capture_output=True, text=True, check=True, env=_one_thread_env()
+    ).stdout
+    calibration = json.loads(found)
+    assert calibration["kind"] == PeakKind.TRAINER_MEASURED and 1e9 < calibration["flops_per_s"] < 1e14
+    assert calibration["source"].startswith("measured fp32 matmul, CPU, 1 thread,")
+
+
+def _one_thread_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,4 +1,4 @@
-"""Jobs: submit, list, show, cancel."""
+"""Jobs: submit, list, show, tag and annotate, cancel."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from api.core import idempotency, reads, state_machine, submit
+from api.core import idempotency, job_notes, reads, state_machine, submit
 from api.core.broker import JobQueue
 from api.core.metric_queries import summarize_metrics
 from api.core.models import MAX_ID, MAX_JOB_ID, JobStatus
@@ -148,3 +148,22 @@ def cancel_job(job_id: JobId, session: SessionDep, principal: PrincipalDep) -> J
     """A queued job is cancelled at once; a running one stops within seconds (it checkpoints first)."""
     job = state_machine.request_cancel(session=session, job_id=job_id, principal=principal)
     return reads.job_out(job, summarize_metrics(session=session, job_ids=[job_id]).get(job_id))
+
+
+@router.patch("/{job_id}", responses={404: {"description": "Unknown job, or another owner's"}})
+def annotate_job(
+    job_id: JobId,
+    change: job_notes.JobNotesIn,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+) -> Response:
+    """Set the job's tags and notes (its owner only); fields left out stay as they are."""
+    job = job_notes.annotate(session=session, job_id=job_id, principal=principal, change=change)
+    (out,) = reads.jobs_out(
+        session=session,
+        jobs=[job],
+        lease_seconds=settings.lease_seconds,
+        running_limit=settings.max_running_jobs,
+    )
+    return json_response(out)

@@ -57,6 +57,8 @@ def list_workers(session: SessionDep, settings: SettingsDep, principal: Principa
                     )
                     for d in w.devices
                 ],
+                peak_flops=w.peak_flops,
+                peak_source=w.peak_source,
             )
             for w in alive
         ]

@@ -18,6 +18,9 @@ from typing import TypeVar
 import httpx
 
 VITQ = str(Path(sys.executable).with_name("vitq"))
+# The `vitq` script imports the installed package, which may be another checkout (a shared virtual environment):
+# the service under test must run this checkout's code, its worker and trainers included.
+CHECKOUT = Path(__file__).resolve().parents[3]
 START_TIMEOUT_S = 90.0
 T = TypeVar("T")
 
@@ -63,6 +66,7 @@ def free_port() -> int:
 def service_env(home: Path, url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VITQ_")}  # the embedded default only
     env.update(VITQ_HOME=str(home), VITQ_URL=url, VITQ_MAX_ATTEMPTS="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")]))
     return env
 
 

@@ -48,7 +48,18 @@ def test_submit_follow_succeeds_then_inspect_and_download(service: Service, tmp_
     )
     shown = service.cli("status", str(job_id))
     assert "succeeded" in shown.stdout and "depth: 1" in shown.stdout
-    assert re.search(r"MFU \d+\.\d%", shown.stdout.splitlines()[0]) and "  mfu: " in shown.stdout
+    assert (
+        re.search(r"MFU \d+\.\d% of [\d.e+-]+ TFLOP/s", shown.stdout.splitlines()[0])
+        and "  mfu: " in shown.stdout
+    )
+    # `vitq show 1 | head`: a reader that stops early ends the command quietly, without a traceback.
+    piped = subprocess.Popen(
+        [VITQ, "show", str(job_id)], env=service.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert piped.stdout is not None and piped.stderr is not None
+    piped.stdout.close()  # the reader is gone before the first line is written
+    assert piped.wait(timeout=60) == 141
+    assert piped.stderr.read() == b""
     metrics = service.cli("metrics", str(job_id), "--csv")
     header, *rows = metrics.stdout.splitlines()
     assert header.split(",")[0] == "step" and {"loss", "lr", "val_top1"} <= set(header.split(","))

@@ -98,3 +98,32 @@ def test_a_multi_node_job_needs_as_many_workers_that_fit_a_node(api: Api) -> Non
     smaller = {**three_nodes, "resources": {"nodes": 3, "procs_per_node": 2, "pool": "h100"}}
     accepted = submit(api, smaller)
     assert accepted["status"] == "queued"
+
+
+def test_a_worker_keeps_the_best_peak_its_host_has_shown_and_lists_it(api: Api) -> None:
+    # Calibrations on one host under different loads: the registry keeps the best for the same device and
+    # threads, so a worker restarted while the machine is busy does not hand its trainers a low peak.
+    source = "measured fp32 matmul, CPU, 2 threads, fastest of 12"
+    register(api, "cpu-a:1", devices=0)
+    register(api, "cpu-a:2", devices=0)
+    register(api, "cpu-b:3", devices=0)
+    with api.session() as session:
+        assert workers.record_peak(session=session, name="cpu-a:1", flops_per_s=9.6e10, source=source) == (
+            9.6e10,
+            source,
+        )
+        assert workers.record_peak(session=session, name="cpu-a:2", flops_per_s=4.0e10, source=source) == (
+            9.6e10,
+            source,
+        )
+        other_threads = "measured fp32 matmul, CPU, 1 thread, fastest of 12"
+        assert (
+            workers.record_peak(session=session, name="cpu-a:2", flops_per_s=5e10, source=other_threads)[0]
+            == 5e10
+        )
+        assert (
+            workers.record_peak(session=session, name="cpu-b:3", flops_per_s=3e10, source=source)[0] == 3e10
+        )
+    listed = {w["name"]: w for w in api.client.get("/workers").json()["items"]}
+    assert (listed["cpu-a:1"]["peak_flops"], listed["cpu-a:1"]["peak_source"]) == (9.6e10, source)
+    assert listed["cpu-b:3"]["peak_flops"] == 3e10

@@ -1,5 +1,7 @@
 // fetch() wrapper: JSON in and out, and one error type that keeps FastAPI's `detail` for the submit form.
 
+import { jsonReviver } from "./format.js";
+
 export class ApiError extends Error {
   constructor(status, detail, message) {
     super(message);
@@ -30,7 +32,7 @@ export async function api(path, { method = "GET", body, contentType } = {}) {
   setConnection(true);
   if (response.status === 401) askForToken();
   const isJson = (response.headers.get("content-type") || "").includes("json");
-  const data = isJson ? await response.json() : await response.text();
+  const data = isJson ? JSON.parse(await response.text(), jsonReviver) : await response.text();
   if (!response.ok) {
     const detail = isJson ? data.detail : data;
     throw new ApiError(response.status, detail, describe(response.status, detail));

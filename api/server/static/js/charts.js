@@ -7,24 +7,30 @@ import { compact, duration, h, significant, tick } from "./format.js";
 export const PALETTE = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d",
   "#4b5563", "#ea580c"];
 const DASHES = [[], [6, 4], [2, 3], [10, 3, 2, 3]]; // a run's second, third... metric in one panel
-const HEIGHT = 200;
+const LEGEND_STYLES = ["solid", "dashed", "dotted", "double"]; // each dash as its legend sample draws it
+const HEIGHT = 220;
+const AXIS_FONT = "11px system-ui, sans-serif";
 const SPARSE = 40; // series with at most this many points get dots: eval series are few and far between
+const SMOOTH_MIN = 10; // fewer points are never smoothed: an average of 4 evaluations drew val top-1 at 95 % next to a best of 99.4 %
 const logRange = (u, lo, hi) => (lo == null ? [1, 10] : [lo / 1.05, hi * 1.05]);
 const accuracyRange = (u, lo, hi) => [Math.max(0, (lo ?? 0) - 0.02), Math.min(1, (hi ?? 1) + 0.02)];
 
 // Known metrics grouped into panels; any other logged series gets a panel of its own. `percent`: a fraction
 // shown as a percentage; `bounded`: an accuracy, whose axis stays within [0, 1]. Core panels show even
 // before their first point, so a new job's page does not reflow when training starts.
+// `unit`: the y axis title.
 export const PANELS = [
-  { id: "loss", title: "Loss", metrics: { loss: "train", val_loss: "val" }, core: true },
-  { id: "val_top1", title: "Validation top-1", metrics: { val_top1: "val top-1" }, percent: true, bounded: true, core: true },
-  { id: "few_shot", title: "Few-shot accuracy", pattern: /^few_shot_(\d+)$/, label: (m) => `${m[1]}-shot`, percent: true, bounded: true },
-  { id: "lr", title: "Learning rate", metrics: { lr: "lr" }, core: true },
-  { id: "images_per_s", title: "Throughput (img/s)", metrics: { images_per_s: "img/s" }, core: true },
-  { id: "grad_norm", title: "Gradient norm", metrics: { grad_norm: "grad norm" } },
-  { id: "epoch", title: "Epoch", metrics: { epoch: "epoch" } },
+  { id: "loss", title: "Loss", unit: "cross-entropy", metrics: { loss: "train", val_loss: "val" }, core: true },
+  { id: "val_top1", title: "Validation top-1", unit: "accuracy", metrics: { val_top1: "val top-1" }, percent: true, bounded: true, core: true },
+  { id: "few_shot", title: "Few-shot accuracy", unit: "accuracy", pattern: /^few_shot_(\d+)$/, label: (m) => `${m[1]}-shot`, percent: true, bounded: true },
+  { id: "lr", title: "Learning rate", unit: "learning rate", metrics: { lr: "lr" }, core: true },
+  { id: "images_per_s", title: "Throughput (img/s)", unit: "images / s", metrics: { images_per_s: "img/s" }, core: true },
+  { id: "grad_norm", title: "Gradient norm", unit: "L2 norm", metrics: { grad_norm: "grad norm" } },
+  { id: "epoch", title: "Epoch", unit: "epochs", metrics: { epoch: "epoch" } },
   // Model FLOP utilization: a fraction of the accelerator's peak, when the trainer knows that peak.
-  { id: "mfu", title: "MFU", metrics: { mfu: "MFU" }, percent: true },
+  { id: "mfu", title: "MFU", unit: "of peak FLOP/s", metrics: { mfu: "MFU" }, percent: true },
+  // What MFU is divided by and how it was found: read by the job summary, never drawn.
+  { id: "peak", title: "Peak", metrics: { peak_tflops: "peak", peak_kind: "peak kind" }, hidden: true },
 ];
 
 // x axis choices: the logged step, the images trained on (step x global batch), or the training time summed
@@ -56,7 +62,7 @@ export class Board {
       },
     });
     this.grid = h("div", { class: "charts" });
-    this.root = h("div", { class: "board" },
+    this.root = h("div", { class: "board" }, // "many-runs" (addRun): legends scroll instead of outgrowing charts
       h("div", { class: "board-tools" },
         h("label", {}, "x ", xSelect),
         h("label", { class: "smoothing" }, "smoothing ", smoothing, smoothingValue)),
@@ -72,6 +78,7 @@ export class Board {
   addRun({ id, name, batchSize }) {
     const run = { id, name, batchSize, color: PALETTE[this.runs.length % PALETTE.length], points: new Map() };
     this.runs.push(run);
+    this.root.classList.toggle("many-runs", this.runs.length > 1);
     return run;
   }
 
@@ -100,7 +107,7 @@ export class Board {
   // Draw: a panel for every metric some run has, then every panel's data.
   render({ rebuild = false } = {}) {
     for (const run of this.runs) {
-      for (const name of run.points.keys()) this.panel(panelFor(name));
+      for (const name of run.points.keys()) if (!panelFor(name).hidden) this.panel(panelFor(name));
     }
     for (const panel of this.panels.values()) panel.refresh({ rebuild });
   }
@@ -242,7 +249,7 @@ class Panel {
     const columns = lines.map((line) => {
       const { x, y } = this.board.xy(line.run, line.metric);
       const values = this.log ? y.map((v) => (v > 0 ? v : null)) : y;
-      return { x, raw: values, smooth: ema(values, this.board.smoothing) };
+      return { x, raw: values, smooth: values.length >= SMOOTH_MIN ? ema(values, this.board.smoothing) : values };
     });
     const hasPoints = columns.some((c) => c.x.length);
     this.empty.hidden = hasPoints;
@@ -267,9 +274,11 @@ class Panel {
       this.plot?.destroy();
       this.holder.replaceChildren();
       this.plot = new uPlot(this.options(lines), data, this.holder);
+      // uPlot draws the axis titles on the canvas; the page says them too (tests, screen readers).
+      this.root.dataset.axes = this.plot.axes.map((a) => a.label).join(" | ");
+      this.currentLines = lines;
       this.hideRawFromLegend();
       this.signature = signature;
-      this.currentLines = lines;
     } else {
       this.plot.setData(data);
     }
@@ -290,9 +299,13 @@ class Panel {
       legend: { live: true },
       cursor: { sync: { key: this.board.syncKey }, drag: { x: true, y: false } },
       axes: [
-        { ...axisStyle, values: (u, splits) => splits.map((v) => (v == null ? "" : xAxis.axis(v))) },
+        { ...axisStyle, label: xAxis.label, labelSize: 18, labelFont: AXIS_FONT,
+          values: (u, splits) => splits.map((v) => (v == null ? "" : xAxis.axis(v))) },
         {
           ...axisStyle,
+          label: this.def.unit ?? this.def.title,
+          labelSize: 18,
+          labelFont: AXIS_FONT,
           size: 70,
           values: (u, splits, axis, space, increment) => splits.map((v) => {
             if (v == null) return "";
@@ -306,7 +319,7 @@ class Panel {
         ...lines.flatMap((line) => {
           const count = line.run.points.get(line.metric).steps.length;
           return [
-            { label: `${line.label} (raw)`, stroke: `${line.color}59`, width: 1.25, spanGaps: true, show: smoothing,
+            { label: `${line.label} (raw)`, stroke: `${line.color}59`, width: 1.25, spanGaps: true, show: smoothing && count >= SMOOTH_MIN,
               points: { show: false } },
             { label: line.label, stroke: line.color, dash: line.dash, width: 1.5, spanGaps: true,
               points: { show: count <= SPARSE, size: 5 }, value: (u, v) => (v == null ? "–" : reading(v)) },
@@ -322,9 +335,20 @@ class Panel {
     };
   }
 
+  // The raw curves stay out of the legend; each line's entry shows a sample of its stroke, dash included (uPlot
+  // draws the same square for solid, dashed and dotted lines: train and val looked alike).
   hideRawFromLegend() {
     const entries = this.plot.root.querySelectorAll(".u-legend .u-series");
-    entries.forEach((el, i) => { if (i % 2 === 1) el.hidden = true; });
+    entries.forEach((el, i) => {
+      if (i % 2 === 1) el.hidden = true;
+      else if (i > 0) {
+        const line = this.currentLines[i / 2 - 1];
+        const marker = el.querySelector(".u-marker");
+        marker.classList.add("line-sample");
+        marker.dataset.dash = LEGEND_STYLES[DASHES.indexOf(line.dash)] ?? "solid";
+        marker.style.borderTop = `3px ${marker.dataset.dash} ${line.color}`;
+      }
+    });
   }
 
   width() {
@@ -360,8 +384,14 @@ class Panel {
     ctx.font = "12px sans-serif";
     visible.forEach((line, row) => {
       const top = 28 + source.height / ratio + 6 + row * 18;
-      ctx.fillStyle = line.color;
-      ctx.fillRect(8, top + 4, 16, 4);
+      ctx.strokeStyle = line.color;
+      ctx.lineWidth = 2;
+      ctx.setLineDash(line.dash);
+      ctx.beginPath();
+      ctx.moveTo(8, top + 6);
+      ctx.lineTo(26, top + 6);
+      ctx.stroke();
+      ctx.setLineDash([]);
       ctx.fillStyle = "#1f2937";
       ctx.fillText(line.label, 30, top + 10);
     });

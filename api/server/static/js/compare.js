@@ -3,19 +3,24 @@
 
 import { api } from "./api.js";
 import { Board } from "./charts.js";
-import { h, percent, poll, setText, statusBadge } from "./format.js";
+import { h, percent, poll, scrollHint, setText, statusBadge, subsetText } from "./format.js";
 
 const MAX_JOBS = 20;
 const POINTS_PER_SERIES = 1500; // the server downsamples each series to this budget: 10 jobs stay fast
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 const CONCURRENT_LOADS = 3;
 
-// The spec as dotted paths to values: {"model.variant": "Ti/4", "eval.few_shot": "[1,5]", ...}.
+// How a field reads where the spec holds null (a default the trainer fills in), as the job list says it.
+const NULL_READS = { "data.root": "built in", "init": "none (from scratch)" };
+
+// The spec as dotted paths to readable values: {"model.variant": "Ti/4", "eval.few_shot": "[1,5]", ...}.
 export function flatten(value, prefix = "", out = {}) {
   for (const [key, item] of Object.entries(value ?? {})) {
     const path = prefix ? `${prefix}.${key}` : key;
-    if (item !== null && typeof item === "object" && !Array.isArray(item)) flatten(item, path, out);
-    else out[path] = Array.isArray(item) ? JSON.stringify(item) : item === null ? "null" : String(item);
+    if (path === "data.subset") out[path] = subsetText(value);
+    else if (item !== null && typeof item === "object" && !Array.isArray(item)) flatten(item, path, out);
+    else if (item === null) out[path] = NULL_READS[path] ?? "default";
+    else out[path] = Array.isArray(item) ? JSON.stringify(item) : String(item);
   }
   return out;
 }
@@ -38,6 +43,7 @@ export function mountCompare(view, params) {
   view.append(
     h("div", { class: "job-head" }, h("a", { href: "#/", class: "back" }, "← Jobs"), heading),
     notice, table, chartHolder);
+  scrollHint(table);
   if (!ids.length) {
     notice.hidden = false;
     setText(notice, "No jobs chosen: tick jobs in the list and press Compare.");

@@ -133,3 +133,44 @@ export function poll(tick, ms) {
   run();
   return () => { stopped = true; clearTimeout(timer); };
 }
+
+// For a scrolling box (.table-scroll): a line before it, "Scroll sideways: N more columns →", and a shadow on
+// its right edge while anything is hidden there; both go when everything fits. Returns the hint element.
+export function scrollHint(box) {
+  const hint = h("p", { class: "scroll-hint", hidden: true, "aria-live": "polite" }, "Scroll sideways for more →");
+  const update = () => {
+    const hidden = box.scrollWidth - box.clientWidth - box.scrollLeft;
+    hint.hidden = box.scrollWidth <= box.clientWidth + 1;
+    box.classList.toggle("more-right", hidden > 1);
+  };
+  box.addEventListener("scroll", update, { passive: true });
+  new ResizeObserver(update).observe(box);
+  new MutationObserver(update).observe(box, { childList: true, subtree: true });
+  box.before(hint);
+  return hint;
+}
+
+// Numbers the API wrote as floats with a whole value ("subset": 1.0), which JSON.parse makes 1 like an int: for
+// a subset that is the difference between all images and one per class. api.js fills it while parsing (the
+// reviver's source text); keyed by the object holding the number, then the key.
+const wholeFloats = new WeakMap();
+
+export function jsonReviver(key, value, context) {
+  if (typeof value === "number" && Number.isInteger(value) && /[.eE]/.test(context?.source ?? "")) {
+    if (!wholeFloats.has(this)) wholeFloats.set(this, new Set());
+    wholeFloats.get(this).add(key);
+  }
+  return value;
+}
+
+export function isWholeFloat(holder, key) {
+  return wholeFloats.get(holder)?.has(key) ?? false;
+}
+
+// data.subset as a reader means it: null "all", a fraction "25% of images", a count "10 per class".
+export function subsetText(data) {
+  const subset = data?.subset;
+  if (subset == null) return "all";
+  if (!Number.isInteger(subset) || isWholeFloat(data, "subset")) return `${significant(subset * 100, 3)}% of images`;
+  return `${subset} per class`;
+}

@@ -3,12 +3,35 @@
 import { api, download } from "./api.js";
 import { watchJob } from "./events.js";
 import { Board } from "./charts.js";
-import { bytes, duration, h, jobDuration, localTime, number, percent, progressText, setText, statusBadge } from "./format.js";
+import { bytes, duration, h, jobDuration, localTime, number, percent, progressText, setText, significant, statusBadge } from "./format.js";
 import { dumpYaml } from "./yaml.js";
 
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 const FIRST_LOAD_POINTS = 1000; // the server downsamples longer series to this budget
 const LOG_LINES = 200; // of train.log shown, the newest
+
+// How the trainer found the peak MFU divides by (vit.flops.PeakKind, logged as peak_kind).
+const PEAK_KINDS = [
+  "datasheet bf16 dense rate",
+  "calibrated by the worker: fastest matmul, best its host has shown",
+  "measured by the trainer: fastest of 12 matmuls",
+  "the rate training reached (the measured peak read low)",
+];
+
+// "45.2% of 0.0961 TFLOP/s" and, under it, how that peak was found; model FLOPs / the peak (vit/flops.py).
+function mfuReading(metrics) {
+  if (metrics?.mfu == null) return "";
+  if (metrics.peak_tflops == null) return percent(metrics.mfu);
+  return h("span", { class: "mfu" }, `${percent(metrics.mfu)} of ${significant(metrics.peak_tflops, 3)} TFLOP/s`,
+    h("small", { class: "muted peak-source" }, PEAK_KINDS[metrics.peak_kind] ?? "peak"));
+}
+
+// "2 of 3" while another attempt may follow; once finished, only the attempts made: a job that failed on its
+// spec is never retried, whatever max_attempts says.
+function attemptText(job) {
+  if (!job.attempt) return "";
+  return FINISHED.has(job.status) ? String(job.attempt) : `${job.attempt} of ${job.max_attempts}`;
+}
 
 export function mountJob(view, id) {
   const title = h("h1", {}, `Job ${id}`);
@@ -23,12 +46,20 @@ export function mountJob(view, id) {
   const summary = h("dl", { class: "summary" });
   const errorBox = h("pre", { class: "error-box", hidden: true });
   const chartGrid = h("div");
+  const noCharts = h("p", { class: "empty no-metrics", hidden: true });
   const fewShot = h("div");
   const checkpoints = h("div");
   const children = h("div");
   const childrenPanel = h("section", { class: "panel", hidden: true }, h("h2", {}, "Fine-tunes of this job"), children);
   const logs = h("pre", { class: "logs", "data-testid": "logs" }, "(no log yet)");
   const spec = h("pre", { class: "spec" });
+  const tagsInput = h("input", { type: "text", name: "tags", class: "search", "aria-label": "tags",
+    placeholder: "tags, separated by commas" });
+  const notesInput = h("textarea", { name: "notes", class: "notes", rows: "3", "aria-label": "notes",
+    placeholder: "Notes on this run (only you can change them)" });
+  const notesStatus = h("span", { class: "muted", role: "status" });
+  const notesForm = h("form", { class: "job-notes", onsubmit: saveNotes }, tagsInput, notesInput,
+    h("div", { class: "toolbar" }, h("button", { type: "submit" }, "Save tags and notes"), notesStatus));
 
   view.append(
     h("div", { class: "job-head" },
@@ -37,11 +68,13 @@ export function mountJob(view, id) {
     h("div", { class: "job-progress" }, h("div", { class: "bar wide" }, fill), progressLabel),
     errorBox,
     summary,
+    noCharts,
     chartGrid,
     childrenPanel,
     h("div", { class: "columns" },
       h("section", { class: "panel" }, h("h2", {}, "Few-shot linear accuracy"), fewShot),
       h("section", { class: "panel" }, h("h2", {}, "Checkpoints"), checkpoints)),
+    h("section", { class: "panel" }, h("h2", {}, "Tags and notes"), notesForm),
     h("section", { class: "panel" }, h("h2", {}, "Log"), logs),
     h("section", { class: "panel" }, h("h2", {}, "Resolved spec"), spec),
   );
@@ -51,6 +84,24 @@ export function mountJob(view, id) {
   let job = null;
   let cursor = null;
   let lastCheckpointStep = null;
+  let notesLoaded = false; // filled once (and after a save), so polling never overwrites what is being typed
+
+  // PATCH /jobs/{id}: the owner's tags and notes; a 422 says which field is wrong.
+  async function saveNotes(event) {
+    event.preventDefault();
+    const tags = tagsInput.value.split(",").map((t) => t.trim()).filter(Boolean);
+    setText(notesStatus, "saving…");
+    try {
+      const saved = await api(`/jobs/${id}`, { method: "PATCH", body: JSON.stringify({ tags, notes: notesInput.value }),
+        contentType: "application/json" });
+      notesLoaded = false;
+      render(saved);
+      setText(notesStatus, "saved");
+    } catch (err) {
+      const detail = Array.isArray(err.detail) ? err.detail.map((d) => `${d.loc.slice(1).join(".")}: ${d.msg}`).join("; ") : err.message;
+      setText(notesStatus, detail);
+    }
+  }
 
   async function onCancel() {
     if (!confirm(`Cancel job ${id} (${job?.name})? A running job saves a checkpoint and stops.`)) return;
@@ -81,7 +132,7 @@ export function mountJob(view, id) {
     errorBox.hidden = !job.error;
     setText(errorBox, job.error || "");
     const rows = [
-      ["Attempt", `${job.attempt} of ${job.max_attempts}`],
+      ["Attempt", attemptText(job)],
       ["Worker", job.worker],
       ["Waiting", job.wait_reason],
       ["Place in queue", job.queue_position], // 1: runs next in its pool
@@ -92,18 +143,36 @@ export function mountJob(view, id) {
       ["Duration", jobDuration(job)],
       ["ETA", job.status === "running" ? duration(job.eta_seconds) : ""],
       ["Throughput", job.images_per_s == null ? "" : `${number(job.images_per_s, 3)} img/s`],
-      ["MFU", percent(job.latest_metrics?.mfu)], // model FLOPs / the device's peak (vit/flops.py)
+      ["MFU", mfuReading(job.latest_metrics)],
       ["Best val top-1", percent(job.best_val_top1)],
       ["Train loss", number(job.latest_metrics?.loss)],
     ];
     summary.replaceChildren(
       ...rows.filter(([, v]) => v !== null && v !== undefined && v !== "")
-        .map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, String(v)))),
+        .map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v instanceof Node ? v : String(v)))),
     );
     renderFewShot();
     const text = dumpYaml(job.spec);
     if (spec.textContent !== text) spec.textContent = text;
     view.dataset.status = job.status;
+    showChartsOrWhy();
+    if (!notesLoaded) {
+      tagsInput.value = (job.tags || []).join(", ");
+      notesInput.value = job.notes || "";
+      notesLoaded = true;
+    }
+  }
+
+  // A job that never logged a point has no curves to draw: say why instead of showing empty charts (a running
+  // one keeps them, its first points are coming).
+  function showChartsOrWhy() {
+    const hasPoints = board.runs[0].points.size > 0;
+    const why = hasPoints || job.status === "running" ? null
+      : job.status === "queued" ? "No metrics yet: the job is queued" + (job.wait_reason ? ` (${job.wait_reason})` : ".")
+        : `No metrics: the job ${job.status} before its first logged step.`;
+    chartGrid.hidden = why !== null;
+    noCharts.hidden = why === null;
+    setText(noCharts, why ?? "");
   }
 
   function renderFewShot() {
@@ -129,6 +198,7 @@ export function mountJob(view, id) {
     }
     // Redraw only for new points: a redraw resets the axes, which would undo a reader's zoom every poll.
     if (replace || Object.values(result.series).some((s) => s.steps.length)) board.render();
+    if (job) showChartsOrWhy();
     if (result.cursor != null) cursor = result.cursor;
     else if (cursor === null) cursor = 0;
     view.dataset.metricsLoaded = "true";

@@ -3,7 +3,7 @@
 // so polling never rebuilds the table. Under 760 px wide the rows are laid out as cards (app.css).
 
 import { api } from "./api.js";
-import { h, jobDuration, localTime, number, percent, poll, progressText, relativeTime, setText, significant } from "./format.js";
+import { h, jobDuration, localTime, number, percent, poll, progressText, relativeTime, setText, significant, subsetText } from "./format.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
 const PAGE_SIZE = 50;
@@ -16,20 +16,28 @@ const COLUMNS = [
   { key: "name", label: "Name", special: true, text: (j) => j.name, sort: (j) => j.name.toLowerCase() },
   { key: "kind", label: "Kind", text: (j) => j.kind },
   { key: "status", label: "Status", special: true, text: displayStatus },
-  { key: "progress", label: "Progress", special: true, text: progressText, sort: (j) => j.progress },
+  { key: "progress", label: "Progress", special: true, text: listProgress, sort: (j) => j.progress },
   { key: "variant", label: "Variant", text: (j) => j.spec.model.variant },
   { key: "image", label: "Image", num: true, text: (j) => `${j.spec.model.image_size}px`, sort: (j) => j.spec.model.image_size },
   { key: "lr", label: "LR", num: true, text: (j) => significant(j.spec.optim.lr, 3), sort: (j) => j.spec.optim.lr },
   { key: "batch", label: "Batch", num: true, text: (j) => String(j.spec.train.batch_size), sort: (j) => j.spec.train.batch_size },
   { key: "steps", label: "Steps", num: true, text: (j) => String(j.spec.train.steps), sort: (j) => j.spec.train.steps },
   { key: "dataset", label: "Dataset", text: (j) => j.spec.data.dataset },
-  { key: "subset", label: "Subset", num: true, text: (j) => (j.spec.data.subset == null ? "all" : String(j.spec.data.subset)), sort: (j) => j.spec.data.subset ?? Infinity },
+  { key: "subset", label: "Subset", num: true, text: (j) => subsetText(j.spec.data), sort: (j) => j.spec.data.subset ?? Infinity },
   { key: "val", label: "Best val top-1", num: true, text: (j) => percent(j.best_val_top1), sort: (j) => j.best_val_top1 },
   { key: "fewshot", label: "Few-shot", num: true, text: (j) => fewShot(j)?.text ?? "", sort: (j) => fewShot(j)?.value },
   { key: "throughput", label: "img/s", num: true, text: (j) => (j.images_per_s == null ? "" : number(j.images_per_s, 3)), sort: (j) => j.images_per_s },
   { key: "created", label: "Created", special: true, text: (j) => relativeTime(j.created_at), sort: (j) => Date.parse(j.created_at) },
   { key: "duration", label: "Duration", num: true, text: jobDuration, sort: (j) => (j.started_at ? (j.finished_at ? Date.parse(j.finished_at) : Date.now()) - Date.parse(j.started_at) : null) },
 ];
+
+// A queued job's place in its pool's queue and why it waits (JobOut's queue_position and wait_reason, from the
+// API's queue view); anything else its steps and ETA.
+function listProgress(job) {
+  if (job.status !== "queued") return progressText(job);
+  const place = job.queue_position != null ? `#${job.queue_position} in queue` : "queued";
+  return job.wait_reason ? `${place} · ${job.wait_reason}` : place;
+}
 
 function displayStatus(job) {
   return job.cancel_requested && job.status === "running" ? "cancelling" : job.status;
@@ -176,7 +184,8 @@ export function mountList(view, params) {
     });
     cells.select.append(checkbox);
     const link = h("a", { href: `#/jobs/${job.id}` });
-    cells.name.append(link);
+    const tags = h("span", { class: "tags" });
+    cells.name.append(link, tags);
     const badge = h("span", { class: "badge" });
     cells.status.append(badge);
     const bar = h("div", { class: "bar" }, h("div", { class: "fill" }));
@@ -186,7 +195,7 @@ export function mountList(view, params) {
     tr.addEventListener("click", (e) => {
       if (!e.target.closest("a, input, td[data-col=select]")) location.hash = `#/jobs/${job.id}`;
     });
-    return { tr, cells, checkbox, link, badge, fill: bar.firstChild, label, values: {} };
+    return { tr, cells, checkbox, link, tags, badge, fill: bar.firstChild, label, values: {} };
   }
 
   function updateRow(row, job) {
@@ -199,6 +208,8 @@ export function mountList(view, params) {
       setText(row.cells[column.key], values[column.key]);
     }
     if (old.name !== values.name) setText(row.link, values.name);
+    values.tags = (job.tags || []).join(",");
+    if (old.tags !== values.tags) row.tags.replaceChildren(...(job.tags || []).map((t) => h("span", { class: "tag" }, t)));
     if (old.status !== values.status) {
       setText(row.badge, values.status);
       row.badge.className = `badge ${job.status}`;

@@ -2,7 +2,7 @@
 // the offending key, and on success the new job's page.
 
 import { ApiError, api } from "./api.js";
-import { h } from "./format.js";
+import { h, isWholeFloat } from "./format.js";
 import { dumpYaml, findKeyLine } from "./yaml.js";
 
 const LINE_HEIGHT = 20; // px; must match .editor textarea in app.css
@@ -73,9 +73,24 @@ export function mountSubmit(view, params) {
       const left = `calc(${PADDING}px + ${lines[e.line].length + 3}ch)`;
       return [
         h("div", { class: "mark-line", style: `top:${top}` }),
-        h("div", { class: "mark-msg", style: `top:${top};left:${left}`, "data-field": e.field }, `← ${e.msg}`),
+        h("div", { class: "mark-msg", style: `top:${top};left:${left}`, "data-field": e.field, title: e.msg }, `← ${e.msg}`),
       ];
     }));
+    // A message stays inside the editor's visible width (a phone's is ~370 px): right of its line when there is
+    // room, else laid over the line's end on a tinted ground; too long, it ends in an ellipsis (its title and the
+    // list below the form have it whole) instead of running out of sight.
+    const visibleRight = marks.clientWidth + textarea.scrollLeft - 6;
+    for (const msg of marks.querySelectorAll(".mark-msg")) {
+      const room = visibleRight - msg.offsetLeft;
+      if (room < Math.min(msg.scrollWidth, 160)) {
+        const width = Math.min(msg.scrollWidth, marks.clientWidth * 0.8);
+        msg.style.left = `${visibleRight - width}px`;
+        msg.classList.add("over");
+        msg.style.maxWidth = `${width}px`;
+      } else {
+        msg.style.maxWidth = `${room}px`;
+      }
+    }
     const bad = new Set(fieldErrors.map((e) => e.line));
     [...gutter.children].forEach((el, i) => el.classList.toggle("bad", bad.has(i)));
   }
@@ -205,7 +220,7 @@ export function finetuneSpec(parent) {
     v !== null && !(k === "pool" && v === "cls") && !(k.endsWith("drop_rate") && v === 0)));
   const data = { dataset: s.data.dataset };
   if (s.data.root) data.root = s.data.root;
-  if (s.data.subset != null) data.subset = s.data.subset;
+  if (s.data.subset != null && !isWholeFloat(s.data, "subset")) data.subset = s.data.subset; // 1.0: all, as null
   data.augment = s.data.augment;
   data.num_workers = s.data.num_workers;
   if (s.data.dataset === "synthetic") {

@@ -3,7 +3,7 @@
 
 import { api } from "./api.js";
 import { PALETTE } from "./charts.js";
-import { h, localTime, percent, poll, setText, significant, statusBadge, tick } from "./format.js";
+import { h, localTime, percent, poll, scrollHint, setText, significant, statusBadge, tick } from "./format.js";
 
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 
@@ -72,6 +72,7 @@ export function mountSweep(view, id) {
     h("section", { class: "chart", "data-chart": "sweep" }, h("div", { class: "chart-head" }, h("h3", { class: "sweep-plot-title" })), plotHolder, plotEmpty),
     h("section", { class: "panel" }, h("h2", {}, "Jobs, best first"), table),
   );
+  scrollHint(table);
 
   let sweep = null;
   let plot = null;
@@ -130,15 +131,17 @@ export function mountSweep(view, id) {
         if (a.value == null) return a.order - b.order;
         return metric.higher ? b.value - a.value : a.value - b.value;
       });
+    // The metric right after the job: on a phone it is what must show without scrolling.
     table.replaceChildren(h("table", { class: "small ranking" },
-      h("thead", {}, h("tr", {}, h("th", { class: "num" }, "Rank"), h("th", {}, "Job"), h("th", {}, "Status"),
-        sweep.fields.map((f) => h("th", { class: "num" }, h("code", {}, f))), h("th", { class: "num" }, metric.label))),
+      h("thead", {}, h("tr", {}, h("th", { class: "num" }, "Rank"), h("th", {}, "Job"),
+        h("th", { class: "num" }, metric.label), h("th", {}, "Status"),
+        sweep.fields.map((f) => h("th", { class: "num" }, h("code", {}, f))))),
       h("tbody", {}, ranked.map((c, i) => h("tr", { "data-job-id": c.job.id },
         h("td", { class: "num" }, c.value == null ? "" : String(i + 1)),
-        h("td", {}, h("a", { href: `#/jobs/${c.job.id}` }, `#${c.job.id} ${c.job.name}`)),
+        h("td", { "data-col": "job" }, h("a", { href: `#/jobs/${c.job.id}` }, `#${c.job.id} ${c.job.name}`)),
+        h("td", { class: "num", "data-col": "metric" }, show(metric, c.value)),
         h("td", {}, statusBadge(c.job.status, c.job.cancel_requested)),
-        sweep.fields.map((f) => h("td", { class: "num" }, showParam(c.params[f]))),
-        h("td", { class: "num", "data-col": "metric" }, show(metric, c.value)))))));
+        sweep.fields.map((f) => h("td", { class: "num" }, showParam(c.params[f]))))))));
   }
 
   // Metric against one swept field: x is the field's value (by rank when not a number), one line per

@@ -1,11 +1,14 @@
 // Just enough YAML for the dashboard: dump a resolved spec readably, and find the line of a field path
 // (from a 422's `loc`) in the text the user typed, in block or flow YAML or in JSON.
 
+import { isWholeFloat } from "./format.js";
+
 const PLAIN = /^[A-Za-z_][\w.\/-]*$/;
 const RESERVED = /^(true|false|null|yes|no|on|off|~)$/i;
 
-function scalar(value) {
+function scalar(value, holder, key) {
   if (value === null || value === undefined) return "null";
+  if (isWholeFloat(holder, key)) return `${value}.0`; // subset: 1.0 (all images) is not 1 (one per class)
   if (typeof value === "string") {
     return PLAIN.test(value) && !RESERVED.test(value) ? value : JSON.stringify(value);
   }
@@ -31,7 +34,7 @@ export function dumpYaml(value, indent = "") {
     } else if (isFlat(item)) {
       lines.push(`${indent}${key}: [${item.map(scalar).join(", ")}]`);
     } else {
-      lines.push(`${indent}${key}: ${scalar(item)}`);
+      lines.push(`${indent}${key}: ${scalar(item, value, key)}`);
     }
   }
   return lines.join("\n");
