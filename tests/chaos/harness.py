@@ -58,7 +58,9 @@ class Chaos:
 
     def end(self, job_id: int, *, attempt: int) -> dict[str, Any]:
         """Cancel an open-ended job and check it ran as `attempt` with every step it logged stored once."""
-        assert self.training(job_id), f"the open-ended job stopped before the test ended it: {self.stack.job(job_id)}\n{self.worker_logs()}"
+        assert self.training(job_id), (
+            f"the open-ended job stopped before the test ended it: {self.stack.job(job_id)}\n{self.worker_logs()}"
+        )
         assert self.stack.client.post(f"/jobs/{job_id}/cancel").status_code == 202
         self.wait_finished(job_id, timeout=120)
         return self.assert_ran_once(job_id, status="cancelled", attempt=attempt, steps=None)

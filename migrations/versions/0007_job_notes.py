@@ -1,6 +1,6 @@
 """Tags and notes on jobs (their owner's), and each worker's calibrated peak rate (vit/flops.py, worker/peak.py).
 
-Revision ID: 0009_job_notes
+Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-02
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0009_job_notes"
+revision: str = "0007"
 down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
