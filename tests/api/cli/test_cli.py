@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from api.cli.main import UsageError, apply_overrides
+from api.cli.main import UsageError, apply_overrides, main
 from api.client import VitqClient, VitqError
 from tests.api.cli.service import VITQ, Service, free_port, service_env, tiny_spec, wait_for
 from tests.vit.shard_helpers import write_photos
@@ -236,21 +236,15 @@ def test_sweep_submits_every_child_and_refuses_an_unknown_field(service: Service
     assert "unknown spec field 'optim.lrr'" in one_line_error(service.cli("sweep", bad))
 
 
-def test_vitq_data_packs_an_image_folder_and_checks_the_shards(tmp_path: Path) -> None:
+def test_vitq_data_packs_an_image_folder_and_checks_the_shards(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     write_photos(tmp_path / "images", per_class=2)
-    packed = subprocess.run(
-        [VITQ, "data", "pack", str(tmp_path / "images"), str(tmp_path / "shards")],
-        capture_output=True,
-        text=True,
-    )
-    assert packed.returncode == 0, packed.stderr
-    checked = subprocess.run(
-        [VITQ, "data", "check", str(tmp_path / "shards")], capture_output=True, text=True
-    )
-    assert checked.returncode == 0, checked.stderr
-    (shard,) = sorted((tmp_path / "shards").glob("train-*.tar"))
+    shards = tmp_path / "shards"
+    assert main(["data", "pack", str(tmp_path / "images"), str(shards)]) == 0
+    assert main(["data", "check", str(shards)]) == 0
+    (shard,) = sorted(shards.glob("train-*.tar"))
     shard.write_bytes(shard.read_bytes()[:-1024])  # truncated
-    damaged = subprocess.run(
-        [VITQ, "data", "check", str(tmp_path / "shards")], capture_output=True, text=True
-    )
-    assert damaged.returncode == 1 and shard.name in damaged.stdout + damaged.stderr
+    capsys.readouterr()
+    assert main(["data", "check", str(shards)]) == 1
+    assert shard.name in "".join(capsys.readouterr())
