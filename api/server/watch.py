@@ -49,8 +49,8 @@ class JobFeed:
         self.sessions = sessions
         self.log_path = settings.run_dir(job_id) / LOG_FILE
         self.lease_seconds = settings.lease_seconds
+        self.running_limit = settings.max_running_jobs
         self.watchers: set[asyncio.Queue[Change]] = set()
-        self.version: tuple[object, ...] | None = None
         self.job_json = ""
         self.cursor = 0
         self.offset = 0
@@ -98,11 +98,17 @@ class JobFeed:
                     changes.append(Change("metrics", out.model_dump_json(), self.cursor, out.cursor))
                     self.cursor = out.cursor
             changes += self._log_changes()
-            version = (job.status, job.step, job.attempt, job.cancel_requested, job.wait_reason, job.error)
-            if version != self.version:
-                self.version = version
-                (out_job,) = reads.jobs_out(session=session, jobs=[job], lease_seconds=self.lease_seconds)
-                self.job_json = out_job.model_dump_json()
+            # The job as GET /jobs/{id} shows it, compared whole: its place and wait reason change with the queue
+            # and the workers, its latest metrics and ETA with its progress, without its own row changing.
+            (out_job,) = reads.jobs_out(
+                session=session,
+                jobs=[job],
+                lease_seconds=self.lease_seconds,
+                running_limit=self.running_limit,
+            )
+            job_json = out_job.model_dump_json()
+            if job_json != self.job_json:
+                self.job_json = job_json
                 changes.append(Change("job", self.job_json))
             if job.status.finished:
                 self.finished = True

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from api.server.routes.logs import BLOCK_BYTES, tail_lines
+from api.server.log_files import BLOCK_BYTES, tail_lines
 from tests.api.conftest import Api, submit
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
+from httpx import Response
 from pydantic import SecretStr
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.orm import Session
@@ -34,7 +35,8 @@ from tests.api.conftest import TINY_SPEC
 # Routes anyone may call: liveness, Prometheus (counts and job ids only: no names, specs or owners), the
 # dashboard's page and files, and the API's own description.
 PUBLIC = {"/healthz", "/metrics", "/", "/ui/examples", "/static", "/openapi.json", "/docs", "/redoc"}
-PUBLIC |= {"/docs/oauth2-redirect"}
+PUBLIC |= {"/docs/oauth2-redirect", "/docs-static"}
+MOUNTED_FILES = {"/docs-static": "swagger-ui.css"}  # /docs and /redoc's own assets (fastapi-offline)
 
 
 @dataclass
@@ -115,11 +117,20 @@ def _calls(tenants: Tenants, values: dict[str, str]) -> Iterator[tuple[str, str,
     added later is in the matrix at once."""
     for route in iter_route_contexts(tenants.client.app.routes):  # type: ignore[attr-defined]
         assert route.path is not None
-        if isinstance(route.original_route, Mount):
-            yield "GET", route.path, f"{route.path}/js/api.js"
+        if isinstance(route.original_route, Mount):  # a file each mount serves: the dashboard's, the docs'
+            yield "GET", route.path, f"{route.path}/{MOUNTED_FILES.get(route.path, 'js/api.js')}"
             continue
         for method in sorted((route.methods or set()) - {"HEAD"}):
             yield method, route.path, route.path.format(**{k: values[k] for k in route.param_convertors})
+
+
+def request(client: TestClient, method: str, path: str, body: Any, headers: dict[str, str]) -> Response:
+    """The answer; for an event stream (it lasts as long as the job), its status and first event."""
+    if not path.endswith("/events"):
+        return client.request(method, path, json=body, headers=headers)
+    with client.stream(method, path, headers=headers) as response:
+        first = next(response.iter_raw(), b"") if response.status_code == 200 else response.read()
+        return Response(response.status_code, headers=response.headers, content=first)
 
 
 def test_every_route_for_every_principal(tenants: Tenants) -> None:
@@ -130,7 +141,11 @@ def test_every_route_for_every_principal(tenants: Tenants) -> None:
     sweep = {"base": {**TINY_SPEC, "name": f"sweep-{tenants.bob.marker}"}, "grid": {"train.steps": [10, 20]}}
     bob_sweep = tenants.client.post("/sweeps", json=sweep, headers=tenants.bob.headers).json()["id"]
     # POST bodies that would be accepted: a refusal is then the principal's, not the body's.
-    bodies = {"/jobs": {**TINY_SPEC, "name": "matrix"}, "/sweeps": {**sweep, "base": TINY_SPEC}}
+    bodies = {
+        ("POST", "/jobs"): {**TINY_SPEC, "name": "matrix"},
+        ("POST", "/sweeps"): {**sweep, "base": TINY_SPEC},
+        ("PATCH", "/jobs/{job_id}"): {"notes": "seen"},
+    }
     values = {"job_id": str(bob_job), "name": checkpoint, "sweep_id": str(bob_sweep)}
     seen: set[str] = set()
     for method, template, path in _calls(tenants, values):
@@ -139,16 +154,18 @@ def test_every_route_for_every_principal(tenants: Tenants) -> None:
             target = path
             if template == "/jobs/{job_id}/cancel":  # a fresh queued job of Bob's: cancel works once
                 target = path.replace(str(bob_job), str(tenants.submit(tenants.bob)["id"]))
-            body = bodies.get(template) if method == "POST" else None
+            body = bodies.get((method, template))
             headers = who.headers if who is not None else {}
-            response = tenants.client.request(method, target, json=body, headers=headers)
+            response = request(tenants.client, method, target, body, headers)
             label = f"{method} {target} as {who.name if who else 'nobody'}"
             if template in PUBLIC or template.startswith("/static"):
                 assert response.status_code in (200, 503), label  # 503: /healthz with no worker running
             elif who is None or who is tenants.revoked:
                 assert response.status_code == 401, label
                 assert response.headers["www-authenticate"] == "Bearer", label
-            elif who is tenants.alice and ("{job_id}" in template or "{sweep_id}" in template):
+            elif (who is tenants.alice and ("{job_id}" in template or "{sweep_id}" in template)) or (
+                who is tenants.admin and method == "PATCH"  # notes are their owner's alone
+            ):
                 assert response.status_code == 404, label
             else:
                 assert response.status_code in (200, 201, 202), f"{label}: {response.text[:300]}"
