@@ -36,6 +36,7 @@ from vit.config import JobSpec, SpecError
 from worker import fenced_writes, gang
 from worker.devices import DeviceSlots
 from worker.launch import Trainer, trainer_command, trainer_env
+from worker.placement import NodePlace
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class Outcome(enum.Enum):
 
     EXITED = "the trainer exited"
     CANCELLED = "a cancel was requested"
-    SHUTDOWN = "the worker is shutting down"
+    SHUTDOWN = "the worker is shutting down (or its cluster stops it)"
     OUTAGE = "the database was unreachable too long"
     LEASE_LOST = "the job is no longer ours; the trainer was stopped"
 
@@ -216,7 +217,11 @@ class Run:
     settings: Settings
     enqueue: Enqueue
     database: Database
-    node: gang.GangPlace | None = None  # this node's place when the job runs on several (worker/gang.py)
+    node: NodePlace | None = None  # this node's place when the job runs on several (worker/placement.py)
+    # Executors that stop a job from outside (Slurm): on SHUTDOWN, the error that makes the stop count as a
+    # failed attempt (an scancel outside vitq), or None for a stop that costs nothing (preemption, time limit).
+    interrupted: Callable[[], str | None] | None = None
+    ignore_signals: tuple[int, ...] = ()  # signals the trainer must not die of (Slurm's --signal, for us)
     run_dir: Path = field(init=False)
     reader: rundir.MetricsReader = field(init=False)
     history_started: bool = False
@@ -254,19 +259,15 @@ class Run:
         if self.node is not None:
             if not self._gang_storage_shared():
                 return
-            command = gang.trainer_command(
-                spec_path,
-                self.run_dir,
-                procs,
-                attempt=self.claim.attempt,
-                place=self.node,
-                join_timeout_s=max(1, int(self.settings.lease_seconds)),
+            command = self.node.trainer_command(
+                spec_path, self.run_dir, procs, join_timeout_s=max(1, int(self.settings.lease_seconds))
             )
         devices = self.claim.devices if DEVICE_SLOTS.gpu_worker else None
         env = trainer_env(procs, devices, data_roots=[self.settings.resolved_data_dir])
         if self.node is not None:
-            env = {**gang.network_env(self.node), **env}  # a setting of the worker's own wins
-        trainer = Trainer(command, env, log_path, cwd=self.run_dir)  # a working directory of its own
+            env = {**self.node.network_env(), **env}  # a setting of the worker's own wins
+        # A working directory of its own; signals the trainer must not die of (Slurm's SIGUSR1 is the supervisor's).
+        trainer = Trainer(command, env, log_path, cwd=self.run_dir, ignore_signals=self.ignore_signals)
         try:
             outcome = self._watch(trainer)
         except BaseException:
@@ -278,7 +279,8 @@ class Run:
         if outcome == Outcome.LEASE_LOST:
             return
         if not self._leads():  # rank 0's supervisor ends the job; another node only ends a failed attempt
-            if exit_code != rundir.EXIT_OK:
+            # 75: the ranks agreed to stop (a cancel or a stop that rank 0's supervisor handles), not a failure.
+            if exit_code not in (rundir.EXIT_OK, rundir.EXIT_INTERRUPTED):
                 tail, trainer_exit = rundir.log_tail(log_path, log_start)
                 self._fail_gang_attempt(f"its trainers exited with code {trainer_exit or exit_code}:\n{tail}")
             return
@@ -289,6 +291,8 @@ class Run:
             self._finish(JobStatus.succeeded)
         elif outcome == Outcome.CANCELLED:
             self._finish(JobStatus.cancelled)
+        elif outcome == Outcome.SHUTDOWN and self.interrupted is not None and (lost := self.interrupted()):
+            self._lost(lost)
         elif outcome in (Outcome.SHUTDOWN, Outcome.OUTAGE) or exit_code == rundir.EXIT_FENCED:
             self._hand_back(late=outcome == Outcome.OUTAGE)
         else:
@@ -336,7 +340,7 @@ class Run:
     def _fail_gang_attempt(self, error: str) -> None:
         assert self.node is not None
         place = self.node
-        if self._final(lambda s: gang.fail_attempt(session=s, place=place, error=error), "requeued"):
+        if self._final(lambda s: place.fail_attempt(session=s, error=error), "requeued"):
             self._enqueue()
 
     def _write_log_header(self, log_path: Path) -> int:
@@ -394,7 +398,7 @@ class Run:
     def _renew(self, session: Session) -> tuple[bool, bool]:
         if self.node is None:
             return state_machine.renew(session=session, claim=self.claim, step=self._step())
-        return gang.renew(session=session, place=self.node, step=self._step())
+        return self.node.renew(session=session, step=self._step())
 
     def _renew_lease_file(self) -> None:
         """Tell the trainer it may go on: until the fence, timed from the renewal the database confirmed (a
@@ -506,6 +510,18 @@ class Run:
             lambda s: state_machine.release(session=s, claim=self.claim, error=error), "requeued"
         ):
             log.info("job %s: attempt %s failed; queued again", self.job_id, attempt)
+            self._enqueue()
+
+    def _lost(self, error: str) -> None:
+        """The attempt was stopped from outside and counts as failed: requeued (it resumes from the checkpoint
+        it just saved), or failed once out of attempts."""
+        attempt, max_attempts = self.claim.attempt, self.claim.max_attempts
+        error = f"{error} (attempt {attempt} of {max_attempts})"
+        if attempt >= max_attempts:
+            self._finish(JobStatus.failed, error=error)
+        elif self._final(
+            lambda s: state_machine.release(session=s, claim=self.claim, error=error), "requeued"
+        ):
             self._enqueue()
 
     def _enqueue(self) -> None:
