@@ -218,9 +218,6 @@ class Run:
     enqueue: Enqueue
     database: Database
     node: NodePlace | None = None  # this node's place when the job runs on several (worker/placement.py)
-    # Executors that stop a job from outside (Slurm): on SHUTDOWN, the error that makes the stop count as a
-    # failed attempt (an scancel outside vitq), or None for a stop that costs nothing (preemption, time limit).
-    interrupted: Callable[[], str | None] | None = None
     ignore_signals: tuple[int, ...] = ()  # signals the trainer must not die of (Slurm's --signal, for us)
     run_dir: Path = field(init=False)
     reader: rundir.MetricsReader = field(init=False)
@@ -247,6 +244,10 @@ class Run:
             return
         spec_path = self.run_dir / rundir.SPEC_FILE
         rundir.write_json(spec_path, spec.model_dump(mode="json"))
+        if self._leads():
+            # A hand-back gives the attempt number back: the next run of the job has the same number, and the
+            # record of where the last run's trainer resumed must not pass for this one's.
+            rundir.attempt_path(self.run_dir, self.claim.attempt).unlink(missing_ok=True)
         self._renew_lease_file()
         # Another node's launcher logs to a file of its own: appends from two machines to one file on NFS mix.
         log_name = (
@@ -291,8 +292,6 @@ class Run:
             self._finish(JobStatus.succeeded)
         elif outcome == Outcome.CANCELLED:
             self._finish(JobStatus.cancelled)
-        elif outcome == Outcome.SHUTDOWN and self.interrupted is not None and (lost := self.interrupted()):
-            self._lost(lost)
         elif outcome in (Outcome.SHUTDOWN, Outcome.OUTAGE) or exit_code == rundir.EXIT_FENCED:
             self._hand_back(late=outcome == Outcome.OUTAGE)
         else:
@@ -510,18 +509,6 @@ class Run:
             lambda s: state_machine.release(session=s, claim=self.claim, error=error), "requeued"
         ):
             log.info("job %s: attempt %s failed; queued again", self.job_id, attempt)
-            self._enqueue()
-
-    def _lost(self, error: str) -> None:
-        """The attempt was stopped from outside and counts as failed: requeued (it resumes from the checkpoint
-        it just saved), or failed once out of attempts."""
-        attempt, max_attempts = self.claim.attempt, self.claim.max_attempts
-        error = f"{error} (attempt {attempt} of {max_attempts})"
-        if attempt >= max_attempts:
-            self._finish(JobStatus.failed, error=error)
-        elif self._final(
-            lambda s: state_machine.release(session=s, claim=self.claim, error=error), "requeued"
-        ):
             self._enqueue()
 
     def _enqueue(self) -> None:

@@ -50,6 +50,7 @@ TRANSITIONS: dict[str, Transition] = {
     "cancel_queued": Transition((Q,), JobStatus.cancelled),
     "fail_waiting": Transition((Q,), JobStatus.failed),  # its parent will never succeed
     "fail_unlaunchable": Transition((Q,), JobStatus.failed),  # its executor refused it for good (sbatch)
+    "fail_charged": Transition((Q,), JobStatus.failed),  # a handed-back run counted as failed: the last one
     "succeed": Transition((R,), JobStatus.succeeded),
     "fail": Transition((R,), JobStatus.failed),  # the trainer failed for good, or the last attempt was lost
     "cancel_running": Transition((R,), JobStatus.cancelled),
@@ -353,6 +354,30 @@ def fail_unlaunchable(*, session: Session, job_id: int, executor_ref: str | None
     )
     if won(result):
         fail_waiting_children(session=session, parent_id=job_id, error=f"parent job {job_id} failed: {error}")
+    session.commit()
+    return won(result)
+
+
+def charge_attempt(*, session: Session, job_id: int, attempt: int, executor_ref: str, error: str) -> bool:
+    """A run that handed its job back at no cost turns out to have failed (its Slurm job was scancelled outside
+    vitq): the attempt it gave back counts after all, and the job fails once that was its last. True when the
+    job stays queued to run again. Only while the job is still queued at `attempt` for that launch. Committed."""
+    where = (Job.id == job_id, Job.attempt == attempt, Job.executor_ref == executor_ref)
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        session.rollback()
+        return False
+    if attempt + 1 >= job.max_attempts:
+        result = session.execute(move("fail_charged", *where).values(error=error, finished_at=now()))
+        if won(result):
+            fail_waiting_children(
+                session=session, parent_id=job_id, error=f"parent job {job_id} failed: {error}"
+            )
+        session.commit()
+        return False
+    result = session.execute(
+        update(Job).where(*where, Job.status == JobStatus.queued).values(attempt=attempt + 1, error=error)
+    )
     session.commit()
     return won(result)
 

@@ -5,7 +5,6 @@ vitq needs are stable across Slurm releases in these formats."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 from collections.abc import Sequence
@@ -105,21 +104,6 @@ def jobs(user: str, name_prefix: str) -> dict[str, SlurmJob]:
         if len(parts) == 5 and parts[1].startswith(name_prefix):
             found[parts[0]] = SlurmJob(*parts)
     return found
-
-
-def base_state(job_id: str) -> str | None:
-    """The job's state without the COMPLETING flag: an scancelled job reads CANCELLED while its processes still
-    get their signals (squeue's %T would say COMPLETING); a preempted one still RUNNING. None when unknown."""
-    try:
-        data = json.loads(_run(["squeue", "--json", "-t", "all", "-j", job_id]))
-    except (SlurmError, ValueError):
-        return None
-    for job in data.get("jobs", []):
-        state = job.get("job_state")
-        if isinstance(state, list):  # newer Slurm: the base state and its flags
-            state = state[0] if state else None
-        return str(state) if state else None
-    return None
 
 
 def cancel(job_ids: Sequence[str]) -> None:

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "slurm:"
 NODES_EVERY_S = 30.0  # how often the partition's nodes are read again
+LINGER_S = 20.0  # how long a finished job's running Slurm job may take to end before it is scancelled
 CODE_ROOT = Path(__file__).resolve().parents[2]  # the checkout the batch script imports vitq from
 
 
@@ -52,6 +53,7 @@ class Dispatcher:
         self.user = getpass.getuser()
         self.nodes_read_at = -NODES_EVERY_S
         self.cancelled: set[str] = set()  # Slurm jobs this dispatcher already scancelled
+        self.finished_seen: dict[str, float] = {}  # running Slurm jobs of finished vitq jobs: first seen
         self.refused: dict[int, str] = {}  # jobs sbatch refused for a passing reason: logged once
 
     # ------------------------------------------------------------------------------------------- one pass
@@ -80,6 +82,20 @@ class Dispatcher:
     def _reconcile(self, session: Session, launch: launches.Launch, slurm: commands.SlurmJob | None) -> None:
         ref, slurm_id = launch.executor_ref, launch.executor_ref.removeprefix(PREFIX)
         if launch.status == JobStatus.queued:
+            if slurm is not None and slurm.state == "CANCELLED" and slurm_id not in self.cancelled:
+                # Its supervisor handed the job back at no cost; an scancel from outside vitq costs an attempt.
+                error = f"Slurm job {slurm_id} was cancelled outside vitq (scancel)"
+                total = f"{launch.attempt + 1} of {launch.max_attempts}"
+                if not state_machine.charge_attempt(
+                    session=session,
+                    job_id=launch.job_id,
+                    attempt=launch.attempt,
+                    executor_ref=ref,
+                    error=error,
+                ):
+                    log.warning("job %s: %s (attempt %s): failed", launch.job_id, error, total)
+                    return
+                log.warning("job %s: %s (attempt %s); launching it again", launch.job_id, error, total)
             if slurm is None or slurm.over:
                 if launches.forget_launch(session=session, job_id=launch.job_id, executor_ref=ref):
                     state = slurm.state if slurm else "gone"
@@ -130,10 +146,18 @@ class Dispatcher:
             if job_id is None or job_id not in known:
                 continue
             status, ref = known[job_id]
-            if status.finished:
+            if status.finished and self._lingers(sid, alive[sid]):
                 self._scancel(sid, f"job {job_id} is {status.value}")
             elif ref != f"{PREFIX}{sid}":
                 self._scancel(sid, f"job {job_id} is not this Slurm job's any more")
+
+    def _lingers(self, slurm_id: str, slurm: commands.SlurmJob) -> bool:
+        """A Slurm job of a finished vitq job is cancelled at once while it pends; one that runs gets
+        LINGER_S to end by itself (its supervisors exit right after writing the final state)."""
+        if slurm.state == "PENDING":
+            return True
+        first = self.finished_seen.setdefault(slurm_id, time.monotonic())
+        return time.monotonic() - first > LINGER_S
 
     def _launch(self, session: Session, budget: int) -> None:
         if budget <= 0:

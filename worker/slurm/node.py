@@ -4,9 +4,11 @@ recorded, so a stale or requeued duplicate finds nothing) and runs it exactly as
 nodes read its claim and run their part.
 
 Slurm's signals reach every process of the step: SIGUSR1 (--signal, before the wall-time limit) and SIGTERM
-(scancel, preemption, the limit itself) both make the trainer checkpoint and stop. The trainer ignores SIGUSR1
-(torchrun would die of it); the supervisor stops it. Whether the stop costs an attempt is Slurm's to say: only
-an scancel from outside vitq does (the job's base state reads CANCELLED while its processes are signalled).
+(scancel, preemption, the limit itself) both make the trainer checkpoint and stop, and the supervisor hands the
+job back at no cost. The trainer ignores SIGUSR1 (torchrun would die of it); the supervisor stops it. Whether
+the stop costs an attempt is Slurm's to say once the Slurm job has ended (the dispatcher reads it): only an
+scancel from outside vitq does. (Slurm's state while the signals are delivered does not tell a preemption from
+an scancel: both read CANCELLED at times.)
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import os
 import signal
 import sys
 import time
-from types import FrameType
 
 from api.core import launches, state_machine
 from api.core.db import session_factory
@@ -32,23 +33,16 @@ log = logging.getLogger("worker.slurm.node")
 WAIT_POLL_SECONDS = 0.5
 
 
-class Signals:
-    """Remembers the last stop signal and sets the supervisor's SHUTDOWN."""
-
-    def __init__(self) -> None:
-        self.last: int | None = None
-        for signum in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.last = signum
-        supervisor.SHUTDOWN.set()
+def stop_on_signals() -> None:
+    """SIGTERM and SIGUSR1 set the supervisor's SHUTDOWN: the trainer checkpoints and the job is handed back."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, lambda *_: supervisor.SHUTDOWN.set())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     job_id = int(args[0])
-    signals = Signals()
+    stop_on_signals()
     configure_logging(os.environ.get("VITQ_LOG_LEVEL", "INFO"))
     settings = get_settings()
     slurm_id = os.environ["SLURM_JOB_ID"]
@@ -84,16 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         addresses = {n.name: n.address for n in commands.nodes(names=hosts)}
         place = SlurmPlace(claim, rank, hosts, tuple(addresses.get(h, h) for h in hosts), slurm_id)
 
-    def interrupted() -> str | None:
-        """The error that makes this stop count as a failed attempt; None for one that costs nothing."""
-        if signals.last != signal.SIGTERM:
-            return None  # SIGUSR1: the wall-time limit is near; the job continues in a new Slurm job
-        if database.call(lambda s: launches.cancel_requested(session=s, job_id=job_id)):
-            return None  # vitq's own cancel (its scancel): the hand-back ends the job cancelled
-        if commands.base_state(slurm_id) == "CANCELLED":
-            return f"Slurm job {slurm_id} was cancelled outside vitq (scancel)"
-        return None  # a preemption (the job still RUNNING) or the limit itself (TIMEOUT)
-
     with job_context(job_id):
         Run(
             claim=claim,
@@ -101,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
             enqueue=lambda _job, _pool: None,  # the dispatcher launches the job again, not a broker message
             database=Database(sessions, job_id),
             node=place,
-            interrupted=interrupted,
             ignore_signals=(signal.SIGUSR1,),
         ).execute()
     return 0
