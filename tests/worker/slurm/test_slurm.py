@@ -21,10 +21,13 @@ from api.core.settings import Settings
 from tests.e2e.stack import Stack, running_stack, tiny_spec
 from tests.worker.slurm.cluster import Cluster, installed, running_cluster
 
-pytestmark = pytest.mark.skipif(
-    not installed(),
-    reason="Slurm is not installed (slurmctld, slurmd, munged, sbatch): .ci/services installs it",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not installed(),
+        reason="Slurm is not installed (slurmctld, slurmd, munged, sbatch): .ci/services installs it",
+    ),
+    pytest.mark.skipif(os.geteuid() != 0, reason="slurmd runs jobs as root only here: run the suite as root"),
+]
 POOL = "hpc"
 
 
