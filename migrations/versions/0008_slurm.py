@@ -2,7 +2,7 @@
 of the attempt; and the Slurm partition of a worker-registry row that stands for a Slurm node.
 
 Revision ID: 0007_slurm
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-14
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007_slurm"
-down_revision: str | None = "0006"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
