@@ -289,6 +289,19 @@ class EvalSpec(_Strict):
     batch_size: PositiveInt = Field(256, le=65536)
 
 
+class SlurmSpec(_Strict):
+    """For pools a Slurm dispatcher serves (`vitq slurm`; other executors ignore it): these win over the pool's."""
+
+    time: str | None = Field(
+        None,
+        pattern=r"^(\d+-)?\d+(:\d+){0,2}$",
+        description="Wall-time limit of each Slurm job (sbatch --time: minutes, MM:SS, HH:MM:SS, D-HH); a longer "
+        "run checkpoints before it and continues in a new Slurm job.",
+    )
+    account: str | None = Field(None, pattern=r"^[\w.\-]{1,64}$", description="sbatch --account")
+    qos: str | None = Field(None, pattern=r"^[\w.\-]{1,64}$", description="sbatch --qos")
+
+
 class ResourcesSpec(_Strict):
     nodes: int = Field(1, ge=1, le=1024)
     procs_per_node: int = Field(1, ge=1, le=64)
@@ -299,6 +312,7 @@ class ResourcesSpec(_Strict):
     priority: int = Field(
         0, ge=-1000, le=1000, description="Higher runs first; first come first served within."
     )
+    slurm: SlurmSpec | None = None
 
     @property
     def gpus_per_node(self) -> int:

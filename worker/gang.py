@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from api.core import gangs, state_machine
 from api.core.settings import Settings
 from vit import rundir
+from worker.placement import NodePlace
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,44 @@ class GangPlace:
     @property
     def node_rank(self) -> int:
         return self.membership.node_rank
+
+    @property
+    def nodes(self) -> int:
+        return len(self.gang.members)
+
+    @property
+    def job_id(self) -> int:
+        return self.gang.claim.job_id
+
+    @property
+    def attempt(self) -> int:
+        return self.gang.claim.attempt
+
+    @property
+    def rank_zero(self) -> str:
+        first = self.gang.members[0]
+        return f"{first.worker} at {first.address}"
+
+    def trainer_command(
+        self, spec_path: Path, run_dir: Path, procs_per_node: int, *, join_timeout_s: int
+    ) -> list[str]:
+        return trainer_command(
+            spec_path,
+            run_dir,
+            procs_per_node,
+            attempt=self.attempt,
+            place=self,
+            join_timeout_s=join_timeout_s,
+        )
+
+    def network_env(self) -> dict[str, str]:
+        return network_env(self)
+
+    def renew(self, *, session: Session, step: int) -> tuple[bool, bool]:
+        return renew(session=session, place=self, step=step)
+
+    def fail_attempt(self, *, session: Session, error: str) -> bool:
+        return fail_attempt(session=session, place=self, error=error)
 
 
 def free_port() -> int:
@@ -108,27 +147,55 @@ def trainer_command(
     join_timeout_s: int,
 ) -> list[str]:
     gang = place.gang
+    return torchrun_command(
+        spec_path,
+        run_dir,
+        procs_per_node,
+        attempt=attempt,
+        job_id=gang.claim.job_id,
+        nodes=len(gang.members),
+        node_rank=place.node_rank,
+        endpoint=gang.rendezvous,
+        local_address=gang.members[place.node_rank].address,
+        join_timeout_s=join_timeout_s,
+    )
+
+
+def torchrun_command(
+    spec_path: Path,
+    run_dir: Path,
+    procs_per_node: int,
+    *,
+    attempt: int,
+    job_id: int,
+    nodes: int,
+    node_rank: int,
+    endpoint: str,
+    local_address: str,
+    join_timeout_s: int,
+) -> list[str]:
+    """One node's torchrun of a multi-node job, whatever formed the nodes (a gang, a Slurm allocation)."""
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nnodes",
-        str(len(gang.members)),
+        str(nodes),
         "--node-rank",
-        str(place.node_rank),
+        str(node_rank),
         "--nproc-per-node",
         str(procs_per_node),
         # Static: the node rank is the gang's, so global rank 0 (the run directory's writer) is on node 0.
         "--rdzv-backend",
         "static",
         "--rdzv-endpoint",
-        gang.rendezvous,
+        endpoint,
         "--rdzv-id",
-        f"vitq-job-{gang.claim.job_id}-attempt-{attempt}",
+        f"vitq-job-{job_id}-attempt-{attempt}",
         # This node's advertised address, not its host name (which other machines may not resolve), for the
         # process group's master address when it is rank 0.
         "--local-addr",
-        gang.members[place.node_rank].address,
+        local_address,
         "--rdzv-conf",
         f"timeout={join_timeout_s}",  # a node that never joins fails the attempt, it does not hang it
         "--max-restarts",
@@ -144,9 +211,13 @@ def trainer_command(
 
 
 def network_env(place: GangPlace) -> dict[str, str]:
+    return interface_env(place.gang.members[place.node_rank].address)
+
+
+def interface_env(address: str) -> dict[str, str]:
     """Point gloo and NCCL at the interface holding this node's advertised address: by default they take the
     address the host name resolves to, often a loopback one (127.0.1.1) that other machines cannot reach."""
-    interface = interface_of(place.gang.members[place.node_rank].address)
+    interface = interface_of(address)
     return {} if interface is None else {"GLOO_SOCKET_IFNAME": interface, "NCCL_SOCKET_IFNAME": interface}
 
 
@@ -172,17 +243,17 @@ def token_path(run_dir: Path, attempt: int) -> Path:
     return run_dir / f"gang-{attempt}.token"
 
 
-def token_text(place: GangPlace) -> str:
-    return f"job {place.gang.claim.job_id} attempt {place.gang.claim.attempt} rank 0 {place.gang.members[0].worker}\n"
+def token_text(place: NodePlace) -> str:
+    return f"job {place.job_id} attempt {place.attempt} rank 0 {place.rank_zero}\n"
 
 
-def write_storage_token(run_dir: Path, place: GangPlace) -> None:
-    rundir.atomic_write_text(token_path(run_dir, place.gang.claim.attempt), token_text(place))
+def write_storage_token(run_dir: Path, place: NodePlace) -> None:
+    rundir.atomic_write_text(token_path(run_dir, place.attempt), token_text(place))
 
 
-def check_shared_storage(run_dir: Path, place: GangPlace, wait_s: float = STORAGE_WAIT_SECONDS) -> str | None:
+def check_shared_storage(run_dir: Path, place: NodePlace, wait_s: float = STORAGE_WAIT_SECONDS) -> str | None:
     """None when this node reads rank 0's token for this attempt; else the error that fails the attempt."""
-    path = token_path(run_dir, place.gang.claim.attempt)
+    path = token_path(run_dir, place.attempt)
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -191,10 +262,9 @@ def check_shared_storage(run_dir: Path, place: GangPlace, wait_s: float = STORAG
         except FileNotFoundError:
             pass
         if time.monotonic() >= deadline:
-            rank_zero = place.gang.members[0]
             return (
-                f"storage at {run_dir} is not shared with the rank-0 node ({rank_zero.worker} at "
-                f"{rank_zero.address}): {path.name} did not appear within {wait_s:.0f} s. Multi-node jobs need "
+                f"storage at {run_dir} is not shared with the rank-0 node ({place.rank_zero}): "
+                f"{path.name} did not appear within {wait_s:.0f} s. Multi-node jobs need "
                 "VITQ_STORAGE on one shared volume (NFS) mounted at the same path on every node."
             )
         time.sleep(0.2)

@@ -95,8 +95,19 @@ class Trainer:
     their own, so signals to the launcher's group do not reach them directly)."""
 
     def __init__(
-        self, command: list[str], env: dict[str, str], log_path: Path, *, cwd: Path | None = None
+        self,
+        command: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        cwd: Path | None = None,
+        ignore_signals: Sequence[int] = (),
     ) -> None:
+        def prepare() -> None:
+            term_when_parent_dies()
+            for signum in ignore_signals:  # SIG_IGN survives exec: torchrun and the trainer inherit it
+                signal.signal(signum, signal.SIG_IGN)
+
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command,
@@ -105,7 +116,7 @@ class Trainer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=term_when_parent_dies,
+                preexec_fn=prepare,
             )
 
     def poll(self) -> int | None:

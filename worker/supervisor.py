@@ -36,6 +36,7 @@ from vit.config import JobSpec, SpecError
 from worker import fenced_writes, gang
 from worker.devices import DeviceSlots
 from worker.launch import Trainer, trainer_command, trainer_env
+from worker.placement import NodePlace
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class Outcome(enum.Enum):
 
     EXITED = "the trainer exited"
     CANCELLED = "a cancel was requested"
-    SHUTDOWN = "the worker is shutting down"
+    SHUTDOWN = "the worker is shutting down (or its cluster stops it)"
     OUTAGE = "the database was unreachable too long"
     LEASE_LOST = "the job is no longer ours; the trainer was stopped"
 
@@ -216,7 +217,8 @@ class Run:
     settings: Settings
     enqueue: Enqueue
     database: Database
-    node: gang.GangPlace | None = None  # this node's place when the job runs on several (worker/gang.py)
+    node: NodePlace | None = None  # this node's place when the job runs on several (worker/placement.py)
+    ignore_signals: tuple[int, ...] = ()  # signals the trainer must not die of (Slurm's --signal, for us)
     run_dir: Path = field(init=False)
     reader: rundir.MetricsReader = field(init=False)
     history_started: bool = False
@@ -242,6 +244,10 @@ class Run:
             return
         spec_path = self.run_dir / rundir.SPEC_FILE
         rundir.write_json(spec_path, spec.model_dump(mode="json"))
+        if self._leads():
+            # A hand-back gives the attempt number back: the next run of the job has the same number, and the
+            # record of where the last run's trainer resumed must not pass for this one's.
+            rundir.attempt_path(self.run_dir, self.claim.attempt).unlink(missing_ok=True)
         self._renew_lease_file()
         # Another node's launcher logs to a file of its own: appends from two machines to one file on NFS mix.
         log_name = (
@@ -254,19 +260,15 @@ class Run:
         if self.node is not None:
             if not self._gang_storage_shared():
                 return
-            command = gang.trainer_command(
-                spec_path,
-                self.run_dir,
-                procs,
-                attempt=self.claim.attempt,
-                place=self.node,
-                join_timeout_s=max(1, int(self.settings.lease_seconds)),
+            command = self.node.trainer_command(
+                spec_path, self.run_dir, procs, join_timeout_s=max(1, int(self.settings.lease_seconds))
             )
         devices = self.claim.devices if DEVICE_SLOTS.gpu_worker else None
         env = trainer_env(procs, devices, data_roots=[self.settings.resolved_data_dir])
         if self.node is not None:
-            env = {**gang.network_env(self.node), **env}  # a setting of the worker's own wins
-        trainer = Trainer(command, env, log_path, cwd=self.run_dir)  # a working directory of its own
+            env = {**self.node.network_env(), **env}  # a setting of the worker's own wins
+        # A working directory of its own; signals the trainer must not die of (Slurm's SIGUSR1 is the supervisor's).
+        trainer = Trainer(command, env, log_path, cwd=self.run_dir, ignore_signals=self.ignore_signals)
         try:
             outcome = self._watch(trainer)
         except BaseException:
@@ -278,7 +280,8 @@ class Run:
         if outcome == Outcome.LEASE_LOST:
             return
         if not self._leads():  # rank 0's supervisor ends the job; another node only ends a failed attempt
-            if exit_code != rundir.EXIT_OK:
+            # 75: the ranks agreed to stop (a cancel or a stop that rank 0's supervisor handles), not a failure.
+            if exit_code not in (rundir.EXIT_OK, rundir.EXIT_INTERRUPTED):
                 tail, trainer_exit = rundir.log_tail(log_path, log_start)
                 self._fail_gang_attempt(f"its trainers exited with code {trainer_exit or exit_code}:\n{tail}")
             return
@@ -336,7 +339,7 @@ class Run:
     def _fail_gang_attempt(self, error: str) -> None:
         assert self.node is not None
         place = self.node
-        if self._final(lambda s: gang.fail_attempt(session=s, place=place, error=error), "requeued"):
+        if self._final(lambda s: place.fail_attempt(session=s, error=error), "requeued"):
             self._enqueue()
 
     def _write_log_header(self, log_path: Path) -> int:
@@ -394,7 +397,7 @@ class Run:
     def _renew(self, session: Session) -> tuple[bool, bool]:
         if self.node is None:
             return state_machine.renew(session=session, claim=self.claim, step=self._step())
-        return gang.renew(session=session, place=self.node, step=self._step())
+        return self.node.renew(session=session, step=self._step())
 
     def _renew_lease_file(self) -> None:
         """Tell the trainer it may go on: until the fence, timed from the renewal the database confirmed (a

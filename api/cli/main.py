@@ -76,6 +76,15 @@ def cmd_worker(_args: argparse.Namespace) -> int:
     os.execv(sys.executable, [sys.executable, "-m", "worker"])
 
 
+def cmd_slurm(args: argparse.Namespace) -> int:
+    os.execv(sys.executable, [sys.executable, "-m", "worker.slurm", *args.options])
+
+
+def slurm_options(argv: Sequence[str]) -> list[str] | None:
+    """`vitq slurm ...`'s own options (all of them go to the dispatcher, most to sbatch); None for another command."""
+    return list(argv[1:]) if argv[:1] == ["slurm"] else None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from vit.train import main as train_main
 
@@ -340,6 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=cmd_serve)
     commands.add_parser("worker", help="run a worker (python -m worker)").set_defaults(run=cmd_worker)
+    slurm = commands.add_parser(
+        "slurm",
+        help="submit a pool's jobs to Slurm from a login node (--pool NAME --partition P [sbatch options])",
+        add_help=False,  # `vitq slurm --help` is the dispatcher's own
+    )
+    slurm.add_argument("options", nargs=argparse.REMAINDER)
+    slurm.set_defaults(run=cmd_slurm)
     add_auth_commands(commands)
     train = commands.add_parser("train", help="train locally, without the service")
     train.add_argument("spec")
@@ -403,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    options = slurm_options(argv)
+    if options is not None:  # argparse would take sbatch's options (--time, --help) for its own
+        return cmd_slurm(argparse.Namespace(options=options))
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if getattr(args, "run", None) is cmd_data:

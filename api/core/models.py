@@ -81,6 +81,11 @@ class Job(Base):
     )  # > 1: started by a gang (api/core/gangs.py)
     devices: Mapped[str | None] = mapped_column(String(255), default=None)  # the attempt's, e.g. "0,1"
     wait_reason: Mapped[str | None] = mapped_column(Text, default=None)  # why a queued job has not started
+    # Executors other than Celery (worker/slurm): what launched the attempt ("slurm:1234", the fence of its
+    # claim), the executor's word on a pending launch (Slurm's reason), the attempt's nodes ("n1,n2").
+    executor_ref: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    executor_note: Mapped[str | None] = mapped_column(Text, default=None)
+    placement: Mapped[str | None] = mapped_column(Text, default=None)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -173,6 +178,8 @@ class Worker(Base):
     # The MFU denominator its trainers get: the best rate its host has shown for this device (worker/peak.py).
     peak_flops: Mapped[float | None] = mapped_column(Float, default=None)
     peak_source: Mapped[str | None] = mapped_column(Text, default=None)
+    # A Slurm node of a pool's partition, published by `vitq slurm` (worker/slurm); None: a Celery worker.
+    partition: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class JobNode(Base):

@@ -108,6 +108,8 @@ class QueueView:
         """Why a queued job has not started (its own wait_reason first: e.g. a parent that has not finished)."""
         if job.status != JobStatus.queued or job.wait_reason is not None:
             return job.wait_reason
+        if job.executor_note:  # the executor's own word: Slurm's reason, with the Slurm job id
+            return job.executor_note
         if job.owner in self.owners_at_limit:
             return f"waiting: its owner has {self.running_limit} jobs running (max_running_jobs)"
         if not self.workers_alive.get(job.pool):
@@ -192,11 +194,13 @@ def job_out(job: Job, summary: MetricSummary | None = None, queue: QueueView | N
         total_steps=job.total_steps,
         progress=min(job.step / job.total_steps, 1.0) if job.total_steps else 0.0,
         resumed_from_step=job.resumed_from_step,
-        wait_reason=queue.reason(job) if queue is not None else job.wait_reason,
+        wait_reason=queue.reason(job) if queue is not None else job.wait_reason or _executor_note(job),
         queue_position=queue.places.get(job.id) if queue is not None else None,
         cancel_requested=job.cancel_requested,
         error=job.error,
         worker=job.worker,
+        nodes=_nodes(job),
+        executor_ref=job.executor_ref,
         devices=[int(d) for d in (job.devices or "").split(",") if d],
         parent_job_id=job.parent_job_id,
         owner=job.owner,
@@ -213,6 +217,19 @@ def job_out(job: Job, summary: MetricSummary | None = None, queue: QueueView | N
         tags=job.tags or [],
         notes=job.notes,
     )
+
+
+def _nodes(job: Job) -> list[str]:
+    """The attempt's nodes as its executor recorded them, else the one worker that holds it; none while queued."""
+    if job.status == JobStatus.queued:
+        return []
+    if job.placement:
+        return job.placement.split(",")
+    return [job.worker] if job.worker else []
+
+
+def _executor_note(job: Job) -> str | None:
+    return job.executor_note if job.status == JobStatus.queued else None
 
 
 def jobs_out(

@@ -36,6 +36,12 @@ class JobOut(BaseModel):
     cancel_requested: bool
     error: str | None
     worker: str | None
+    nodes: list[str] = Field(
+        [], description="The nodes of the running (or last) attempt: Slurm node names, or worker names."
+    )
+    executor_ref: str | None = Field(
+        None, description='What launched the job outside vitq, e.g. "slurm:1234".'
+    )
     parent_job_id: int | None
     owner: str = Field(description="Who submitted the job.")
     cancelled_by: str | None = Field(description="Who asked to cancel it (None: nobody).")
@@ -123,7 +129,7 @@ class DeviceOut(BaseModel):
 
 
 class WorkerOut(BaseModel):
-    name: str  # host:pid, as a job's `worker` names it
+    name: str  # host:pid, as a job's `worker` names it; slurm:POOL:NODE for a Slurm node
     host: str
     address: str  # where other nodes reach it
     pool: str
@@ -137,6 +143,7 @@ class WorkerOut(BaseModel):
         None  # the MFU denominator its trainers get (worker/peak.py); None: not calibrated
     )
     peak_source: str | None = None  # how that peak was measured
+    partition: str | None = None  # a Slurm node of this Slurm partition (`vitq slurm`); None: a Celery worker
 
 
 class WorkerList(BaseModel):

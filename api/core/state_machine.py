@@ -49,6 +49,8 @@ TRANSITIONS: dict[str, Transition] = {
     "claim": Transition((Q,), R),  # one worker's claim, or the member that completes a gang
     "cancel_queued": Transition((Q,), JobStatus.cancelled),
     "fail_waiting": Transition((Q,), JobStatus.failed),  # its parent will never succeed
+    "fail_unlaunchable": Transition((Q,), JobStatus.failed),  # its executor refused it for good (sbatch)
+    "fail_charged": Transition((Q,), JobStatus.failed),  # a handed-back run counted as failed: the last one
     "succeed": Transition((R,), JobStatus.succeeded),
     "fail": Transition((R,), JobStatus.failed),  # the trainer failed for good, or the last attempt was lost
     "cancel_running": Transition((R,), JobStatus.cancelled),
@@ -327,6 +329,56 @@ def start_gang(*, session: Session, job_id: int, attempt: int, worker: str) -> b
             started_at=func.coalesce(Job.started_at, started),
         )
     )
+    return won(result)
+
+
+def claim_job(*, session: Session, job_id: int, worker: str, executor_ref: str) -> Claim | None:
+    """An executor's launch claims the one job it was made for (a Slurm batch script: `executor_ref` is
+    "slurm:<its job id>"): queued -> running, attempt + 1, only while the job is runnable and still names that
+    launch. A stale launch (Slurm requeued it after vitq moved the job to another launch, or it starts after the
+    job was cancelled or finished) finds nothing to claim."""
+    allowed = (*runnable(), Job.executor_ref == executor_ref)
+    return _claim_one(
+        session=session, job_id=job_id, worker=worker, allowed=allowed, free_devices=None, limited=False
+    )
+
+
+def fail_unlaunchable(*, session: Session, job_id: int, executor_ref: str | None, error: str) -> bool:
+    """A queued job its executor refused for good (sbatch: no node of the partition can ever run it) fails with
+    the executor's words, unless it was launched meanwhile (`executor_ref` no longer matches). Committed."""
+    launch = Job.executor_ref.is_(None) if executor_ref is None else Job.executor_ref == executor_ref
+    result = session.execute(
+        move("fail_unlaunchable", Job.id == job_id, launch).values(
+            error=error, finished_at=now(), executor_note=None
+        )
+    )
+    if won(result):
+        fail_waiting_children(session=session, parent_id=job_id, error=f"parent job {job_id} failed: {error}")
+    session.commit()
+    return won(result)
+
+
+def charge_attempt(*, session: Session, job_id: int, attempt: int, executor_ref: str, error: str) -> bool:
+    """A run that handed its job back at no cost turns out to have failed (its Slurm job was scancelled outside
+    vitq): the attempt it gave back counts after all, and the job fails once that was its last. True when the
+    job stays queued to run again. Only while the job is still queued at `attempt` for that launch. Committed."""
+    where = (Job.id == job_id, Job.attempt == attempt, Job.executor_ref == executor_ref)
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        session.rollback()
+        return False
+    if attempt + 1 >= job.max_attempts:
+        result = session.execute(move("fail_charged", *where).values(error=error, finished_at=now()))
+        if won(result):
+            fail_waiting_children(
+                session=session, parent_id=job_id, error=f"parent job {job_id} failed: {error}"
+            )
+        session.commit()
+        return False
+    result = session.execute(
+        update(Job).where(*where, Job.status == JobStatus.queued).values(attempt=attempt + 1, error=error)
+    )
+    session.commit()
     return won(result)
 
 

@@ -29,8 +29,10 @@ def announce(
     cpus: int = 1,
     devices: Sequence[dict[str, Any]] = (),
     concurrency: int = 1,
+    partition: str | None = None,
 ) -> None:
-    """Register (or re-register) a worker: where it runs, where other nodes reach it, its pool and its GPUs."""
+    """Register (or re-register) a worker: where it runs, where other nodes reach it, its pool and its GPUs (a
+    Slurm node of a pool's partition is registered the same way, with its partition)."""
     session.execute(delete(Worker).where(Worker.name == name))
     session.add(
         Worker(
@@ -42,6 +44,7 @@ def announce(
             cpus=cpus,
             devices=list(devices),
             concurrency=concurrency,
+            partition=partition,
             started_at=now(),
             heartbeat_at=now(),
         )

@@ -24,15 +24,20 @@ def list_workers(session: SessionDep, settings: SettingsDep, principal: Principa
         session.scalars(select(Job.id).where(Job.status == JobStatus.running, *visible_to(principal)))
     )
     running = [
-        (job_id if job_id in visible else None, worker, devices)
-        for job_id, worker, devices in session.execute(
-            select(Job.id, Job.worker, Job.devices).where(Job.status == JobStatus.running)
+        (job_id if job_id in visible else None, worker, devices, pool, placement, ref)
+        for job_id, worker, devices, pool, placement, ref in session.execute(
+            select(Job.id, Job.worker, Job.devices, Job.pool, Job.placement, Job.executor_ref).where(
+                Job.status == JobStatus.running
+            )
         )
     ]
     holder: dict[tuple[str, int], int | None] = {}
     jobs_of: dict[str, list[int]] = {}
-    for job_id, worker, devices in running:
-        if job_id is not None:
+    for job_id, worker, devices, pool, placement, ref in running:
+        if job_id is not None and ref and ref.startswith("slurm:"):  # on the Slurm nodes of its placement
+            for node in (placement or "").split(","):
+                jobs_of.setdefault(f"slurm:{pool}:{node}", []).append(job_id)
+        elif job_id is not None:
             jobs_of.setdefault(worker or "", []).append(job_id)
         for device in (devices or "").split(","):
             if device:
@@ -49,6 +54,7 @@ def list_workers(session: SessionDep, settings: SettingsDep, principal: Principa
                 started_at=w.started_at,
                 heartbeat_at=w.heartbeat_at,
                 jobs=sorted(jobs_of.get(w.name, [])),
+                partition=w.partition,
                 devices=[
                     DeviceOut(
                         **d,

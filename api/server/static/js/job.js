@@ -134,6 +134,9 @@ export function mountJob(view, id) {
     const rows = [
       ["Attempt", attemptText(job)],
       ["Worker", job.worker],
+      // The attempt's nodes (a multi-node or Slurm job) and the Slurm job that runs it.
+      ["Nodes", job.nodes?.length > 1 || job.executor_ref ? job.nodes.join(", ") : ""],
+      ["Slurm job", job.executor_ref?.startsWith("slurm:") ? job.executor_ref.slice(6) : ""],
       ["Waiting", job.wait_reason],
       ["Place in queue", job.queue_position], // 1: runs next in its pool
       ["Resumed from step", job.resumed_from_step],

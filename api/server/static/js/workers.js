@@ -24,7 +24,8 @@ export function mountWorkers(view) {
     const { items } = await api("/workers");
     tbody.replaceChildren(...items.map((w) => h("tr", { "data-worker": w.name },
       h("td", { "data-label": "Worker" }, w.name),
-      h("td", { "data-label": "Pool" }, w.pool),
+      // A Slurm node of the pool's partition (`vitq slurm`) shows it: "hpc (Slurm partition batch)".
+      h("td", { "data-label": "Pool" }, w.partition ? `${w.pool} (Slurm partition ${w.partition})` : w.pool),
       h("td", { "data-label": "Address" }, w.address),
       h("td", { class: "num", "data-label": "CPUs" }, String(w.cpus)),
       h("td", { "data-label": "Jobs" }, ...w.jobs.flatMap((id, i) => [i ? ", " : "", h("a", { href: `#/jobs/${id}` }, `#${id}`)])),

@@ -1,0 +1,218 @@
+"""The Slurm executor against a real Slurm (tests/worker/slurm/cluster.py: munged, slurmctld and two slurmd on
+this host), a real API on PostgreSQL and Redis, and real `vitq slurm` dispatchers: jobs become Slurm jobs,
+Slurm's events (scancel, preemption, wall-time limits) do to them what docs/slurm.md says, and nothing holds
+an allocation while the queue is empty."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api.core.db import scratch_database
+from api.core.settings import Settings
+from tests.e2e.stack import Stack, running_stack, tiny_spec
+from tests.worker.slurm.cluster import Cluster, installed, running_cluster
+
+pytestmark = [
+    pytest.mark.skipif(
+        not installed(),
+        reason="Slurm is not installed (slurmctld, slurmd, munged, sbatch): .ci/services installs it",
+    ),
+    pytest.mark.skipif(os.geteuid() != 0, reason="slurmd runs jobs as root only here: run the suite as root"),
+]
+POOL = "hpc"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("slurm")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def stack(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("vitq-slurm")
+    with scratch_database(pg_url, "vitq_slurm") as url:
+        settings = Settings(
+            home=home,
+            database_url=url,
+            broker_url=redis_url,
+            queue=f"vitq-slurm-{os.getpid()}",
+            lease_seconds=20,
+            heartbeat_seconds=1,
+            max_attempts=3,
+        )
+        with running_stack(settings) as running:
+            yield running
+
+
+@contextmanager
+def dispatching(stack: Stack, cluster: Cluster, pool: str, partition: str, *options: str) -> Iterator[Path]:
+    """A `vitq slurm` process for `pool`; its log's path. Stopped (SIGTERM, by its pid) on the way out."""
+    log_path = stack.settings.home / f"dispatcher-{pool}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "api.cli.main",
+                "slurm",
+                "--pool",
+                pool,
+                "--partition",
+                partition,
+                "--poll-seconds",
+                "0.5",
+                *options,
+            ],
+            env={**stack.env(), **cluster.env, "VITQ_LOG_LEVEL": "INFO"},
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        yield log_path
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def dispatcher(stack: Stack, cluster: Cluster) -> Iterator[Path]:
+    with dispatching(stack, cluster, POOL, "batch", "--signal-seconds", "30") as log:
+        yield log
+
+
+def spec(steps: int = 30, checkpoint_every: int = 10, **resources: Any) -> dict[str, Any]:
+    return tiny_spec(steps=steps, checkpoint_every=checkpoint_every, resources={"pool": POOL, **resources})
+
+
+def slurm_id(job: dict[str, Any]) -> str:
+    assert job["executor_ref"] and job["executor_ref"].startswith("slurm:"), job
+    return str(job["executor_ref"]).removeprefix("slurm:")
+
+
+def test_a_one_node_job_runs_as_a_slurm_job_and_nothing_holds_an_allocation_after(
+    stack: Stack, cluster: Cluster, dispatcher: Path
+) -> None:
+    job = stack.post(spec(steps=20))
+    running = stack.wait_status(job["id"], "running", timeout=60)
+    assert running["nodes"] == ["n1"] or running["nodes"] == ["n2"]
+    done = stack.wait_status(job["id"], "succeeded", timeout=90)
+    assert done["attempt"] == 1 and done["step"] == 20
+    assert stack.metric_steps(job["id"], "loss") == [5, 10, 15, 20]
+    assert (stack.settings.run_dir(job["id"]) / f"slurm-{slurm_id(done)}.out").exists()
+    # The queue is empty: no Slurm job of ours is pending or running, and nothing else holds an allocation.
+    deadline = time.monotonic() + 20
+    while cluster.run("squeue", "-h", "-o", "%i %T").strip() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert cluster.run("squeue", "-h", "-o", "%i %T").strip() == ""
+
+
+def losses(stack: Stack, job_id: int) -> list[float]:
+    response = stack.client.get(f"/jobs/{job_id}/metrics", params={"names": "loss", "max_points": 100_000})
+    return list(response.raise_for_status().json()["series"]["loss"]["values"])
+
+
+def test_two_nodes_of_one_process_train_as_one_node_of_two(stack: Stack, dispatcher: Path) -> None:
+    two_nodes = stack.post(spec(steps=10, nodes=2, procs_per_node=1))
+    one_node = stack.post(spec(steps=10, nodes=1, procs_per_node=2))
+    running = stack.wait_for(two_nodes["id"], lambda j: j["status"] != "queued", timeout=60, what="running")
+    assert running["nodes"] in (["n1", "n2"], ["n2", "n1"], []), running  # [] if it already finished
+    done = stack.wait_status(two_nodes["id"], "succeeded", timeout=120)
+    assert sorted(done["nodes"]) == ["n1", "n2"]
+    stack.wait_status(one_node["id"], "succeeded", timeout=120)
+    assert losses(stack, two_nodes["id"]) == pytest.approx(losses(stack, one_node["id"]), abs=1e-4)
+
+
+def test_a_job_no_node_of_the_partition_could_run_is_refused(stack: Stack, dispatcher: Path) -> None:
+    deadline = time.monotonic() + 30  # the dispatcher publishes the partition's nodes on its first pass
+    while not any(w["partition"] == "batch" for w in stack.client.get("/workers").json()["items"]):
+        assert time.monotonic() < deadline, "the dispatcher never published partition batch's nodes"
+        time.sleep(0.2)
+    nodes = {w["host"] for w in stack.client.get("/workers").json()["items"] if w["pool"] == POOL}
+    assert nodes == {"n1", "n2"}
+    response = stack.client.post("/jobs", json=spec(nodes=4))
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "resources", "nodes"]
+
+
+def test_vitq_cancel_scancels_and_the_job_ends_cancelled_with_its_checkpoints(
+    stack: Stack, cluster: Cluster, dispatcher: Path
+) -> None:
+    job = stack.post(spec(steps=100_000, checkpoint_every=100_000))
+    running = stack.wait_for(job["id"], lambda j: j["step"] >= 10, timeout=60, what="training")
+    stack.client.post(f"/jobs/{job['id']}/cancel").raise_for_status()
+    done = stack.wait_status(job["id"], "cancelled", timeout=60)
+    assert done["attempt"] == 1 and done["error"] is None
+    assert [c["step"] for c in stack.checkpoints(job["id"])] == [
+        done["step"]
+    ]  # the one it saved on the way out
+    sid = slurm_id(running)
+    deadline = time.monotonic() + 30
+    while (
+        cluster.run("squeue", "-h", "-j", sid, "-o", "%T", check=False).strip()
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.5)
+    assert cluster.run("squeue", "-h", "-j", sid, "-o", "%T", check=False).strip() == ""
+
+
+def test_an_scancel_from_outside_costs_an_attempt_and_the_job_resumes_from_its_checkpoint(
+    stack: Stack, cluster: Cluster, dispatcher: Path
+) -> None:
+    steps = 400
+    job = stack.post(spec(steps=steps, checkpoint_every=100_000))
+    running = stack.wait_for(job["id"], lambda j: j["step"] >= 20, timeout=60, what="training")
+    cluster.run("scancel", slurm_id(running))
+    done = stack.wait_status(job["id"], "succeeded", timeout=120)
+    assert done["attempt"] == 2 and done["resumed_from_step"] >= 20
+    assert slurm_id(done) != slurm_id(running)  # a new Slurm job: the cancelled one is not Slurm's to rerun
+    assert stack.metric_steps(job["id"], "loss") == list(range(5, steps + 1, 5))  # every step exactly once
+
+
+def test_a_preempted_job_resumes_from_its_checkpoint_at_no_cost(
+    stack: Stack, cluster: Cluster, dispatcher: Path
+) -> None:
+    steps = 400
+    job = stack.post(spec(steps=steps, checkpoint_every=100_000))
+    running = stack.wait_for(job["id"], lambda j: j["step"] >= 20, timeout=60, what="training")
+    # A job of a higher PriorityTier partition that needs every CPU of the cluster: Slurm preempts ours.
+    cluster.run("sbatch", "-p", "urgent", "-N2", "-c4", "-o", "/dev/null", "--wrap", "sleep 2")
+    stack.wait_for(job["id"], lambda j: j["status"] == "queued", timeout=60, what="queued")
+    done = stack.wait_status(job["id"], "succeeded", timeout=180)
+    assert done["attempt"] == 1 and done["error"] is None  # a preemption costs no attempt
+    assert done["resumed_from_step"] >= 20
+    # The trainer saved its checkpoint within the partition's GraceTime, so the preempted Slurm job ended by
+    # itself (COMPLETED, not requeued by Slurm) and the dispatcher submitted the job again.
+    assert slurm_id(done) != slurm_id(running)
+    assert stack.metric_steps(job["id"], "loss") == list(range(5, steps + 1, 5))
+
+
+def test_a_run_longer_than_the_time_limit_continues_in_a_new_slurm_job(
+    stack: Stack, cluster: Cluster
+) -> None:
+    # Partition `short`: one minute at most, SIGUSR1 45 s before it. Slurm looks at limits every 30 s, so the
+    # signal comes 15-45 s into the first Slurm job; the job is cancelled once the second one trains.
+    with dispatching(stack, cluster, "hpc-short", "short", "--time", "1", "--signal-seconds", "45"):
+        job = stack.post(tiny_spec(steps=100_000, checkpoint_every=100_000, resources={"pool": "hpc-short"}))
+        first = stack.wait_for(job["id"], lambda j: j["status"] == "running", timeout=60, what="running")
+        second = stack.wait_for(
+            job["id"],
+            lambda j: j["executor_ref"] != first["executor_ref"] and j["resumed_from_step"] is not None,
+            timeout=120,
+            what="a second Slurm job",
+        )
+        stack.client.post(f"/jobs/{job['id']}/cancel").raise_for_status()
+        done = stack.wait_status(job["id"], "cancelled", timeout=60)
+    assert second["attempt"] == 1 and second["error"] is None  # a continuation costs no attempt
+    assert second["resumed_from_step"] > 0 and done["resumed_from_step"] == second["resumed_from_step"]
+    steps = stack.metric_steps(job["id"], "loss")
+    assert steps == list(range(5, steps[-1] + 1, 5))  # every step exactly once across the two Slurm jobs

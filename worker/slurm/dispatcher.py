@@ -1,0 +1,263 @@
+"""The Slurm dispatcher of one pool: a loop on a login node that holds no allocation.
+
+Each pass: publish the partition's nodes in the worker registry (the API refuses a job no node could run from
+them), requeue jobs whose runners stopped renewing (the reaper's work, which no Celery worker of this pool
+does), reconcile every launched job with what Slurm says of its Slurm job, cancel Slurm jobs vitq no longer
+wants, and sbatch the pool's runnable jobs in queue order (at most `max_pending` waiting in Slurm at once, so
+vitq's order still decides among the rest).
+
+What Slurm says, and what it does to the job (docs/slurm.md):
+- pending: the job stays queued; its wait_reason is Slurm's reason with the Slurm job id.
+- ended (COMPLETED, TIMEOUT, CANCELLED, ...) while vitq has the job queued (its supervisor handed it back: a
+  wall-time limit, a stop): the launch is forgotten and the job is submitted again, resuming from its checkpoint.
+- ended, or back to pending (Slurm requeued it after a node failure), while vitq has the job running: the
+  supervisor died with the attempt. The job is requeued (failed with Slurm's state and reason once out of
+  attempts); a Slurm job that Slurm itself requeued is kept as the job's launch.
+- alive while vitq has finished the job, cancelled it, or moved it to another launch: scancel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import logging
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from api.core import launches, state_machine, workers
+from api.core.db import session_factory
+from api.core.models import Job, JobStatus, Worker
+from api.core.settings import Settings
+from vit.config import JobSpec
+from worker.slurm import batch, commands
+from worker.slurm.batch import PoolConfig
+
+log = logging.getLogger(__name__)
+
+PREFIX = "slurm:"
+NODES_EVERY_S = 30.0  # how often the partition's nodes are read again
+LINGER_S = 20.0  # how long a finished job's running Slurm job may take to end before it is scancelled
+CODE_ROOT = Path(__file__).resolve().parents[2]  # the checkout the batch script imports vitq from
+
+
+class Dispatcher:
+    def __init__(self, *, settings: Settings, config: PoolConfig, max_pending: int = 64) -> None:
+        self.settings = settings
+        self.config = config
+        self.max_pending = max_pending
+        self.sessions = session_factory(settings.resolved_database_url)
+        self.user = getpass.getuser()
+        self.nodes_read_at = -NODES_EVERY_S
+        self.cancelled: set[str] = set()  # Slurm jobs this dispatcher already scancelled
+        self.finished_seen: dict[str, float] = {}  # running Slurm jobs of finished vitq jobs: first seen
+        self.refused: dict[int, str] = {}  # jobs sbatch refused for a passing reason: logged once
+
+    # ------------------------------------------------------------------------------------------- one pass
+    def run_once(self) -> None:
+        with self.sessions() as session:
+            self._publish_nodes(session)
+            for job_id in state_machine.requeue_stale(
+                session=session, lease_seconds=self.settings.lease_seconds
+            ):
+                log.warning("job %s: its runner stopped renewing the lease; queued again", job_id)
+            state_machine.release_waiting_children(session=session)
+            # vitq's view first, Slurm's after: a job vitq saw running that Slurm then reports pending or ended
+            # really lost its attempt (read the other way round, a claim in between would look lost).
+            known = launches.launches(session=session, pool=self.config.pool, prefix=PREFIX)
+            try:
+                slurm_jobs = commands.jobs(self.user, batch.NAME_PREFIX)
+            except commands.SlurmError as error:
+                log.warning("squeue failed (%s); trying again next pass", error)
+                return
+            for launch in known:
+                self._reconcile(session, launch, slurm_jobs.get(launch.executor_ref.removeprefix(PREFIX)))
+            self._cancel_unwanted(session, slurm_jobs)
+            pending = sum(1 for j in slurm_jobs.values() if j.state == "PENDING")
+            self._launch(session, max(0, self.max_pending - pending))
+
+    def _reconcile(self, session: Session, launch: launches.Launch, slurm: commands.SlurmJob | None) -> None:
+        ref, slurm_id = launch.executor_ref, launch.executor_ref.removeprefix(PREFIX)
+        if launch.status == JobStatus.queued:
+            if slurm is not None and slurm.state == "CANCELLED" and slurm_id not in self.cancelled:
+                # Its supervisor handed the job back at no cost; an scancel from outside vitq costs an attempt.
+                error = f"Slurm job {slurm_id} was cancelled outside vitq (scancel)"
+                total = f"{launch.attempt + 1} of {launch.max_attempts}"
+                if not state_machine.charge_attempt(
+                    session=session,
+                    job_id=launch.job_id,
+                    attempt=launch.attempt,
+                    executor_ref=ref,
+                    error=error,
+                ):
+                    log.warning("job %s: %s (attempt %s): failed", launch.job_id, error, total)
+                    return
+                log.warning("job %s: %s (attempt %s); launching it again", launch.job_id, error, total)
+            if slurm is None or slurm.over:
+                if launches.forget_launch(session=session, job_id=launch.job_id, executor_ref=ref):
+                    state = slurm.state if slurm else "gone"
+                    log.info(
+                        "job %s: Slurm job %s ended (%s); launching it again", launch.job_id, slurm_id, state
+                    )
+                return
+            text = f"Slurm job {slurm_id} {slurm.state.lower()}: {slurm.reason}"
+            if slurm.state != "PENDING":
+                text = f"Slurm job {slurm_id} {slurm.state.lower()} on {slurm.nodes or '?'}: starting"
+            if text != launch.executor_note:
+                launches.note(session=session, job_id=launch.job_id, executor_ref=ref, text=text)
+            return
+        # Running in vitq.
+        if launch.cancel_requested and slurm is not None and not slurm.over:
+            self._scancel(slurm_id, f"job {launch.job_id} was cancelled")
+        if slurm is not None and not slurm.over and slurm.state != "PENDING":
+            return
+        how = (
+            "is gone" if slurm is None else f"ended {slurm.state}" if slurm.over else "was requeued by Slurm"
+        )
+        reason = f" ({slurm.reason})" if slurm is not None and slurm.reason not in ("None", "") else ""
+        lost = (
+            f"Slurm job {slurm_id} {how}{reason} while attempt {launch.attempt} of {launch.max_attempts} ran"
+        )
+        where = (
+            Job.id == launch.job_id,
+            Job.status == JobStatus.running,
+            Job.attempt == launch.attempt,
+            Job.executor_ref == ref,
+        )
+        queued = state_machine.requeue(
+            session=session,
+            job_id=launch.job_id,
+            attempt=launch.attempt,
+            max_attempts=launch.max_attempts,
+            where=where,
+            lost=lost,
+        )
+        session.commit()
+        log.warning("job %s: %s; %s", launch.job_id, lost, "queued again" if queued else "not requeued")
+
+    def _cancel_unwanted(self, session: Session, slurm_jobs: dict[str, commands.SlurmJob]) -> None:
+        alive = {sid: j for sid, j in slurm_jobs.items() if not j.over and sid not in self.cancelled}
+        job_ids = {sid: batch.job_of(j.name) for sid, j in alive.items()}
+        known = launches.statuses(session=session, job_ids=[j for j in job_ids.values() if j is not None])
+        for sid, job_id in job_ids.items():
+            if job_id is None or job_id not in known:
+                continue
+            status, ref = known[job_id]
+            if status.finished and self._lingers(sid, alive[sid]):
+                self._scancel(sid, f"job {job_id} is {status.value}")
+            elif ref != f"{PREFIX}{sid}":
+                self._scancel(sid, f"job {job_id} is not this Slurm job's any more")
+
+    def _lingers(self, slurm_id: str, slurm: commands.SlurmJob) -> bool:
+        """A Slurm job of a finished vitq job is cancelled at once while it pends; one that runs gets
+        LINGER_S to end by itself (its supervisors exit right after writing the final state)."""
+        if slurm.state == "PENDING":
+            return True
+        first = self.finished_seen.setdefault(slurm_id, time.monotonic())
+        return time.monotonic() - first > LINGER_S
+
+    def _launch(self, session: Session, budget: int) -> None:
+        if budget <= 0:
+            return
+        found = launches.unlaunched(
+            session=session,
+            pool=self.config.pool,
+            limit=budget,
+            running_limit=self.settings.max_running_jobs,
+        )
+        for job_id, spec, attempt in found:
+            self._submit(session, job_id, spec, attempt)
+
+    def _submit(self, session: Session, job_id: int, spec: JobSpec, attempt: int) -> None:
+        run_dir = self.settings.run_dir(job_id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        options = batch.sbatch_options(job_id, spec, self.config, run_dir)
+        try:
+            slurm_id = commands.submit(options, batch.batch_script(job_id, spec, self.config, CODE_ROOT))
+        except commands.SlurmError as error:
+            if error.permanent:
+                message = f"Slurm refused the job (sbatch {' '.join(options)}): {error}"
+                if state_machine.fail_unlaunchable(
+                    session=session, job_id=job_id, executor_ref=None, error=message
+                ):
+                    log.warning("job %s: %s", job_id, message)
+            elif self.refused.get(job_id) != str(error):
+                self.refused[job_id] = str(error)
+                log.warning("job %s: sbatch failed (%s); trying again next pass", job_id, error)
+            return
+        self.refused.pop(job_id, None)
+        ref = f"{PREFIX}{slurm_id}"
+        note = f"Slurm job {slurm_id} submitted to partition {self.config.partition}"
+        if launches.record_launch(
+            session=session, job_id=job_id, attempt=attempt, executor_ref=ref, note=note
+        ):
+            log.info("job %s: submitted as Slurm job %s", job_id, slurm_id)
+        else:  # cancelled (or launched by someone else) while sbatch ran
+            self._scancel(slurm_id, f"job {job_id} changed while it was submitted")
+
+    def _scancel(self, slurm_id: str, why: str) -> None:
+        try:
+            commands.cancel([slurm_id])
+        except commands.SlurmError as error:
+            log.warning("scancel %s failed (%s); trying again next pass", slurm_id, error)
+            return
+        self.cancelled.add(slurm_id)
+        log.info("scancel %s: %s", slurm_id, why)
+
+    # ------------------------------------------------------------------------------------------- registry
+    def _publish_nodes(self, session: Session) -> None:
+        """The partition's nodes as worker rows of the pool (re-read every NODES_EVERY_S, renewed each pass)."""
+        pool, partition = self.config.pool, self.config.partition
+        if time.monotonic() - self.nodes_read_at < NODES_EVERY_S:
+            session.execute(
+                update(Worker)
+                .where(Worker.pool == pool, Worker.partition == partition)
+                .values(heartbeat_at=state_machine.now())
+            )
+            session.commit()
+            return
+        try:
+            found = commands.nodes(partition)
+        except commands.SlurmError as error:
+            log.warning("could not read partition %s's nodes (%s)", partition, error)
+            return
+        self.nodes_read_at = time.monotonic()
+        # `device: auto` jobs ask for GPUs where the partition has them, as they would use a GPU worker's.
+        self.config = dataclasses.replace(self.config, gpus=any(node.gpus for node in found))
+        for node in found:
+            workers.announce(
+                session=session,
+                name=node_worker_name(pool, node.name),
+                host=node.name,
+                pid=0,
+                address=node.address,
+                pool=pool,
+                cpus=node.cpus,
+                devices=[{"index": i, "name": "gpu", "memory_mb": 0} for i in range(node.gpus)],
+                concurrency=1,
+                partition=partition,
+            )
+
+    def retire(self) -> None:
+        with self.sessions() as session:
+            session.execute(
+                update(Worker)
+                .where(Worker.pool == self.config.pool, Worker.partition == self.config.partition)
+                .values(stopped_at=state_machine.now())
+            )
+            session.commit()
+
+    def run_forever(self, stop: threading.Event, interval: float) -> None:
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("dispatcher: pass failed; trying again in %.0f s", interval)
+            stop.wait(interval)
+
+
+def node_worker_name(pool: str, node: str) -> str:
+    return f"slurm:{pool}:{node}"
