@@ -1,7 +1,7 @@
 """Executors: what launched a job's attempt (a Slurm job id), the executor's word on a pending launch, the nodes
 of the attempt; and the Slurm partition of a worker-registry row that stands for a Slurm node.
 
-Revision ID: 0007_slurm
+Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-14
 """
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007_slurm"
+revision: str = "0008"
 down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
