@@ -31,23 +31,7 @@ from enum import IntEnum
 import torch
 
 from vit.model import ViTConfig
-
-# Dense (no sparsity) bf16 tensor-core rates from NVIDIA's datasheets, TFLOP/s. Matched as substrings of
-# torch.cuda.get_device_name in this order (the more specific name first: "H100 PCIe" before "H100").
-DATASHEET_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H200 NVL", 835.0),
-    ("H100", 989.0),  # SXM
-    ("H200", 989.0),  # SXM; also GH200
-    ("H800", 989.0),
-    ("B200", 2250.0),
-    ("A100", 312.0),
-    ("A800", 312.0),
-    ("L40S", 362.0),
-    ("L4", 121.0),
-    ("A10", 125.0),
-)
+from vit.peak_rates import PEAK_FLOPS_ENV, PEAK_SOURCE_ENV, datasheet_bf16_tflops
 
 
 def forward_flops(cfg: ViTConfig) -> int:
@@ -63,9 +47,6 @@ def training_flops_per_image(cfg: ViTConfig) -> int:
     return 3 * forward_flops(cfg)
 
 
-# The worker's calibration, handed to its trainers (worker/peak.py sets them; the trainer reads them).
-PEAK_FLOPS_ENV = "VITQ_PEAK_FLOPS"
-PEAK_SOURCE_ENV = "VITQ_PEAK_SOURCE"
 TIMINGS = 12  # matmuls timed one by one; the fastest gives the rate
 
 
@@ -91,10 +72,6 @@ class Peak:
             return self
         source = f"{self.source}; raised to the rate training reached"
         return replace(self, flops_per_s=achieved_flops_per_s, source=source, kind=PeakKind.TRAINING_REACHED)
-
-
-def datasheet_bf16_tflops(device_name: str) -> float | None:
-    return next((tflops for key, tflops in DATASHEET_BF16_TFLOPS if key in device_name), None)
 
 
 _measured: dict[tuple[str, torch.dtype], float] = {}

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from vit.flops import PEAK_FLOPS_ENV, PEAK_SOURCE_ENV, datasheet_bf16_tflops
+from vit.peak_rates import PEAK_FLOPS_ENV, PEAK_SOURCE_ENV, datasheet_bf16_tflops
 
 log = logging.getLogger(__name__)
 CALIBRATION_TIMEOUT_S = 300

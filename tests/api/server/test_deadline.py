@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import pytest
 from starlette.types import Message, Receive, Scope, Send
@@ -12,6 +15,7 @@ from starlette.types import Message, Receive, Scope, Send
 from api.server.unavailable import RETRY_AFTER_S, ResponseDeadline
 
 DEADLINE_S = 0.2
+T = TypeVar("T")
 SCOPE: Scope = {"type": "http", "method": "GET", "path": "/slow", "headers": []}
 
 
@@ -30,6 +34,13 @@ async def call(app: ResponseDeadline) -> list[Message]:
     return sent
 
 
+def run_alone(coroutine: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run in a thread of its own: an earlier test in this process (Playwright's sync API, under
+    pytest-xdist) may have left an event loop running in the main thread."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def test_a_response_not_started_in_time_is_a_503_and_the_late_one_is_dropped() -> None:
     finished = asyncio.Event()
 
@@ -44,7 +55,7 @@ def test_a_response_not_started_in_time_is_a_503_and_the_late_one_is_dropped() -
         await asyncio.wait_for(finished.wait(), timeout=5)  # the late handler ran to its end...
         return sent
 
-    start, body = asyncio.run(scenario())  # ...and nothing it sent went out
+    start, body = run_alone(scenario())  # ...and nothing it sent went out
     assert start["status"] == 503
     assert (b"retry-after", str(RETRY_AFTER_S).encode()) in start["headers"]
     assert (b"content-type", b"application/json") in start["headers"]
@@ -61,7 +72,7 @@ def test_a_response_started_in_time_streams_past_the_deadline() -> None:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
-    sent = asyncio.run(call(ResponseDeadline(streaming, seconds=DEADLINE_S)))
+    sent = run_alone(call(ResponseDeadline(streaming, seconds=DEADLINE_S)))
     assert sent[0]["status"] == 200
     assert b"".join(message.get("body", b"") for message in sent[1:]) == b"abc"
 
@@ -71,4 +82,4 @@ def test_an_error_before_the_deadline_propagates() -> None:
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        asyncio.run(call(ResponseDeadline(failing, seconds=DEADLINE_S)))
+        run_alone(call(ResponseDeadline(failing, seconds=DEADLINE_S)))
