@@ -125,6 +125,13 @@ class JobQueue:
             }
         )
 
+    def purge(self, pool: str) -> int:
+        """Drop the wake-ups waiting on `pool`'s queue (a pool served by an executor that reads the database, not
+        the broker, such as Slurm's dispatcher); how many there were."""
+        queue = pool_queue(self.queue, pool)
+        with Connection(self.broker_url, transport_options=_transport_options(self.broker_url)) as connection:
+            return int(connection.default_channel.queue_purge(queue) or 0)
+
     def check(self) -> None:
         """Raise when the broker cannot be reached within a couple of seconds."""
         with Connection(

@@ -29,6 +29,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from api.core import launches, state_machine, workers
+from api.core.broker import JobQueue
 from api.core.db import session_factory
 from api.core.models import Job, JobStatus, Worker
 from api.core.settings import Settings
@@ -55,9 +56,14 @@ class Dispatcher:
         self.cancelled: set[str] = set()  # Slurm jobs this dispatcher already scancelled
         self.finished_seen: dict[str, float] = {}  # running Slurm jobs of finished vitq jobs: first seen
         self.refused: dict[int, str] = {}  # jobs sbatch refused for a passing reason: logged once
+        self.broker = JobQueue(settings)  # the API wakes every pool's workers; here nobody listens: drop them
 
     # ------------------------------------------------------------------------------------------- one pass
     def run_once(self) -> None:
+        try:
+            self.broker.purge(self.config.pool)
+        except Exception as error:  # the broker away: the wake-ups wait for the next pass
+            log.warning("could not drop the pool's broker messages (%s)", error)
         with self.sessions() as session:
             self._publish_nodes(session)
             for job_id in state_machine.requeue_stale(
