@@ -47,10 +47,11 @@ class JobStatus(enum.StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    pruned = "pruned"  # stopped early by its sweep's pruner (api/core/search.py); it kept its checkpoints
 
     @property
     def finished(self) -> bool:
-        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.pruned)
 
 
 class Job(Base):
@@ -65,6 +66,8 @@ class Job(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # resolved: every default filled in
     parent_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), default=None)
     sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id"), default=None, index=True)
+    # A searching sweep's child: the number of the Optuna trial it runs (unique per sweep: asked once).
+    trial: Mapped[int | None] = mapped_column(Integer, default=None)
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # 0 until first claimed
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     worker: Mapped[str | None] = mapped_column(String(255), default=None)
@@ -109,6 +112,7 @@ class Job(Base):
         Index("ix_jobs_owner_created", "owner", "created_at"),
         # Decides between concurrent submits with one key: the second INSERT fails, and reads the first job.
         Index("ux_jobs_owner_idempotency_key", "owner", "idempotency_key", unique=True),
+        Index("ux_jobs_sweep_trial", "sweep_id", "trial", unique=True),
     )
 
 
@@ -215,3 +219,10 @@ class Sweep(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # as validated: base, and grid or random
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     owner: Mapped[str] = mapped_column(String(64), server_default=LOCAL_OWNER)  # owns every child, too
+    # A searching sweep (api/core/search.py): its Optuna sampler (None: every child was made at submit), when a
+    # person cancelled it, when it stopped asking for good, and who holds the right to ask until when.
+    method: Mapped[str | None] = mapped_column(String(16), default=None)
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    asker: Mapped[str | None] = mapped_column(String(64), default=None)
+    asking_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
