@@ -144,15 +144,17 @@ def point_of(spec: SweepSpec, params: dict[str, Any]) -> Point:
 
 
 def sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
-    """The method's sampler. Each ask builds it anew in whatever process asks, so its seed is the sweep's seed
-    plus the number of trials so far: a fixed seed would draw the same first point every time."""
+    """The method's sampler. Each ask builds it anew in whatever process asks, so a drawing sampler's seed is
+    the sweep's seed plus the number of trials so far: a fixed seed would draw the same first point every time."""
     if spec.method == "tpe":
         # constant_liar: trials still running count as poor, so parallel asks spread out instead of piling up.
         return optuna.samplers.TPESampler(seed=seed, constant_liar=spec.slots > 1)
-    if spec.method == "grid":
+    if (
+        spec.method == "grid"
+    ):  # its seed shuffles the grid, and trial N takes point N: the same seed every time
         assert spec.space is not None
         grid = {path: list(distribution(values).choices) for path, values in spec.space.items()}  # type: ignore[attr-defined]
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        return optuna.samplers.GridSampler(grid, seed=spec.seed)
     if (
         spec.method == "qmc"
     ):  # a low-discrepancy sequence: its place comes from the study, its seed stays fixed
@@ -246,7 +248,7 @@ def _top_up(
     for trial in trials:  # asked for, but its asker died before the job was stored: it gets its job now
         if trial.state == TrialState.RUNNING and trial.number not in children:
             if cancelled:
-                study.tell(trial.number, state=TrialState.FAIL)
+                tell(study, trial.number, TrialState.FAIL)
                 continue
             made += _make_child(
                 sessions, study, trial.number, trial.params, spec, sweep_id, owner, max_attempts
@@ -289,7 +291,7 @@ def _make_child(
         job_spec = check_spec(child_spec(spec, point))
     except (InvalidInputError, SweepSpecError) as error:
         log.warning("sweep %s: trial %s (%s) refused: %s", sweep_id, number, point, error)
-        study.tell(number, state=TrialState.FAIL)
+        tell(study, number, TrialState.FAIL)
         return []
     with sessions() as session:
         parent_id = job_spec.init.from_job if job_spec.init is not None else None
@@ -326,8 +328,15 @@ def _tell(
             session.rollback()
         if value is None or not math.isfinite(value):
             state = TrialState.FAIL  # it never logged the metric: nothing to learn from
-    # skip_if_finished: a stalled former lease holder may have told it meanwhile.
-    study.tell(number, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+    tell(study, number, state, value if state == TrialState.COMPLETE else None)
+
+
+def tell(study: optuna.Study, number: int, state: TrialState, value: float | None = None) -> None:
+    """Record how a trial ended. Through a plain sampler: GridSampler's after_trial stops the study when the
+    grid is done, which Optuna allows only inside study.optimize. skip_if_finished: a stalled former lease
+    holder may have told it meanwhile."""
+    study.sampler = optuna.samplers.RandomSampler()
+    study.tell(number, value, state=state, skip_if_finished=True)
 
 
 def last_value(*, session: Session, sweep_id: int, trial: int, metric: str) -> float | None:
@@ -404,13 +413,16 @@ class Pruning:
                 return True
             trial = optuna.trial.Trial(study, trial_id)
             reported = set(frozen.intermediate_values)
-            for step, value in values:
-                if step not in reported:  # a resumed attempt reads its history again
-                    trial.report(value, step)
-            if not trial.should_prune():
-                return False
-            store.set_trial_system_attr(trial_id, PRUNED_AT, max(step for step, _ in values))
-            return True
+            # One verdict per evaluation, in step order: ASHA judges each rung by the value at the trial's last
+            # step, so a batch of evaluations read at once must not be judged by its last one alone.
+            for step, value in sorted(values):
+                if step in reported:  # a resumed attempt reads its history again
+                    continue
+                trial.report(value, step)
+                if trial.should_prune():
+                    store.set_trial_system_attr(trial_id, PRUNED_AT, step)
+                    return True
+            return False
         except (SQLAlchemyError, optuna.exceptions.OptunaError, KeyError) as error:
             log.warning(
                 "sweep %s trial %s: could not report to the pruner (%s)", self.sweep_id, self.trial, error
