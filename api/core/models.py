@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -68,6 +69,9 @@ class Job(Base):
     sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id"), default=None, index=True)
     # A searching sweep's child: the number of the Optuna trial it runs (unique per sweep: asked once).
     trial: Mapped[int | None] = mapped_column(Integer, default=None)
+    # False until its end was handed to the webhooks (api/core/notify.py): the final state's own row is the
+    # outbox entry, so the notification is committed with the state itself.
+    notified: Mapped[bool] = mapped_column(default=False, server_default=false())
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # 0 until first claimed
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     worker: Mapped[str | None] = mapped_column(String(255), default=None)
@@ -113,6 +117,7 @@ class Job(Base):
         # Decides between concurrent submits with one key: the second INSERT fails, and reads the first job.
         Index("ux_jobs_owner_idempotency_key", "owner", "idempotency_key", unique=True),
         Index("ux_jobs_sweep_trial", "sweep_id", "trial", unique=True),
+        Index("ix_jobs_notified_status", "notified", "status"),
     )
 
 
@@ -226,3 +231,44 @@ class Sweep(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     asker: Mapped[str | None] = mapped_column(String(64), default=None)
     asking_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    notified: Mapped[bool] = mapped_column(default=False, server_default=false())  # as jobs.notified
+
+
+class Webhook(Base):
+    """Where to tell an owner that a job or sweep ended (api/core/notify.py): one job's end, one sweep's, or
+    (neither set) the end of every job of the owner."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), default=None)
+    sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_webhooks_owner", "owner"),)
+
+
+class WebhookDelivery(Base):
+    """One message to one webhook, retried with backoff until delivered or out of attempts; its last outcome."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))  # job.ended, sweep.ended
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # Slack-compatible: {"text": ..., ...}
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, delivered, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    last_code: Mapped[int | None] = mapped_column(Integer, default=None)  # the receiver's HTTP status
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_at"),
+        Index("ix_webhook_deliveries_webhook", "webhook_id", "id"),
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
 def _as_utc(value: datetime | None) -> datetime | None:
@@ -134,6 +134,37 @@ class SweepImportance(BaseModel):
     jobs: int = Field(description="Children with a value of the metric, the ones it was measured on.")
     method: str = Field(description="How it was measured.")
     items: list[ParamImportance] = Field(description="Most important first; empty below 3 children.")
+
+
+class WebhookIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        min_length=1, max_length=2048, description="An http(s) URL (a Slack incoming webhook...)."
+    )
+    job_id: int | None = Field(None, ge=1, le=2**31 - 1, description="Only this job's end.")
+    sweep_id: int | None = Field(None, ge=1, le=2**31 - 1, description="Only this sweep's end.")
+
+
+class WebhookOut(BaseModel):
+    id: int
+    url: str
+    job_id: int | None
+    sweep_id: int | None
+    owner: str
+    created_at: UtcDatetime
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    event: str
+    status: str = Field(description="pending, delivered or failed")
+    attempts: int
+    last_code: int | None
+    last_error: str | None
+    created_at: UtcDatetime
+    delivered_at: UtcDatetime | None
+    payload: dict[str, Any]
 
 
 class SweepList(BaseModel):

@@ -371,8 +371,11 @@ def open_searches(*, session: Session) -> list[int]:
 class Pruning:
     """A running child's reports to its sweep's pruner: each evaluation of the metric, then whether to stop."""
 
-    def __init__(self, *, url: str, sweep_id: int, trial: int, spec: SweepSpec, stop: EarlyStop) -> None:
+    def __init__(
+        self, *, url: str, sweep_id: int, trial: int, spec: SweepSpec, stop: EarlyStop, last_step: int
+    ) -> None:
         self.url, self.sweep_id, self.trial, self.spec = url, sweep_id, trial, spec
+        self.last_step = last_step  # the child's train.steps: a verdict there would stop nothing
         self.metric = spec.objective.name
         self.stop = stop
         self._study: optuna.Study | None = None
@@ -381,18 +384,20 @@ class Pruning:
     def of(cls, *, session: Session, url: str, job_id: int) -> Pruning | None:
         """The pruning of a job whose sweep stops poor children early; None for any other job."""
         row = session.execute(
-            select(Job.trial, Sweep.id, Sweep.spec)
+            select(Job.trial, Sweep.id, Sweep.spec, Job.total_steps)
             .join(Sweep, Sweep.id == Job.sweep_id)
             .where(Job.id == job_id, Job.trial.is_not(None), Sweep.method.is_not(None))
         ).one_or_none()
         session.rollback()
         if row is None:
             return None
-        trial, sweep_id, raw = row
+        trial, sweep_id, raw, last_step = row
         spec = SweepSpec.model_validate(raw)
         if spec.early_stop is None:
             return None
-        return cls(url=url, sweep_id=sweep_id, trial=trial, spec=spec, stop=spec.early_stop)
+        return cls(
+            url=url, sweep_id=sweep_id, trial=trial, spec=spec, stop=spec.early_stop, last_step=last_step
+        )
 
     def report(self, points: Iterable[tuple[str, int, float]]) -> bool:
         """Report the metric's values among `points` (name, step, value); True when the pruner says stop.
@@ -419,7 +424,8 @@ class Pruning:
                 if step in reported:  # a resumed attempt reads its history again
                     continue
                 trial.report(value, step)
-                if trial.should_prune():
+                # At its last step a child has ended: it ran to the end (ASHA would still judge its top rung).
+                if step < self.last_step and trial.should_prune():
                     store.set_trial_system_attr(trial_id, PRUNED_AT, step)
                     return True
             return False

@@ -1,5 +1,5 @@
 """Searching sweeps (issue 22): Optuna's study tables, a `pruned` job state, each child's trial number, and a
-sweep's method and asking lease.
+sweep's method and asking lease; webhooks, their deliveries, and which ended jobs and sweeps were handed to them.
 
 Optuna's tables are created here, not by Optuna's RDBStorage: RDBStorage keeps its own schema revision in the
 table `alembic_version`, the very table vitq's revisions live in. Left to itself on a fresh database it stamps
@@ -142,25 +142,65 @@ def upgrade() -> None:
         sa.UniqueConstraint("trial_id", "objective"),
     )
 
-    # vitq's side. jobs.status needs no change for `pruned`: it is a VARCHAR(16) without a CHECK.
-    with op.batch_alter_table("sweeps") as sweeps:
-        sweeps.add_column(sa.Column("method", sa.String(length=16), nullable=True))
-        sweeps.add_column(sa.Column("cancelled_at", sa.DateTime(timezone=True), nullable=True))
-        sweeps.add_column(sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True))
-        sweeps.add_column(sa.Column("asker", sa.String(length=64), nullable=True))
-        sweeps.add_column(sa.Column("asking_until", sa.DateTime(timezone=True), nullable=True))
-    with op.batch_alter_table("jobs") as jobs:
-        jobs.add_column(sa.Column("trial", sa.Integer(), nullable=True))
-        jobs.create_index("ux_jobs_sweep_trial", ["sweep_id", "trial"], unique=True)
+    # vitq's side. jobs.status needs no change for `pruned`: it is a VARCHAR(16) without a CHECK. Plain ALTERs,
+    # not batch mode: SQLite adds columns in place, and a batch copy of `jobs` would lose ix_jobs_queue's DESC.
+    for column in (
+        sa.Column("method", sa.String(length=16), nullable=True),
+        sa.Column("cancelled_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("asker", sa.String(length=64), nullable=True),
+        sa.Column("asking_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("notified", sa.Boolean(), server_default=sa.false(), nullable=False),
+    ):
+        op.add_column("sweeps", column)
+    op.add_column("jobs", sa.Column("trial", sa.Integer(), nullable=True))
+    op.create_index("ux_jobs_sweep_trial", "jobs", ["sweep_id", "trial"], unique=True)
+    op.add_column("jobs", sa.Column("notified", sa.Boolean(), server_default=sa.false(), nullable=False))
+    op.create_index("ix_jobs_notified_status", "jobs", ["notified", "status"])
+    # What ended before webhooks existed is not news.
+    op.execute("UPDATE jobs SET notified = true WHERE status IN ('succeeded', 'failed', 'cancelled')")
+    op.execute("UPDATE sweeps SET notified = true")
+    op.create_table(
+        "webhooks",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("owner", sa.String(length=64), nullable=False),
+        sa.Column("url", sa.Text(), nullable=False),
+        sa.Column("job_id", sa.Integer(), sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=True),
+        sa.Column("sweep_id", sa.Integer(), sa.ForeignKey("sweeps.id", ondelete="CASCADE"), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_index("ix_webhooks_owner", "webhooks", ["owner"])
+    op.create_table(
+        "webhook_deliveries",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column(
+            "webhook_id", sa.Integer(), sa.ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False
+        ),
+        sa.Column("event", sa.String(length=32), nullable=False),
+        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_code", sa.Integer(), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+    )
+    op.create_index("ix_webhook_deliveries_due", "webhook_deliveries", ["status", "next_at"])
+    op.create_index("ix_webhook_deliveries_webhook", "webhook_deliveries", ["webhook_id", "id"])
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("jobs") as jobs:
-        jobs.drop_index("ux_jobs_sweep_trial")
-        jobs.drop_column("trial")
-    with op.batch_alter_table("sweeps") as sweeps:
-        for column in ("asking_until", "asker", "ended_at", "cancelled_at", "method"):
-            sweeps.drop_column(column)
+    op.drop_table("webhook_deliveries")
+    op.drop_table("webhooks")
+    # SQLite (3.35 and later) drops a column in place once no index names it.
+    op.drop_index("ix_jobs_notified_status", "jobs")
+    op.drop_index("ux_jobs_sweep_trial", "jobs")
+    for column in ("notified", "trial"):
+        op.drop_column("jobs", column)
+    for column in ("notified", "asking_until", "asker", "ended_at", "cancelled_at", "method"):
+        op.drop_column("sweeps", column)
     for table in (
         "trial_values",
         "trial_user_attributes",

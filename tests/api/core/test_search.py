@@ -191,6 +191,12 @@ def test_asha_stops_a_child_that_falls_behind_at_a_rung(engine: Engine) -> None:
     assert pruning(poor).report([("val_top1", 10, 0.2)])  # below the better half of {0.6, 0.2}
     assert not pruning(late_good).report([("val_top1", 10, 0.9)])
     assert not pruning(good).report([("loss", 20, 1.0)])  # no evaluation, no verdict
+    # At its last step a child has ended, whatever the pruner would say: it ran to the end. (Below `good` at
+    # rung 1, step 20, it would be stopped there, were 20 not its last step.)
+    assert not pruning(good).report([("val_top1", 20, 0.9)])
+    ending = pruning(late_good)
+    ending.last_step = 20
+    assert not ending.report([("val_top1", 20, 0.0)])
     # A resumed attempt reports its history again: the same steps, no error, the same verdict.
     assert pruning(poor).report([("val_top1", 10, 0.2)])
     study = search.open_study(url=url, sweep_id=sweep_id, spec=spec)
