@@ -75,6 +75,8 @@ Distribution = list[Any] | Uniform | LogUniform | IntUniform
 METHODS = ("tpe", "random", "grid", "qmc")
 METRIC_NAME = r"^[A-Za-z_][\w.\-]{0,63}$"
 DEFAULT_MAX_JOBS = 20
+# What vit.train logs (docs/contracts.md, metrics.jsonl), few_shot_N aside: a search's metric is one of these.
+LOGGED_METRICS = ("val_top1", "val_loss", "loss", "lr", "grad_norm")
 DEFAULT_PARALLEL = 4
 
 
@@ -216,6 +218,13 @@ def _check_search(sweep: SweepSpec) -> None:
         raise SweepSpecError(
             ("space",), f"the sweep makes {sweep.budget} jobs; at most {MAX_SWEEP_JOBS} are allowed"
         )
+    metric = sweep.objective.name
+    evals = sweep.base.get("eval")
+    shots = evals.get("few_shot") if isinstance(evals, dict) else None
+    logged = (*LOGGED_METRICS, *(f"few_shot_{n}" for n in shots or () if isinstance(n, int)))
+    if metric not in logged:
+        where = ("metric", "name") if sweep.metric is not None else ("early_stop", "metric")
+        raise SweepSpecError(where, f"{metric!r} is not a metric the trainer logs here ({', '.join(logged)})")
     stop = sweep.early_stop
     if stop is None:
         return

@@ -306,6 +306,7 @@ def test_a_search_stores_the_sweep_and_asks_for_parallel_children(api: Api) -> N
         ({"space": {"optim.lrr": [1e-3]}}, ["body", "space", "optim.lrr"], "unknown spec field"),
         ({"space": None}, ["body"], "needs a space"),
         ({"method": "bayes"}, ["body", "method"], "'tpe', 'random', 'grid' or 'qmc'"),
+        ({"metric": {"name": "val_top"}}, ["body", "metric", "name"], "not a metric the trainer logs here"),
         ({"parallel": 0}, ["body", "parallel"], "greater than or equal to 1"),
         ({"max_jobs": MAX_SWEEP_JOBS + 1}, ["body", "max_jobs"], "less than or equal"),
         (
