@@ -162,7 +162,13 @@ def cmd_sweep(args: argparse.Namespace, client: VitqClient) -> int:
         if exc.status_code == 422:
             raise UsageError(f"{args.spec}: {exc}") from exc
         raise
-    print(f"submitted sweep {sweep['id']} ({sweep['name']}): {sweep['job_count']} jobs")
+    if sweep.get("searching"):
+        print(
+            f"submitted search {sweep['id']} ({sweep['name']}, {sweep['mode']}): up to {sweep['max_jobs']} jobs, "
+            f"{sweep['parallel']} at once, {sweep['goal']} {sweep['metric']}; the first {sweep['job_count']}:"
+        )
+    else:
+        print(f"submitted sweep {sweep['id']} ({sweep['name']}): {sweep['job_count']} jobs")
     rows = [
         [str(child["job"]["id"]), child["job"]["name"], *(_cell(child["params"][f]) for f in sweep["fields"])]
         for child in sweep["jobs"]
@@ -381,9 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.set_defaults(call=cmd_submit)
     sweep = commands.add_parser(
-        "sweep", help="submit a sweep: a base spec and a grid or random space over its fields"
+        "sweep",
+        help="submit a sweep: a base spec and a grid, random or searched (method: tpe) space over its fields",
     )
-    sweep.add_argument("spec", help="YAML/JSON: name, base, and grid or random (examples/*-sweep.yaml)")
+    sweep.add_argument(
+        "spec",
+        help="YAML/JSON: name, base, and grid, random or method + space (examples/*-sweep.yaml, *-search.yaml)",
+    )
     sweep.set_defaults(call=cmd_sweep)
     ls = commands.add_parser("ls", help="list jobs, newest first")
     ls.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled", "pruned"])

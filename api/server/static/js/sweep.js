@@ -42,7 +42,7 @@ export function mountSweepList(view) {
   const empty = h("p", { class: "empty", hidden: true }, "No sweeps yet: POST /sweeps or `vitq sweep SPEC.yaml`.");
   view.append(h("div", { class: "toolbar" }, h("h1", {}, "Sweeps")),
     h("div", { class: "table-scroll" }, h("table", { class: "jobs sweeps" },
-      h("thead", {}, h("tr", {}, ["#", "Name", "Fields", "Jobs", "Status", "Best val top-1", "Created"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["#", "Name", "Kind", "Fields", "Jobs", "Status", "Best val top-1", "Created"].map((t) => h("th", {}, t)))),
       tbody)),
     empty);
 
@@ -51,6 +51,7 @@ export function mountSweepList(view) {
     tbody.replaceChildren(...items.map((s) => h("tr", { "data-sweep-id": s.id },
       h("td", { class: "num muted", "data-label": "#" }, String(s.id)),
       h("td", { "data-label": "Name", "data-col": "name" }, h("a", { href: `#/sweeps/${s.id}` }, s.name)),
+      h("td", { "data-label": "Kind" }, s.searching ? `${s.mode} search` : s.mode),
       h("td", { "data-label": "Fields" }, s.fields.join(", ")),
       h("td", { class: "num", "data-label": "Jobs" }, String(s.job_count)),
       h("td", { "data-label": "Status" }, Object.entries(s.status_counts).map(([status, n]) => `${n} ${status}`).join(", ")),
