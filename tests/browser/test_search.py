@@ -16,7 +16,7 @@ from playwright.sync_api import Page, expect
 
 from api.client import VitqClient
 from tests.api.cli.service import Service, tiny_spec, wait_for
-from tests.browser.conftest import ARTIFACTS
+from tests.browser.conftest import ARTIFACTS, horizontal_overflow
 
 pytestmark = pytest.mark.browser
 EVAL_EVERY = 200
@@ -100,6 +100,14 @@ def test_the_sweep_page_shows_parallel_coordinates_the_pruned_apart_and_importan
     expect(page.locator("table.ranking tbody tr")).to_have_count(1)
     # One child ran to the end: too few to say which field mattered, and the panel says so.
     expect(page.locator(".importance")).to_contain_text("Needs 3 jobs that ran to the end with lr (1 so far)")
+    assert horizontal_overflow(page) == 0
+    page.set_viewport_size(
+        {"width": 390, "height": 844}
+    )  # a phone: the views shrink, nothing scrolls sideways
+    expect(coords).to_have_attribute("width", re.compile(r"^3\d\d$"))
+    assert horizontal_overflow(page) == 0
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    expect(coords).to_have_attribute("width", re.compile(r"^1\d\d\d$"))
     ARTIFACTS.mkdir(exist_ok=True)  # docs/screenshots/search.png is a copy (the README's picture)
     page.screenshot(path=str(ARTIFACTS / "search.png"), full_page=True)
     coords.locator("path.trial.done").click()
