@@ -259,7 +259,7 @@ class WebhookDelivery(Base):
     webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
     event: Mapped[str] = mapped_column(String(32))  # job.ended, sweep.ended
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # Slack-compatible: {"text": ..., ...}
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, delivered, failed
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, delivered, failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
@@ -269,6 +269,6 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
     __table_args__ = (
-        Index("ix_webhook_deliveries_due", "status", "next_at"),
+        Index("ix_webhook_deliveries_due", "state", "next_at"),
         Index("ix_webhook_deliveries_webhook", "webhook_id", "id"),
     )

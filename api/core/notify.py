@@ -177,7 +177,7 @@ def deliver_due(*, session: Session, allow: Sequence[Network], client: httpx.Cli
     due = session.scalars(
         select(WebhookDelivery.id)
         .where(
-            WebhookDelivery.status == "pending",
+            WebhookDelivery.state == "pending",
             WebhookDelivery.next_at <= moment,
             or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < moment),
         )
@@ -191,7 +191,7 @@ def deliver_due(*, session: Session, allow: Sequence[Network], client: httpx.Cli
             update(WebhookDelivery)
             .where(
                 WebhookDelivery.id == delivery_id,
-                WebhookDelivery.status == "pending",
+                WebhookDelivery.state == "pending",
                 or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < moment),
             )
             .values(claimed_until=now() + timedelta(seconds=CLAIM_S))
@@ -228,9 +228,9 @@ def _attempt(session: Session, delivery_id: int, allow: Sequence[Network], clien
     delivery.last_code, delivery.last_error, delivery.claimed_until = code, error, None
     refused_for_good = error is not None and error.startswith("refused")
     if error is None:
-        delivery.status, delivery.delivered_at = "delivered", now()
+        delivery.state, delivery.delivered_at = "delivered", now()
     elif refused_for_good or delivery.attempts >= MAX_ATTEMPTS:
-        delivery.status = "failed"
+        delivery.state = "failed"
     else:
         delivery.next_at = now() + timedelta(seconds=backoff(delivery.attempts))
     session.commit()

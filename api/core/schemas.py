@@ -158,7 +158,7 @@ class WebhookOut(BaseModel):
 class DeliveryOut(BaseModel):
     id: int
     event: str
-    status: str = Field(description="pending, delivered or failed")
+    state: str = Field(description="pending, delivered or failed")
     attempts: int
     last_code: int | None
     last_error: str | None

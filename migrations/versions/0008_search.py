@@ -178,7 +178,7 @@ def upgrade() -> None:
         ),
         sa.Column("event", sa.String(length=32), nullable=False),
         sa.Column("payload", sa.JSON(), nullable=False),
-        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("next_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True),
@@ -187,7 +187,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
     )
-    op.create_index("ix_webhook_deliveries_due", "webhook_deliveries", ["status", "next_at"])
+    op.create_index("ix_webhook_deliveries_due", "webhook_deliveries", ["state", "next_at"])
     op.create_index("ix_webhook_deliveries_webhook", "webhook_deliveries", ["webhook_id", "id"])
 
 

@@ -102,7 +102,7 @@ def test_a_jobs_end_is_posted_once_to_each_webhook_that_wants_it(api: Api, hooks
     assert post["text"] == f"vitq: job {job['id']} (tiny) succeeded at step 40 of 40"  # Slack shows `text`
     assert (post["event"], post["job"]["id"], post["job"]["status"]) == ("job.ended", job["id"], "succeeded")
     [delivered] = deliveries(api, only_this["id"])
-    assert (delivered["status"], delivered["attempts"], delivered["last_code"]) == ("delivered", 1, 200)
+    assert (delivered["state"], delivered["attempts"], delivered["last_code"]) == ("delivered", 1, 200)
     assert len(deliveries(api, everything["id"])) == 1
     end(api, other["id"], JobStatus.pruned)
     dispatch(api)
@@ -121,7 +121,7 @@ def test_a_failing_receiver_is_retried_with_backoff_until_it_answers(api: Api, h
     dispatch(api)
     after = now()
     [first] = deliveries(api, hook["id"])
-    assert (first["status"], first["attempts"], first["last_code"]) == ("pending", 1, 500)
+    assert (first["state"], first["attempts"], first["last_code"]) == ("pending", 1, 500)
     dispatch(api)
     assert len(hooks.posts) == 1  # not due yet: the next try waits BACKOFF_FIRST_S
     with api.session() as session:
@@ -134,7 +134,7 @@ def test_a_failing_receiver_is_retried_with_backoff_until_it_answers(api: Api, h
             session.commit()
             dispatch(api)
     [done] = deliveries(api, hook["id"])
-    assert (done["status"], done["attempts"], done["last_code"], done["last_error"]) == (
+    assert (done["state"], done["attempts"], done["last_code"], done["last_error"]) == (
         "delivered",
         3,
         200,
@@ -165,7 +165,7 @@ def test_addresses_the_server_may_not_call_are_refused(api: Api, hooks: Receiver
     end(api, submit(api)["id"])
     dispatch(api, allow="")
     [refused] = deliveries(api, hook["id"])
-    assert refused["status"] == "failed" and "loopback" in refused["last_error"], refused
+    assert refused["state"] == "failed" and "loopback" in refused["last_error"], refused
     assert hooks.posts == []
 
 
@@ -181,4 +181,4 @@ def test_a_sweeps_end_is_posted_when_its_last_child_ends(api: Api, hooks: Receiv
     [post] = hooks.posts
     assert post["text"] == f"vitq: sweep {sweep['id']} (tiny) ended: 1 cancelled, 1 succeeded"
     assert post["sweep"]["jobs"] == {"succeeded": 1, "cancelled": 1}
-    assert deliveries(api, hook["id"])[0]["status"] == "delivered"
+    assert deliveries(api, hook["id"])[0]["state"] == "delivered"
