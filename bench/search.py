@@ -2,11 +2,11 @@
 through the real embedded service (`vitq serve`: SQLite, one worker, the real supervisor and pruner).
 
     nice -n 10 .venv/bin/python bench/search.py                 # the grid once, the search with seeds 0, 1, 2
-    nice -n 10 .venv/bin/python bench/search.py --seeds 3 4 5 --max-jobs 16   # a smaller budget, other seeds
+    nice -n 10 .venv/bin/python bench/search.py --seeds 3 4 5 --max-jobs 20   # another budget, other seeds
 
 The grid: 3 x 3 x 3 points over optim.lr, optim.weight_decay and optim.warmup_steps, every job to the end. The
 search: examples/digits-lr-search.yaml (TPE over the same ranges, ASHA from step steps/3, reduction factor 3,
-at most 20 jobs, one at a time). For each, it prints the best final val_top1 of any job that ran to the end and
+at most 16 jobs, one at a time). For each, it prints the best final val_top1 of any job that ran to the end and
 the training steps spent (each job's last step, summed). The target (issue 22): the search's best within 0.5
 points of the grid's, for at most half the grid's steps, for every seed.
 """

@@ -187,12 +187,12 @@ export function mountSweep(view, id) {
     prunedPanel.hidden = !pruned.length;
     prunedTable.replaceChildren(h("table", { class: "small pruned" },
       h("thead", {}, h("tr", {}, h("th", {}, "Job"), h("th", { class: "num" }, "Stopped at step"),
-        sweep.fields.map((f) => h("th", { class: "num" }, h("code", {}, f))), h("th", { class: "num" }, metric.label))),
+        h("th", { class: "num" }, metric.label), sweep.fields.map((f) => h("th", { class: "num" }, h("code", {}, f))))),
       h("tbody", {}, pruned.map((c) => h("tr", { "data-job-id": c.job.id },
         h("td", {}, h("a", { href: `#/jobs/${c.job.id}` }, `#${c.job.id} ${c.job.name}`)),
         h("td", { class: "num" }, `${c.job.step} of ${c.job.total_steps}`),
-        sweep.fields.map((f) => h("td", { class: "num" }, showParam(c.params[f]))),
-        h("td", { class: "num" }, show(metric, metric.read(c.job))))))));
+        h("td", { class: "num" }, show(metric, metric.read(c.job))),
+        sweep.fields.map((f) => h("td", { class: "num" }, showParam(c.params[f]))))))));
   }
 
   // Best first by the chosen metric; jobs without it yet at the end, in the order they were made. Pruned jobs
