@@ -10,6 +10,7 @@ from sqlalchemy import Connection
 
 from api.core.db import make_engine
 from api.core.models import Base
+from api.core.search import OPTUNA_TABLES
 from api.core.settings import Settings
 
 config = context.config
@@ -25,7 +26,7 @@ def configure(connection: Connection | None = None, url: str | None = None) -> N
     context.configure(
         connection=connection,
         url=url,
-        target_metadata=Base.metadata,
+        target_metadata=[Base.metadata, OPTUNA_TABLES],  # Optuna's tables are vitq's to migrate (0008)
         # SQLite cannot ALTER most things: batch mode copies the table instead.
         render_as_batch=(connection.dialect.name if connection is not None else url or "").startswith(
             "sqlite"

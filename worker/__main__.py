@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     from worker import devices, peak, supervisor
     from worker.celery_app import app
     from worker.launch import trainer_env
+    from worker.notifier import Notifier
     from worker.reaper import Reaper
     from worker.supervisor import SHUTDOWN, worker_name
     from worker.tasks import enqueue_job
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     queue = pool_queue(settings.queue, settings.pool)
     queue_size = QueueSize(app, queue)
     Reaper(settings=settings, name=name, enqueue=enqueue_job, queue_size=queue_size).start(stop)
+    Notifier(settings=settings).start(stop)
     pool = "solo" if concurrency == 1 else "threads"
     try:
         app.worker_main(

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.core import gangs, state_machine, workers
+from api.core import gangs, search, state_machine, workers
 from api.core.db import session_factory
 from api.core.models import Job
 from api.core.settings import Settings
@@ -52,9 +52,28 @@ class Reaper:
             for job_id in stale:
                 log.warning("job %s: its runner stopped renewing the lease; queued again", job_id)
             state_machine.release_waiting_children(session=session)
+            self._top_up_searches(session=session)
             # Requeued and released jobs get their wake-ups here too, each from its own pool's reapers.
             self._wake_up_for_lost_messages(session=session)
             workers.forget_dead(session=session, older_than_seconds=FORGET_WORKERS_AFTER_S)
+
+    def _top_up_searches(self, *, session: Session) -> None:
+        """Searching sweeps: tell their studies about children that ended and ask for the next ones. A child
+        ended by this reaper, a cancel or a worker that died before it asked is made good here."""
+        for sweep_id in search.open_searches(session=session):
+            try:
+                made = search.top_up(
+                    sessions=self.sessions,
+                    url=self.settings.resolved_database_url,
+                    sweep_id=sweep_id,
+                    max_attempts=self.settings.max_attempts,
+                )
+            except Exception:  # one broken study must not stop the others, nor the rest of the pass
+                log.exception("sweep %s: topping up failed; trying again next pass", sweep_id)
+                continue
+            for job_id, pool in made:
+                log.info("sweep %s: job %s asked for", sweep_id, job_id)
+                self.enqueue(job_id, pool)
 
     def _wake_up_for_lost_messages(self, *, session: Session) -> None:
         pool = self.settings.pool

@@ -25,7 +25,7 @@ from typing import TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.core import gangs, state_machine
+from api.core import gangs, search, state_machine
 from api.core.db import session_factory
 from api.core.logging_setup import job_context
 from api.core.models import JobStatus
@@ -63,6 +63,7 @@ class Outcome(enum.Enum):
 
     EXITED = "the trainer exited"
     CANCELLED = "a cancel was requested"
+    PRUNED = "its sweep's pruner stopped it early"
     SHUTDOWN = "the worker is shutting down (or its cluster stops it)"
     OUTAGE = "the database was unreachable too long"
     LEASE_LOST = "the job is no longer ours; the trainer was stopped"
@@ -225,6 +226,8 @@ class Run:
     checkpoints_seen: list[rundir.CheckpointInfo] | None = None
     pending: list[rundir.MetricPoint] = field(default_factory=list)
     renewed_at: float = field(default_factory=time.monotonic)  # the last renewal the database confirmed
+    pruning: search.Pruning | None = None  # a searching sweep's child with early stopping: its reports
+    pruned: bool = False  # the pruner said stop
 
     def __post_init__(self) -> None:
         self.run_dir = self.settings.run_dir(self.claim.job_id)
@@ -249,6 +252,11 @@ class Run:
             # record of where the last run's trainer resumed must not pass for this one's.
             rundir.attempt_path(self.run_dir, self.claim.attempt).unlink(missing_ok=True)
         self._renew_lease_file()
+        if self._leads():
+            url = self.settings.resolved_database_url
+            self.pruning = self.database.call(
+                lambda s: search.Pruning.of(session=s, url=url, job_id=self.job_id)
+            )
         # Another node's launcher logs to a file of its own: appends from two machines to one file on NFS mix.
         log_name = (
             rundir.LOG_FILE if self._leads() else f"train-node-{self.node.node_rank if self.node else 0}.log"
@@ -292,6 +300,8 @@ class Run:
             self._finish(JobStatus.succeeded)
         elif outcome == Outcome.CANCELLED:
             self._finish(JobStatus.cancelled)
+        elif outcome == Outcome.PRUNED:
+            self._finish(JobStatus.pruned)
         elif outcome in (Outcome.SHUTDOWN, Outcome.OUTAGE) or exit_code == rundir.EXIT_FENCED:
             self._hand_back(late=outcome == Outcome.OUTAGE)
         else:
@@ -386,6 +396,8 @@ class Run:
                 stopping = Outcome.OUTAGE
             if stopping is None and SHUTDOWN.is_set():
                 stopping = Outcome.SHUTDOWN
+            if stopping is None and self.pruned:
+                stopping = Outcome.PRUNED
             if stopping is not None and not stop_sent:
                 log.info("job %s: stopping the trainer (%s)", self.job_id, stopping.value)
                 trainer.terminate()
@@ -453,6 +465,8 @@ class Run:
             )
         )
         if stored:
+            if self.pruning is not None and not self.pruned:
+                self.pruned = self.pruning.report((p.name, p.step, p.value) for p in self.pending)
             self.pending = []
         return stored is not False
 
@@ -483,12 +497,37 @@ class Run:
 
     def _finish(self, status: JobStatus, error: str | None = None) -> None:
         step = self._step() or None
-        self._final(
+        if self._final(
             lambda s: state_machine.finish(
                 session=s, claim=self.claim, status=status, error=error, step=step
             ),
             f"marked {status.value}",
-        )
+        ):
+            self._next_trials()
+
+    def _next_trials(self) -> None:
+        """A searching sweep's child ended: tell its study and ask for the next children now (the reaper would
+        within a pass; this is only sooner). Never fails the job that ended."""
+        sweep_id = self.database.call(lambda s: search.sweep_of(session=s, job_id=self.job_id))
+        if not sweep_id:
+            return
+        try:
+            made = search.top_up(
+                sessions=self.database.sessions,
+                url=self.settings.resolved_database_url,
+                sweep_id=sweep_id,
+                max_attempts=self.settings.max_attempts,
+            )
+        except Exception as error:
+            log.warning(
+                "sweep %s: could not ask for its next children (%s); the reaper will", sweep_id, error
+            )
+            return
+        for job_id, pool in made:
+            try:
+                self.enqueue(job_id, pool)
+            except Exception as error:  # the broker may be down: the reaper sends a wake-up when it is back
+                log.warning("job %s: could not enqueue (%s); the reaper will", job_id, error)
 
     def _hand_back(self, *, late: bool = False) -> None:
         """Back to the queue without using up an attempt (a deploy, an outage or a stall did not fail it)."""

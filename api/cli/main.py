@@ -2,7 +2,8 @@
 
 Exit codes: 0 success (for `submit --follow`: the job succeeded); 1 the job failed; 2 a usage error, a bad
 spec, or a request the server refused or could not receive (one line on stderr, never a traceback);
-3 the job was cancelled; 130 interrupted with Ctrl-C (the job itself keeps running).
+3 the job was cancelled; 4 its sweep's pruner stopped it early; 130 interrupted with Ctrl-C (the job itself
+keeps running).
 """
 
 from __future__ import annotations
@@ -161,7 +162,13 @@ def cmd_sweep(args: argparse.Namespace, client: VitqClient) -> int:
         if exc.status_code == 422:
             raise UsageError(f"{args.spec}: {exc}") from exc
         raise
-    print(f"submitted sweep {sweep['id']} ({sweep['name']}): {sweep['job_count']} jobs")
+    if sweep.get("searching"):
+        print(
+            f"submitted search {sweep['id']} ({sweep['name']}, {sweep['mode']}): up to {sweep['max_jobs']} jobs, "
+            f"{sweep['parallel']} at once, {sweep['goal']} {sweep['metric']}; the first {sweep['job_count']}:"
+        )
+    else:
+        print(f"submitted sweep {sweep['id']} ({sweep['name']}): {sweep['job_count']} jobs")
     rows = [
         [str(child["job"]["id"]), child["job"]["name"], *(_cell(child["params"][f]) for f in sweep["fields"])]
         for child in sweep["jobs"]
@@ -330,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vitq",
         description="Run the vitq service, train locally, and drive a running service from a terminal.",
         epilog="exit codes: 0 ok (submit --follow: the job succeeded), 1 the job failed, 2 bad usage, bad spec "
-        "or a request the server refused or never got, 3 the job was cancelled, 130 Ctrl-C (the job keeps running)",
+        "or a request the server refused or never got, 3 the job was cancelled, 4 pruned by its sweep, 130 Ctrl-C (the job keeps running)",
     )
     parser.add_argument(
         "--url", default=None, help=f"service address (default: $VITQ_URL or {default_url()})"
@@ -380,12 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.set_defaults(call=cmd_submit)
     sweep = commands.add_parser(
-        "sweep", help="submit a sweep: a base spec and a grid or random space over its fields"
+        "sweep",
+        help="submit a sweep: a base spec and a grid, random or searched (method: tpe) space over its fields",
     )
-    sweep.add_argument("spec", help="YAML/JSON: name, base, and grid or random (examples/*-sweep.yaml)")
+    sweep.add_argument(
+        "spec",
+        help="YAML/JSON: name, base, and grid, random or method + space (examples/*-sweep.yaml, *-search.yaml)",
+    )
     sweep.set_defaults(call=cmd_sweep)
     ls = commands.add_parser("ls", help="list jobs, newest first")
-    ls.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    ls.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled", "pruned"])
     ls.add_argument("--kind", choices=["pretrain", "finetune"])
     ls.add_argument("--limit", type=int, default=50)
     ls.set_defaults(call=cmd_ls)

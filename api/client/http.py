@@ -25,7 +25,7 @@ import httpx
 from api.client.credentials import saved_token
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled", "pruned"})
 SUBMIT_TRIES = 3  # a submit that timed out is sent again with the same Idempotency-Key: still one job
 
 
@@ -139,7 +139,7 @@ class VitqClient:
                     raise
 
     def sweep(self, spec: str | dict[str, Any]) -> dict[str, Any]:
-        """Post a sweep (a base spec and a grid or random space): the sweep with its children."""
+        """Post a sweep (a base spec and a grid or random space, or a search): the sweep with its children."""
         if isinstance(spec, dict):
             content, content_type = json.dumps(spec), "application/json"
         else:
@@ -148,6 +148,10 @@ class VitqClient:
             "POST", "/sweeps", content=content.encode(), headers={"content-type": content_type}
         )
         return dict(response.json())
+
+    def sweep_status(self, sweep_id: int) -> dict[str, Any]:
+        """The sweep with its children (GET /sweeps/ID)."""
+        return dict(self._request("GET", f"/sweeps/{sweep_id}").json())
 
     def list(
         self, *, status: str | None = None, kind: str | None = None, limit: int = 50, offset: int = 0

@@ -44,3 +44,8 @@ class InvalidInputError(DomainError):
 def invalid(loc: tuple[str | int, ...], msg: str, kind: str = "value_error") -> InvalidInputError:
     """One bad field of a request body (`loc` without the leading "body")."""
     return InvalidInputError([{"loc": ("body", *loc), "msg": msg, "type": kind}])
+
+
+class WebhookNotFoundError(NotFoundError):
+    def __init__(self, webhook_id: int) -> None:
+        super().__init__(f"webhook {webhook_id} not found")

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -47,10 +48,11 @@ class JobStatus(enum.StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    pruned = "pruned"  # stopped early by its sweep's pruner (api/core/search.py); it kept its checkpoints
 
     @property
     def finished(self) -> bool:
-        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.pruned)
 
 
 class Job(Base):
@@ -65,6 +67,11 @@ class Job(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # resolved: every default filled in
     parent_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), default=None)
     sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id"), default=None, index=True)
+    # A searching sweep's child: the number of the Optuna trial it runs (unique per sweep: asked once).
+    trial: Mapped[int | None] = mapped_column(Integer, default=None)
+    # False until its end was handed to the webhooks (api/core/notify.py): the final state's own row is the
+    # outbox entry, so the notification is committed with the state itself.
+    notified: Mapped[bool] = mapped_column(default=False, server_default=false())
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # 0 until first claimed
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     worker: Mapped[str | None] = mapped_column(String(255), default=None)
@@ -109,6 +116,8 @@ class Job(Base):
         Index("ix_jobs_owner_created", "owner", "created_at"),
         # Decides between concurrent submits with one key: the second INSERT fails, and reads the first job.
         Index("ux_jobs_owner_idempotency_key", "owner", "idempotency_key", unique=True),
+        Index("ux_jobs_sweep_trial", "sweep_id", "trial", unique=True),
+        Index("ix_jobs_notified_status", "notified", "status"),
     )
 
 
@@ -215,3 +224,51 @@ class Sweep(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # as validated: base, and grid or random
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     owner: Mapped[str] = mapped_column(String(64), server_default=LOCAL_OWNER)  # owns every child, too
+    # A searching sweep (api/core/search.py): its Optuna sampler (None: every child was made at submit), when a
+    # person cancelled it, when it stopped asking for good, and who holds the right to ask until when.
+    method: Mapped[str | None] = mapped_column(String(16), default=None)
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    asker: Mapped[str | None] = mapped_column(String(64), default=None)
+    asking_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    notified: Mapped[bool] = mapped_column(default=False, server_default=false())  # as jobs.notified
+
+
+class Webhook(Base):
+    """Where to tell an owner that a job or sweep ended (api/core/notify.py): one job's end, one sweep's, or
+    (neither set) the end of every job of the owner."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), default=None)
+    sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_webhooks_owner", "owner"),)
+
+
+class WebhookDelivery(Base):
+    """One message to one webhook, retried with backoff until delivered or out of attempts; its last outcome."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))  # job.ended, sweep.ended
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # Slack-compatible: {"text": ..., ...}
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, delivered, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    last_code: Mapped[int | None] = mapped_column(Integer, default=None)  # the receiver's HTTP status
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "state", "next_at"),
+        Index("ix_webhook_deliveries_webhook", "webhook_id", "id"),
+    )

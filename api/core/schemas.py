@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
 def _as_utc(value: datetime | None) -> datetime | None:
@@ -96,12 +96,20 @@ class SweepSummary(BaseModel):
     id: int
     name: str
     created_at: UtcDatetime
-    mode: str = Field(description='"grid" or "random"')
+    mode: str = Field(
+        description='"grid" or "random" (every child made at once), or a search\'s method: "tpe", ...'
+    )
     fields: list[str] = Field(description="The swept spec fields, dotted (e.g. optim.lr).")
-    spec: dict[str, Any] = Field(description="The sweep as submitted: base, and grid or random.")
+    spec: dict[str, Any] = Field(description="The sweep as submitted: base, and grid, random or method.")
     job_count: int
     status_counts: dict[str, int] = Field(description="Children by status.")
     best_val_top1: float | None = Field(description="The best val_top1 of any child.")
+    searching: bool = Field(False, description="A search: children are asked for as earlier ones end.")
+    max_jobs: int | None = Field(None, description="A search's children in all.")
+    parallel: int | None = Field(None, description="A search's children queued or running at once.")
+    metric: str | None = Field(None, description="What a search optimizes (its children's last value).")
+    goal: str | None = Field(None, description='"maximize" or "minimize" the metric.')
+    ended: bool = Field(False, description="A search that will ask for no more children.")
 
 
 class SweepChild(BaseModel):
@@ -109,10 +117,54 @@ class SweepChild(BaseModel):
         description="This child's value of each swept field (from its resolved spec)."
     )
     job: JobOut
+    trial: int | None = Field(None, description="A search's child: the Optuna trial number it runs.")
 
 
 class SweepOut(SweepSummary):
     jobs: list[SweepChild] = Field(description="The children, in the order they were made.")
+
+
+class ParamImportance(BaseModel):
+    field: str
+    importance: float = Field(description="Its share of the metric's variance (fANOVA); all fields sum to 1.")
+
+
+class SweepImportance(BaseModel):
+    metric: str
+    jobs: int = Field(description="Children with a value of the metric, the ones it was measured on.")
+    method: str = Field(description="How it was measured.")
+    items: list[ParamImportance] = Field(description="Most important first; empty below 3 children.")
+
+
+class WebhookIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        min_length=1, max_length=2048, description="An http(s) URL (a Slack incoming webhook...)."
+    )
+    job_id: int | None = Field(None, ge=1, le=2**31 - 1, description="Only this job's end.")
+    sweep_id: int | None = Field(None, ge=1, le=2**31 - 1, description="Only this sweep's end.")
+
+
+class WebhookOut(BaseModel):
+    id: int
+    url: str
+    job_id: int | None
+    sweep_id: int | None
+    owner: str
+    created_at: UtcDatetime
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    event: str
+    state: str = Field(description="pending, delivered or failed")
+    attempts: int
+    last_code: int | None
+    last_error: str | None
+    created_at: UtcDatetime
+    delivered_at: UtcDatetime | None
+    payload: dict[str, Any]
 
 
 class SweepList(BaseModel):

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     max_queued_jobs: int | None = Field(None, ge=1)
     max_gpus: int | None = Field(None, ge=0)  # GPUs asked for by the owner's unfinished jobs together
     max_job_images: int | None = Field(None, ge=1)  # train.steps x train.batch_size of one job
+    # Webhooks (api/core/notify.py) call public addresses only; these networks too (e.g. "127.0.0.1/32,10.0.0.0/8").
+    webhook_allow: str | None = None
 
     @model_validator(mode="after")
     def _settings_that_work_together(self) -> Settings:

@@ -54,12 +54,14 @@ TRANSITIONS: dict[str, Transition] = {
     "succeed": Transition((R,), JobStatus.succeeded),
     "fail": Transition((R,), JobStatus.failed),  # the trainer failed for good, or the last attempt was lost
     "cancel_running": Transition((R,), JobStatus.cancelled),
+    "prune": Transition((R,), JobStatus.pruned),  # its search's pruner stopped it (api/core/search.py)
     "requeue": Transition((R,), Q),  # a retry, a warm shutdown, a lost lease
 }
 FINISH = {
     JobStatus.succeeded: "succeed",
     JobStatus.failed: "fail",
     JobStatus.cancelled: "cancel_running",
+    JobStatus.pruned: "prune",
 }
 
 
@@ -471,8 +473,8 @@ def finish(
     result = session.execute(move(FINISH[status], *held_by(claim)).values(**values))
     if won(result) and status != JobStatus.succeeded:
         reason = (
-            f"parent job {claim.job_id} was cancelled"
-            if status == JobStatus.cancelled
+            f"parent job {claim.job_id} was {status.value}"
+            if status in (JobStatus.cancelled, JobStatus.pruned)
             else f"parent job {claim.job_id} failed" + (f": {error}" if error else "")
         )
         fail_waiting_children(session=session, parent_id=claim.job_id, error=reason)

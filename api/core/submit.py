@@ -7,16 +7,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from api.core import idempotency, quotas, reads, state_machine, sweeps, workers
+from api.core import idempotency, quotas, reads, search, state_machine, sweeps, workers
 from api.core.broker import JobQueue
 from api.core.errors import InvalidInputError, invalid
 from api.core.models import Job, JobStatus, Sweep
 from api.core.settings import Settings
 from api.core.spec_input import check_spec, confine_paths
 from api.core.state_machine import Principal
-from api.core.sweep_spec import Point, SweepSpec, SweepSpecError, child_spec, points
+from api.core.sweep_spec import Point, SweepSpec, SweepSpecError, child_spec, points, probe_points
 from vit.config import JobSpec
 
 
@@ -68,8 +68,31 @@ def submit_job(
 def submit_sweep(
     *, session: Session, queue: JobQueue, settings: Settings, principal: Principal, sweep: SweepSpec
 ) -> Sweep:
-    """The sweep and every child, all stored or none: the first bad child is a 422 that names it."""
+    """The sweep and every child, all stored or none: the first bad child is a 422 that names it. A search:
+    the children at its space's edges are checked instead, and the first `parallel` asked for after the commit
+    (api/core/search.py; should that fail, the next reaper pass asks)."""
     children = _children(sweep, session=session, settings=settings, principal=principal)
+    if sweep.searching:
+        first = [children[i % len(children)][0] for i in range(sweep.slots)]  # the children asked for now
+        quotas.check(session=session, owner=principal.owner, specs=first, settings=settings)
+        row, _ = sweeps.create_sweep(
+            session=session,
+            sweep=sweep,
+            children=[],
+            max_attempts=settings.max_attempts,
+            owner=principal.owner,
+        )
+        session.commit()
+        asked = search.top_up(
+            sessions=sessionmaker(session.get_bind(), expire_on_commit=False),
+            url=settings.resolved_database_url,
+            sweep_id=row.id,
+            max_attempts=settings.max_attempts,
+        )
+        for job_id, pool in asked:
+            queue.enqueue(job_id, pool)
+        session.refresh(row)
+        return row
     quotas.check(
         session=session, owner=principal.owner, specs=[spec for spec, _ in children], settings=settings
     )
@@ -105,7 +128,7 @@ def _children(
     sweep: SweepSpec, *, session: Session, settings: Settings, principal: Principal
 ) -> list[tuple[JobSpec, Job | None]]:
     try:
-        grid = points(sweep)
+        grid = probe_points(sweep) if sweep.searching else points(sweep)
     except SweepSpecError as error:
         raise invalid(error.loc, str(error), "sweep_invalid") from None
     children = []
@@ -116,7 +139,8 @@ def _children(
         except SweepSpecError as error:
             raise invalid(error.loc, str(error), "sweep_invalid") from None
         except InvalidInputError as error:
-            raise _blame_child(error, sweep, point, f"job {index + 1} of {len(grid)}") from None
+            which = "a child at the space's edge" if sweep.searching else f"job {index + 1} of {len(grid)}"
+            raise _blame_child(error, sweep, point, which) from None
     return children
 
 

@@ -1,5 +1,6 @@
-"""Sweeps in the database: make the children of a sweep (all or none), list and show sweeps with their children's
-best metrics, and cancel every child. The request itself is read by api/core/sweep_spec.py."""
+"""Sweeps in the database: make the children of a sweep (all or none; a search's are asked for later, by
+api/core/search.py), list and show sweeps with their children's best metrics, and cancel every child. The request
+itself is read by api/core/sweep_spec.py."""
 
 from __future__ import annotations
 
@@ -29,7 +30,12 @@ def create_sweep(
     owner: str = LOCAL_OWNER,
 ) -> tuple[Sweep, list[Job]]:
     """The sweep and its queued children, added in the session's transaction (the caller commits once)."""
-    row = Sweep(name=sweep.display_name, spec=sweep.model_dump(mode="json", exclude_none=True), owner=owner)
+    row = Sweep(
+        name=sweep.display_name,
+        spec=sweep.model_dump(mode="json", exclude_none=True),
+        owner=owner,
+        method=sweep.method,
+    )
     session.add(row)
     session.flush()  # the sweep's id, for the children
     made = []
@@ -71,8 +77,12 @@ def list_sweeps(
 
 
 def cancel_sweep(*, session: Session, sweep_id: int, principal: Principal) -> Sweep:
-    """Cancel every child that has not finished (queued ones at once, running ones stop within seconds)."""
+    """Cancel every child that has not finished (queued ones at once, running ones stop within seconds); a
+    search asks for no more."""
     row = get_sweep(session=session, sweep_id=sweep_id, principal=principal)
+    if row.method is not None and row.cancelled_at is None:
+        row.cancelled_at = state_machine.now()
+        session.commit()
     for job in children_of(session=session, sweep_id=sweep_id):
         if not JobStatus(job.status).finished:
             # It may finish between the read and the cancel: then there is nothing left to stop.
@@ -105,16 +115,23 @@ def summaries(*, session: Session, sweeps: Sequence[Sweep]) -> list[SweepSummary
 
 def _summary(row: Sweep, counts: dict[str, int], best: float | None) -> SweepSummary:
     spec = SweepSpec.model_validate(row.spec)
+    search = spec.searching
     return SweepSummary(
         id=row.id,
         name=row.name,
         created_at=row.created_at,
-        mode="grid" if spec.grid is not None else "random",
+        mode=spec.mode,
         fields=spec.fields,
         spec=row.spec,
         job_count=sum(counts.values()),
         status_counts=counts,
         best_val_top1=best,
+        searching=search,
+        max_jobs=spec.budget if search else None,
+        parallel=spec.slots if search else None,
+        metric=spec.objective.name if search else None,
+        goal=("maximize" if spec.objective.maximize else "minimize") if search else None,
+        ended=row.ended_at is not None,
     )
 
 
@@ -125,7 +142,7 @@ def sweep_out(*, session: Session, row: Sweep) -> SweepOut:
     return SweepOut(
         **summary.model_dump(),
         jobs=[
-            SweepChild(params=params_of(job.spec, summary.fields), job=out)
+            SweepChild(params=params_of(job.spec, summary.fields), job=out, trial=job.trial)
             for job, out in zip(children, outs, strict=True)
         ],
     )

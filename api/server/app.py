@@ -30,6 +30,7 @@ from api.server.routes import (
     metrics,
     prometheus,
     sweeps,
+    webhooks,
     workers,
 )
 from api.server.security_headers import SecurityHeaders
@@ -75,7 +76,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestGuard, settings=settings)  # outermost: a refused request costs nothing more
     app.state.feeds = Feeds(sessions, settings)
-    for module in (jobs, events, sweeps, workers, metrics, checkpoints, logs, health, prometheus, dashboard):
+    for module in (
+        jobs,
+        events,
+        sweeps,
+        webhooks,
+        workers,
+        metrics,
+        checkpoints,
+        logs,
+        health,
+        prometheus,
+        dashboard,
+    ):
         app.include_router(module.router)
     app.openapi = lambda: _openapi_with_spec(app)  # type: ignore[method-assign]
     return app

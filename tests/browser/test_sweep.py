@@ -67,7 +67,7 @@ def test_sweep_ranks_its_jobs_by_the_chosen_metric_and_plots_it(
 
     # On a phone the ranking scrolls inside its box, says so, and shows the metric without scrolling.
     page.set_viewport_size({"width": 390, "height": 900})
-    box = page.locator(".panel .table-scroll")
+    box = page.locator(".table-scroll", has=page.locator("table.ranking"))
     if box.evaluate("b => b.scrollWidth > b.clientWidth"):
         expect(page.locator(".scroll-hint")).to_be_visible()
     metric = page.locator("table.ranking tbody tr").first.locator("td[data-col=metric]")

@@ -14,11 +14,12 @@ from api.core import submit, sweeps
 from api.core.broker import JobQueue
 from api.core.errors import InvalidInputError
 from api.core.models import MAX_ID, MAX_JOB_ID
-from api.core.schemas import SweepList, SweepOut
+from api.core.schemas import SweepImportance, SweepList, SweepOut
 from api.core.settings import Settings
 from api.core.spec_input import YAML_TYPES, load_document
 from api.core.state_machine import Principal
-from api.core.sweep_spec import SweepSpec
+from api.core.sweep_importance import importance
+from api.core.sweep_spec import METRIC_NAME, SweepSpec
 from api.server.auth import PrincipalDep
 from api.server.body import read_body
 from api.server.deps import SessionDep
@@ -41,7 +42,9 @@ _SWEEP_BODY: dict[str, Any] = {
 @router.post("", status_code=201, response_model=SweepOut, openapi_extra=_SWEEP_BODY)
 async def submit_sweep(request: Request, principal: PrincipalDep) -> SweepOut:
     """Make one queued job per point of the grid (or per random draw) from the base spec, all or none: a bad
-    field, a child that fails validation or too many children is a 422 and nothing is stored."""
+    field, a child that fails validation or too many children is a 422 and nothing is stored. A search
+    (`method`) stores the sweep and asks for its first `parallel` children; the space's edges are checked as
+    children first."""
     state = request.app.state
     body = await read_body(request, limit=state.settings.max_spec_bytes)
     data = load_document(body, request.headers.get("content-type", "application/json"))
@@ -87,6 +90,21 @@ def get_sweep(sweep_id: SweepId, session: SessionDep, principal: PrincipalDep) -
     """The sweep and its children: each one's swept values, status and metrics (best val_top1, latest few-shot)."""
     row = sweeps.get_sweep(session=session, sweep_id=sweep_id, principal=principal)
     return sweeps.sweep_out(session=session, row=row)
+
+
+@router.get("/{sweep_id}/importance", responses={404: {"description": "Unknown sweep"}})
+def get_importance(
+    sweep_id: SweepId,
+    session: SessionDep,
+    principal: PrincipalDep,
+    metric: Annotated[str, Query(pattern=METRIC_NAME, description="A logged metric, or best_val_top1.")] = (
+        "best_val_top1"
+    ),
+) -> SweepImportance:
+    """Which swept fields mattered to `metric`: fANOVA over the children that succeeded (3 at least)."""
+    row = sweeps.get_sweep(session=session, sweep_id=sweep_id, principal=principal)
+    out = sweeps.sweep_out(session=session, row=row)
+    return importance(out.jobs, out.fields, metric)
 
 
 @router.post("/{sweep_id}/cancel", status_code=202, responses={404: {"description": "Unknown sweep"}})

@@ -234,6 +234,13 @@ def test_sweep_submits_every_child_and_refuses_an_unknown_field(service: Service
     assert [client.get(int(row.split()[0]))["spec"]["optim"]["lr"] for row in rows] == [0.001, 0.003]
     bad = write(tmp_path / "bad.yaml", yaml.safe_dump({"base": base, "grid": {"optim.lrr": [0.001]}}))
     assert "unknown spec field 'optim.lrr'" in one_line_error(service.cli("sweep", bad))
+    search = {"base": base, "method": "random", "space": {"optim.lr": [0.002]}, "max_jobs": 1}
+    result = service.cli("sweep", write(tmp_path / "search.yaml", yaml.safe_dump(search)))
+    first, header, row = result.stdout.splitlines()
+    assert first.startswith("submitted search ") and first.endswith(
+        "(cli-sweep, random): up to 1 jobs, 1 at once, maximize val_top1; the first 1:"
+    )
+    assert row.split()[-1] == "0.002"
 
 
 def test_vitq_data_packs_an_image_folder_and_checks_the_shards(

@@ -164,7 +164,7 @@ def test_children_are_checked_like_jobs(api: Api) -> None:
 @pytest.mark.parametrize(
     ("body", "words"),
     [
-        ({"base": TINY_SPEC}, "exactly one of grid or random"),
+        ({"base": TINY_SPEC}, "exactly one of grid, random or method"),
         (
             {
                 "base": TINY_SPEC,
@@ -265,3 +265,122 @@ def test_the_data_size_example_makes_one_pretrain_per_subset(api: Api) -> None:
     sweep = response.json()
     assert [c["params"] for c in sweep["jobs"]] == [{"data.subset": s} for s in (0.1, 0.3, 1.0)]
     assert all(c["job"]["kind"] == "pretrain" and c["job"]["spec"]["eval"]["few_shot"] for c in sweep["jobs"])
+
+
+SEARCH = {
+    "name": "lr-search",
+    "base": {**TINY_SPEC, "train": {"steps": 40, "batch_size": 32, "eval_every": 10}},
+    "method": "tpe",
+    "space": {"optim.lr": {"log_uniform": [1e-4, 1e-2]}, "optim.warmup_steps": [0, 10]},
+    "max_jobs": 6,
+    "parallel": 2,
+    "early_stop": {"metric": "val_top1", "rule": "asha", "min_steps": 10},
+}
+
+
+def test_a_search_stores_the_sweep_and_asks_for_parallel_children(api: Api) -> None:
+    sweep = post_sweep(api, SEARCH)
+    assert (sweep["mode"], sweep["searching"], sweep["max_jobs"], sweep["parallel"]) == ("tpe", True, 6, 2)
+    assert (sweep["metric"], sweep["goal"], sweep["ended"]) == ("val_top1", "maximize", False)
+    assert [c["trial"] for c in sweep["jobs"]] == [0, 1]
+    assert [c["job"]["status"] for c in sweep["jobs"]] == ["queued", "queued"]
+    assert api.sent_job_ids() == [c["job"]["id"] for c in sweep["jobs"]]
+    for child in sweep["jobs"]:
+        assert 1e-4 <= child["params"]["optim.lr"] <= 1e-2 and child["params"]["optim.warmup_steps"] in (
+            0,
+            10,
+        )
+        assert child["job"]["name"].startswith("lr-search lr-")
+    listed = api.client.get("/sweeps").json()["items"][0]
+    assert (listed["mode"], listed["job_count"]) == ("tpe", 2)
+
+
+@pytest.mark.parametrize(
+    ("changes", "loc", "words"),
+    [
+        (
+            {"space": {"optim.lr": {"log_uniform": [1e-4, 20.0]}}},
+            ["body", "space", "optim.lr"],
+            "a child at the space's edge (optim.lr=20.0): ",
+        ),
+        ({"space": {"optim.lrr": [1e-3]}}, ["body", "space", "optim.lrr"], "unknown spec field"),
+        ({"space": None}, ["body"], "needs a space"),
+        ({"method": "bayes"}, ["body", "method"], "'tpe', 'random', 'grid' or 'qmc'"),
+        ({"metric": {"name": "val_top"}}, ["body", "metric", "name"], "not a metric the trainer logs here"),
+        ({"parallel": 0}, ["body", "parallel"], "greater than or equal to 1"),
+        ({"max_jobs": MAX_SWEEP_JOBS + 1}, ["body", "max_jobs"], "less than or equal"),
+        (
+            {"metric": {"name": "val_top1"}, "early_stop": {"rule": "asha", "metric": "val_loss"}},
+            ["body", "early_stop", "metric"],
+            "not the sweep's metric",
+        ),
+        (
+            {"early_stop": {"rule": "halving"}},
+            ["body", "early_stop", "rule"],
+            "'asha', 'median' or 'hyperband'",
+        ),
+        ({"base": TINY_SPEC}, ["body", "base", "train", "eval_every"], "needs train.eval_every"),
+        (
+            {"method": "grid", "space": {"optim.lr": {"uniform": [0.1, 0.2]}}},
+            ["body", "space", "optim.lr"],
+            "takes a list",
+        ),
+        (
+            {"method": "grid", "space": {"optim.lr": [1e-3, 2e-3]}, "max_jobs": 3},
+            ["body", "max_jobs"],
+            "2 points",
+        ),
+    ],
+)
+def test_a_bad_search_is_a_422_naming_the_field_and_stores_nothing(
+    api: Api, changes: dict[str, Any], loc: list[str], words: str
+) -> None:
+    body = {k: v for k, v in {**SEARCH, **changes}.items() if v is not None}
+    detail = post_sweep(api, body, status=422)["detail"]
+    assert detail[0]["loc"] == loc and words in detail[0]["msg"], detail
+    assert (api.stored_job_count(), stored_sweep_count(api), api.sent_job_ids()) == (0, 0, [])
+
+
+def test_search_fields_are_refused_on_a_grid(api: Api) -> None:
+    body = {"base": TINY_SPEC, "grid": {"optim.lr": [1e-3]}, "parallel": 2}
+    assert "only a search" in str(post_sweep(api, body, status=422)["detail"])
+
+
+def test_cancelling_a_search_stops_its_asking(api: Api) -> None:
+    sweep = post_sweep(api, SEARCH)
+    cancelled = api.client.post(f"/sweeps/{sweep['id']}/cancel").json()
+    assert cancelled["status_counts"] == {"cancelled": 2}
+    with api.session() as session:
+        assert session.get(Sweep, sweep["id"]).cancelled_at is not None  # type: ignore[union-attr]
+
+
+def test_importance_names_the_field_that_mattered(api: Api) -> None:
+    # A 3 x 3 grid where val_top1 follows lr alone: lr takes (nearly) all the importance, warmup none.
+    grid = {"optim.lr": [1e-4, 1e-3, 1e-2], "optim.warmup_steps": [0, 5, 10]}
+    sweep = post_sweep(api, {"base": TINY_SPEC, "grid": grid})
+    rows = []
+    for child in sweep["jobs"]:
+        top1 = {1e-4: 0.3, 1e-3: 0.6, 1e-2: 0.9}[child["params"]["optim.lr"]] + child["params"][
+            "optim.warmup_steps"
+        ] * 1e-4
+        rows.append(
+            {"job_id": child["job"]["id"], "name": "val_top1", "step": 40, "value": top1, "time": 0.0}
+        )
+    with api.session() as session:
+        session.execute(insert(MetricPoint), rows)
+        session.execute(update(Job).values(status=JobStatus.succeeded))
+        session.commit()
+    found = api.client.get(f"/sweeps/{sweep['id']}/importance", params={"metric": "val_top1"}).json()
+    assert (found["metric"], found["jobs"]) == ("val_top1", 9)
+    assert [i["field"] for i in found["items"]] == ["optim.lr", "optim.warmup_steps"]
+    assert found["items"][0]["importance"] > 0.9
+    assert math.isclose(sum(i["importance"] for i in found["items"]), 1.0)
+    # Pruned children are left out; too few results say nothing.
+    with api.session() as session:
+        session.execute(
+            update(Job).where(Job.id != sweep["jobs"][0]["job"]["id"]).values(status=JobStatus.pruned)
+        )
+        session.commit()
+    few = api.client.get(f"/sweeps/{sweep['id']}/importance").json()
+    assert (few["jobs"], few["items"]) == (1, [])
+    assert api.client.get(f"/sweeps/{sweep['id']}/importance", params={"metric": "a b"}).status_code == 422

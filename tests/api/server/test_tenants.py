@@ -27,7 +27,7 @@ from starlette.routing import Mount
 
 from api.core import state_machine, tokens
 from api.core.db import make_engine
-from api.core.models import ApiToken, Checkpoint, Job, JobStatus, MetricPoint, Sweep
+from api.core.models import ApiToken, Checkpoint, Job, JobStatus, MetricPoint, Sweep, Webhook
 from api.core.settings import Settings
 from api.server.app import create_app
 from tests.api.conftest import TINY_SPEC
@@ -104,6 +104,7 @@ def tenants(api_pg_url: str, redis_url: str, unique_queue: str, tmp_path: Path) 
         with TestClient(create_app(settings), base_url="http://localhost") as client:
             yield Tenants(client, settings, session, alice, bob, admin, revoked)
     finally:
+        session.execute(delete(Webhook))
         session.execute(delete(Job))
         session.execute(delete(Sweep))
         session.execute(delete(ApiToken))
@@ -141,12 +142,20 @@ def test_every_route_for_every_principal(tenants: Tenants) -> None:
     sweep = {"base": {**TINY_SPEC, "name": f"sweep-{tenants.bob.marker}"}, "grid": {"train.steps": [10, 20]}}
     bob_sweep = tenants.client.post("/sweeps", json=sweep, headers=tenants.bob.headers).json()["id"]
     # POST bodies that would be accepted: a refusal is then the principal's, not the body's.
+    tenants.settings.webhook_allow = "127.0.0.1/32"
+    hook = {"url": "http://127.0.0.1:9/hook"}
+
+    def bob_webhook() -> str:
+        return str(tenants.client.post("/webhooks", json=hook, headers=tenants.bob.headers).json()["id"])
+
     bodies = {
         ("POST", "/jobs"): {**TINY_SPEC, "name": "matrix"},
         ("POST", "/sweeps"): {**sweep, "base": TINY_SPEC},
         ("PATCH", "/jobs/{job_id}"): {"notes": "seen"},
+        ("POST", "/webhooks"): hook,
     }
-    values = {"job_id": str(bob_job), "name": checkpoint, "sweep_id": str(bob_sweep)}
+    bob_hook = bob_webhook()
+    values = {"job_id": str(bob_job), "name": checkpoint, "sweep_id": str(bob_sweep), "webhook_id": bob_hook}
     seen: set[str] = set()
     for method, template, path in _calls(tenants, values):
         seen.add(template)
@@ -154,6 +163,8 @@ def test_every_route_for_every_principal(tenants: Tenants) -> None:
             target = path
             if template == "/jobs/{job_id}/cancel":  # a fresh queued job of Bob's: cancel works once
                 target = path.replace(str(bob_job), str(tenants.submit(tenants.bob)["id"]))
+            if method == "DELETE":  # a fresh webhook of Bob's: removing works once
+                target = path.replace(bob_hook, bob_webhook())
             body = bodies.get((method, template))
             headers = who.headers if who is not None else {}
             response = request(tenants.client, method, target, body, headers)
@@ -163,12 +174,15 @@ def test_every_route_for_every_principal(tenants: Tenants) -> None:
             elif who is None or who is tenants.revoked:
                 assert response.status_code == 401, label
                 assert response.headers["www-authenticate"] == "Bearer", label
-            elif (who is tenants.alice and ("{job_id}" in template or "{sweep_id}" in template)) or (
+            elif (
+                who is tenants.alice
+                and any(k in template for k in ("{job_id}", "{sweep_id}", "{webhook_id}"))
+            ) or (
                 who is tenants.admin and method == "PATCH"  # notes are their owner's alone
             ):
                 assert response.status_code == 404, label
             else:
-                assert response.status_code in (200, 201, 202), f"{label}: {response.text[:300]}"
+                assert response.status_code in (200, 201, 202, 204), f"{label}: {response.text[:300]}"
             if who is not tenants.bob and who is not tenants.admin:
                 assert tenants.bob.marker.encode() not in response.content, label
             if who is not tenants.alice and who is not tenants.admin:
@@ -180,7 +194,13 @@ def test_every_route_for_every_principal(tenants: Tenants) -> None:
         "/jobs/{job_id}/checkpoints",
         "/jobs/{job_id}/checkpoints/{name}",
     } <= seen
-    assert {"/sweeps", "/sweeps/{sweep_id}", "/sweeps/{sweep_id}/cancel"} <= seen
+    assert {
+        "/sweeps",
+        "/sweeps/{sweep_id}",
+        "/sweeps/{sweep_id}/cancel",
+        "/sweeps/{sweep_id}/importance",
+    } <= seen
+    assert {"/webhooks", "/webhooks/{webhook_id}", "/webhooks/{webhook_id}/deliveries"} <= seen
     assert {
         "/jobs/{job_id}/metrics",
         "/jobs/{job_id}/checkpoints",

@@ -6,7 +6,7 @@ import { Board } from "./charts.js";
 import { bytes, duration, h, jobDuration, localTime, number, percent, progressText, setText, significant, statusBadge } from "./format.js";
 import { dumpYaml } from "./yaml.js";
 
-const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
+const FINISHED = new Set(["succeeded", "failed", "cancelled", "pruned"]);
 const FIRST_LOAD_POINTS = 1000; // the server downsamples longer series to this budget
 const LOG_LINES = 200; // of train.log shown, the newest
 

@@ -5,7 +5,7 @@
 import { api } from "./api.js";
 import { h, jobDuration, localTime, number, percent, poll, progressText, relativeTime, setText, significant, subsetText } from "./format.js";
 
-const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
+const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "pruned"];
 const PAGE_SIZE = 50;
 const SELECTION_KEY = "vitq-selected-jobs"; // the ticked jobs survive paging, filtering and reloads
 

@@ -1,5 +1,6 @@
 // The submit form: a spec editor (paste, upload or an example), 422 errors listed and marked on the line of
-// the offending key, and on success the new job's page.
+// the offending key, and on success the new job's page. A sweep (a spec with a top-level `base:`) goes to
+// POST /sweeps and on to the sweep's page.
 
 import { ApiError, api } from "./api.js";
 import { h, isWholeFloat } from "./format.js";
@@ -34,7 +35,9 @@ export function mountSubmit(view, params) {
       errors,
       h("p", { class: "muted help" },
         "YAML or JSON. Only ", h("code", {}, "kind"), " is required; every other field has the paper's default for its kind ",
-        "(see the resolved spec on the job page). Fine-tune with ", h("code", {}, "init: {from_job: ID}"), "."),
+        "(see the resolved spec on the job page). Fine-tune with ", h("code", {}, "init: {from_job: ID}"), ". ",
+        "A sweep: a spec under ", h("code", {}, "base:"), " with a ", h("code", {}, "grid:"), " or a search (",
+        h("code", {}, "method: tpe"), ", ", h("code", {}, "space:"), ")."),
     ),
   );
   view.append(form);
@@ -141,8 +144,14 @@ export function mountSubmit(view, params) {
     submit.disabled = true;
     try {
       const isJson = text.trimStart().startsWith("{");
-      const job = await api("/jobs", { method: "POST", body: text, contentType: isJson ? "application/json" : "application/yaml" });
-      location.hash = `#/jobs/${job.id}`;
+      const contentType = isJson ? "application/json" : "application/yaml";
+      if (isSweep(text, isJson)) {
+        const sweep = await api("/sweeps", { method: "POST", body: text, contentType });
+        location.hash = `#/sweeps/${sweep.id}`;
+      } else {
+        const job = await api("/jobs", { method: "POST", body: text, contentType });
+        location.hash = `#/jobs/${job.id}`;
+      }
     } catch (err) {
       showErrors(err);
     } finally {
@@ -211,6 +220,17 @@ export function mountSubmit(view, params) {
 
   prefill();
   return { destroy() {} };
+}
+
+// A sweep names its base spec at the top level; a job spec has no `base` field.
+export function isSweep(text, isJson) {
+  if (!isJson) return /^base\s*:/m.test(text);
+  try {
+    const parsed = JSON.parse(text);
+    return parsed !== null && typeof parsed === "object" && "base" in parsed;
+  } catch {
+    return false; // POST /jobs names the syntax error
+  }
 }
 
 // A fine-tune spec that starts from `parent`: same architecture and data, the fine-tune defaults for the rest.

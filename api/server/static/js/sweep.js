@@ -1,16 +1,25 @@
-// Sweeps: #/sweeps lists them; #/sweeps/ID ranks a sweep's jobs by a chosen metric and plots that metric against
-// a swept field (one line per combination of the other fields), with Cancel and a comparison of every job.
+// Sweeps: #/sweeps lists them; #/sweeps/ID ranks a sweep's jobs by a chosen metric, reads it as a study (parallel
+// coordinates, the metric against each field, which fields mattered: study.js), lists the pruned jobs apart, and
+// offers Cancel and a comparison of every job. A grid or random sweep also plots the metric against one field,
+// one line per combination of the other fields.
 
 import { api } from "./api.js";
 import { PALETTE } from "./charts.js";
 import { h, localTime, percent, poll, scrollHint, setText, significant, statusBadge, tick } from "./format.js";
+import { importancePanel, parallelCoordinates, scatterPanels, studyLegend } from "./study.js";
 
-const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
+const FINISHED = new Set(["succeeded", "failed", "cancelled", "pruned"]);
+const RULES = { asha: "ASHA", median: "median", hyperband: "Hyperband" };
 
-// A metric to rank by: how a job reads it, whether higher is better, and how it is written.
-function metricChoices(jobs) {
+// A metric to rank by: how a job reads it, whether higher is better, and how it is written. A search's own
+// metric comes first.
+function metricChoices(jobs, sweep) {
   const shots = [...new Set(jobs.flatMap((j) => j.spec.eval?.few_shot || []))].sort((a, b) => a - b);
-  return [
+  const known = ["val_top1", "val_loss", "loss", ...shots.map((n) => `few_shot_${n}`)];
+  const own = sweep.metric && !known.includes(sweep.metric)
+    ? [{ key: sweep.metric, label: `final ${sweep.metric}`, read: (j) => j.latest_metrics?.[sweep.metric], higher: sweep.goal !== "minimize" }]
+    : [];
+  return [...own,
     { key: "best_val_top1", label: "best val top-1", read: (j) => j.best_val_top1, higher: true, percent: true },
     { key: "val_top1", label: "final val top-1", read: (j) => j.latest_metrics?.val_top1, higher: true, percent: true },
     ...shots.map((n) => ({ key: `few_shot_${n}`, label: `${n}-shot accuracy`, read: (j) => j.latest_metrics?.[`few_shot_${n}`], higher: true, percent: true })),
@@ -33,7 +42,7 @@ export function mountSweepList(view) {
   const empty = h("p", { class: "empty", hidden: true }, "No sweeps yet: POST /sweeps or `vitq sweep SPEC.yaml`.");
   view.append(h("div", { class: "toolbar" }, h("h1", {}, "Sweeps")),
     h("div", { class: "table-scroll" }, h("table", { class: "jobs sweeps" },
-      h("thead", {}, h("tr", {}, ["#", "Name", "Fields", "Jobs", "Status", "Best val top-1", "Created"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["#", "Name", "Kind", "Fields", "Jobs", "Status", "Best val top-1", "Created"].map((t) => h("th", {}, t)))),
       tbody)),
     empty);
 
@@ -42,6 +51,7 @@ export function mountSweepList(view) {
     tbody.replaceChildren(...items.map((s) => h("tr", { "data-sweep-id": s.id },
       h("td", { class: "num muted", "data-label": "#" }, String(s.id)),
       h("td", { "data-label": "Name", "data-col": "name" }, h("a", { href: `#/sweeps/${s.id}` }, s.name)),
+      h("td", { "data-label": "Kind" }, s.searching ? `${s.mode} search` : s.mode),
       h("td", { "data-label": "Fields" }, s.fields.join(", ")),
       h("td", { class: "num", "data-label": "Jobs" }, String(s.job_count)),
       h("td", { "data-label": "Status" }, Object.entries(s.status_counts).map(([status, n]) => `${n} ${status}`).join(", ")),
@@ -57,7 +67,7 @@ export function mountSweepList(view) {
 
 export function mountSweep(view, id) {
   const heading = h("h1", {}, `Sweep ${id}`);
-  const counts = h("span", { class: "muted" });
+  const counts = h("span", { class: "muted sweep-summary" });
   const compare = h("a", { class: "button" }, "Compare all");
   const cancel = h("button", { type: "button", class: "danger", hidden: true, onclick: onCancel }, "Cancel sweep");
   const metricSelect = h("select", { "aria-label": "metric", onchange: render });
@@ -65,19 +75,34 @@ export function mountSweep(view, id) {
   const plotHolder = h("div", { class: "plot" });
   const plotEmpty = h("div", { class: "chart-empty" }, "no finished job has this metric yet");
   const table = h("div", { class: "table-scroll" });
+  const coords = h("div", { class: "coords-holder" });
+  const scatters = h("div", {});
+  const importance = h("div", { class: "importance" });
+  const prunedTable = h("div", { class: "table-scroll" });
+  const prunedPanel = h("section", { class: "panel", hidden: true }, h("h2", {}, "Stopped early (pruned)"), prunedTable);
+  const plotSection = h("section", { class: "chart", "data-chart": "sweep" }, h("div", { class: "chart-head" }, h("h3", { class: "sweep-plot-title" })), plotHolder, plotEmpty);
   view.append(
     h("div", { class: "job-head" }, h("a", { href: "#/sweeps", class: "back" }, "← Sweeps"), heading, counts,
       h("span", { class: "spacer" }), compare, cancel),
     h("div", { class: "board-tools" }, h("label", {}, "rank by ", metricSelect), h("label", {}, "against ", fieldSelect)),
-    h("section", { class: "chart", "data-chart": "sweep" }, h("div", { class: "chart-head" }, h("h3", { class: "sweep-plot-title" })), plotHolder, plotEmpty),
+    h("section", { class: "panel study" }, h("h2", {}, "Every job's values and result"), studyLegend(), coords),
+    h("section", { class: "panel" }, h("h2", {}, "Which fields mattered"), importance),
+    plotSection,
+    h("section", { class: "panel scatter-panel", hidden: true }, h("h2", {}, "The metric against each field"), scatters),
     h("section", { class: "panel" }, h("h2", {}, "Jobs, best first"), table),
+    prunedPanel,
   );
   scrollHint(table);
 
   let sweep = null;
   let plot = null;
-  const resizer = new ResizeObserver(() => plot?.setSize({ width: plotWidth(), height: 260 }));
+  let importanceKey = ""; // the metric and results the importance panel shows
+  const resizer = new ResizeObserver(() => {
+    plot?.setSize({ width: plotWidth(), height: 260 });
+    if (sweep) renderStudy(fillChoices());
+  });
   resizer.observe(plotHolder);
+  resizer.observe(coords);
 
   function plotWidth() {
     return Math.max(plotHolder.clientWidth, 200);
@@ -98,7 +123,7 @@ export function mountSweep(view, id) {
 
   function fillChoices() {
     const jobs = sweep.jobs.map((c) => c.job);
-    const metrics = metricChoices(jobs);
+    const metrics = metricChoices(jobs, sweep);
     if (metricSelect.options.length !== metrics.length) {
       const chosen = metricSelect.value;
       metricSelect.replaceChildren(...metrics.map((m) => h("option", { value: m.key }, m.label)));
@@ -107,25 +132,73 @@ export function mountSweep(view, id) {
     if (fieldSelect.options.length !== sweep.fields.length) {
       fieldSelect.replaceChildren(...sweep.fields.map((f) => h("option", { value: f }, f)));
     }
-    fieldSelect.parentElement.hidden = sweep.fields.length < 2;
+    fieldSelect.parentElement.hidden = sweep.fields.length < 2 || sweep.searching;
     return metrics.find((m) => m.key === metricSelect.value);
+  }
+
+  function summary() {
+    const states = Object.entries(sweep.status_counts).map(([s, n]) => `${n} ${s}`).join(", ");
+    if (!sweep.searching) return `${sweep.mode} · ${sweep.job_count} jobs · ${states}`;
+    const stop = sweep.spec.early_stop;
+    return [`${sweep.mode} search`, `${sweep.metric} (${sweep.goal})`, `${sweep.job_count} of ${sweep.max_jobs} jobs`,
+      `${sweep.parallel} at once`, stop ? `${RULES[stop.rule]} early stopping from step ${stop.min_steps}` : "no early stopping",
+      states, sweep.ended ? "ended" : "asking"].join(" · ");
   }
 
   function render() {
     const metric = fillChoices();
     const field = fieldSelect.value || sweep.fields[0];
     setText(heading, `#${sweep.id} ${sweep.name}`);
-    setText(counts, `${sweep.mode} · ${sweep.job_count} jobs · ${Object.entries(sweep.status_counts).map(([s, n]) => `${n} ${s}`).join(", ")}`);
+    setText(counts, summary());
     compare.href = `#/compare?ids=${sweep.jobs.map((c) => c.job.id).join(",")}`;
-    cancel.hidden = sweep.jobs.every((c) => FINISHED.has(c.job.status));
+    cancel.hidden = sweep.ended || (!sweep.searching && sweep.jobs.every((c) => FINISHED.has(c.job.status)));
     renderTable(metric);
-    renderPlot(metric, field);
+    renderPruned(metric);
+    renderStudy(metric);
+    plotSection.hidden = sweep.searching;
+    if (!sweep.searching) renderPlot(metric, field);
     view.dataset.loaded = "true";
   }
 
-  // Best first by the chosen metric; jobs without it yet at the end, in the order they were made.
+  function studyChildren(metric) {
+    return sweep.jobs.map((c) => ({ id: c.job.id, name: c.job.name, status: c.job.status, params: c.params, value: metric.read(c.job) }));
+  }
+
+  function renderStudy(metric) {
+    const children = studyChildren(metric);
+    const width = Math.max(coords.clientWidth || view.clientWidth - 40, 300);
+    coords.replaceChildren(parallelCoordinates({ children, fields: sweep.fields, metric, width,
+      onPick: (id) => { location.hash = `#/jobs/${id}`; } }));
+    scatters.closest("section").hidden = !sweep.searching;
+    if (sweep.searching) scatters.replaceChildren(scatterPanels({ children, fields: sweep.fields, metric, width: width / 3 }));
+    const done = sweep.jobs.filter((c) => c.job.status === "succeeded").length;
+    const key = `${metric.key}:${done}`;
+    if (key !== importanceKey) {
+      importanceKey = key;
+      api(`/sweeps/${id}/importance?metric=${encodeURIComponent(metric.key)}`)
+        .then((result) => importance.replaceChildren(importancePanel(result)))
+        .catch((err) => importance.replaceChildren(h("p", { class: "muted" }, err.message)));
+    }
+  }
+
+  // Children the pruner stopped: where they stopped, and their last value (from fewer steps: not ranked).
+  function renderPruned(metric) {
+    const pruned = sweep.jobs.filter((c) => c.job.status === "pruned");
+    prunedPanel.hidden = !pruned.length;
+    prunedTable.replaceChildren(h("table", { class: "small pruned" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Job"), h("th", { class: "num" }, "Stopped at step"),
+        h("th", { class: "num" }, metric.label), sweep.fields.map((f) => h("th", { class: "num" }, h("code", {}, f))))),
+      h("tbody", {}, pruned.map((c) => h("tr", { "data-job-id": c.job.id },
+        h("td", {}, h("a", { href: `#/jobs/${c.job.id}` }, `#${c.job.id} ${c.job.name}`)),
+        h("td", { class: "num" }, `${c.job.step} of ${c.job.total_steps}`),
+        h("td", { class: "num" }, show(metric, metric.read(c.job))),
+        sweep.fields.map((f) => h("td", { class: "num" }, showParam(c.params[f]))))))));
+  }
+
+  // Best first by the chosen metric; jobs without it yet at the end, in the order they were made. Pruned jobs
+  // are listed apart.
   function renderTable(metric) {
-    const ranked = sweep.jobs.map((c, order) => ({ ...c, order, value: metric.read(c.job) }))
+    const ranked = sweep.jobs.filter((c) => c.job.status !== "pruned").map((c, order) => ({ ...c, order, value: metric.read(c.job) }))
       .sort((a, b) => {
         if ((a.value == null) !== (b.value == null)) return a.value == null ? 1 : -1;
         if (a.value == null) return a.order - b.order;
@@ -194,7 +267,7 @@ export function mountSweep(view, id) {
       return false;
     }
     render();
-    return !sweep.jobs.every((c) => FINISHED.has(c.job.status));
+    return sweep.searching ? !sweep.ended : !sweep.jobs.every((c) => FINISHED.has(c.job.status));
   }
 
   const stop = poll(refresh, 3000);
