@@ -10,7 +10,7 @@ version 12), and api/core/search.py opens the storage with skip_table_creation a
 tests/api/core/test_migrations.py compares these tables with the installed Optuna's models, so an Optuna with
 another schema fails the tests rather than a study.
 
-Revision ID: 0008_search
+Revision ID: 0009
 Revises: 0008
 Create Date: 2026-12-01
 """
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0008_search"
+revision: str = "0009"
 down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
