@@ -233,12 +233,12 @@ def test_prometheus_config_and_alert_rules(services: dict[str, Any], tmp_path: P
 
 
 def test_the_api_runs_without_torch(tmp_path: Path) -> None:
-    """What the API image lacks (torch, numpy...) is made unimportable: the API, `vitq serve --no-worker`'s
+    """What the API image lacks (torch, torchvision, safetensors) is made unimportable: the API, `vitq serve --no-worker`'s
     imports and migrations still work, and a job is validated and queued."""
     script = textwrap.dedent(
         f"""
         import sys
-        for name in {sorted(TRAINER_ONLY | {"sklearn"})!r}:
+        for name in {sorted(TRAINER_ONLY)!r}:
             sys.modules[name.replace("-", "_")] = None  # import raises ImportError
         from fastapi.testclient import TestClient
         import api.cli.main, worker.launch

@@ -13,7 +13,8 @@ import tomllib
 from pathlib import Path
 
 # Imported only by the trainer processes (vit.train and below), never by api/ or the worker's main process.
-TRAINER_ONLY = {"torch", "torchvision", "numpy", "safetensors", "scikit-learn"}
+# (numpy and scikit-learn are the API's too: Optuna's samplers and its fANOVA importance, api/core/search.py.)
+TRAINER_ONLY = {"torch", "torchvision", "safetensors"}
 
 
 def project_name(requirement: str) -> str:
