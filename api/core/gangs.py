@@ -139,8 +139,9 @@ def join(
         session.rollback()
         return None
     if len(taken) + 1 == nodes:
-        rank_zero = worker if rank == 0 else next(row.worker for row in rows if row.node_rank == 0)
-        state_machine.start_gang(session=session, job_id=job_id, attempt=attempt, worker=rank_zero)
+        by_rank = sorted([*((row.node_rank, row.worker) for row in rows), (rank, worker)])
+        members = [name for _, name in by_rank]
+        state_machine.start_gang(session=session, job_id=job_id, attempt=attempt, members=members)
     session.commit()
     return Membership(job_id, attempt, rank, nodes, worker)
 

@@ -319,14 +319,16 @@ def _claim_one(
     )
 
 
-def start_gang(*, session: Session, job_id: int, attempt: int, worker: str) -> bool:
+def start_gang(*, session: Session, job_id: int, attempt: int, members: Sequence[str]) -> bool:
     """The member that completes a gang starts its job (api/core/gangs.py): queued at `attempt` - 1 to running
-    at `attempt`, held by rank 0's `worker`. Not committed: part of the join's transaction."""
+    at `attempt`, held by rank 0's worker, its `members` (workers in rank order) recorded as the job's nodes. Not
+    committed: part of the join's transaction."""
     started = now()
     result = session.execute(
         move("claim", Job.id == job_id, Job.attempt == attempt - 1, *runnable()).values(
             attempt=attempt,
-            worker=worker,
+            worker=members[0],
+            placement=",".join(members),
             heartbeat_at=started,
             started_at=func.coalesce(Job.started_at, started),
         )

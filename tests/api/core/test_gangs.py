@@ -9,7 +9,7 @@ from datetime import timedelta
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from api.core import gangs
+from api.core import gangs, reads
 from api.core import state_machine as sm
 from api.core.models import Job, JobNode, JobStatus
 from vit.config import JobSpec
@@ -59,6 +59,7 @@ def test_the_member_completing_the_gang_starts_it_and_all_share_one_attempt(engi
     assert second is not None and second.node_rank == 1
     stored = job(engine, job_id)
     assert (stored.status, stored.attempt, stored.worker) == (JobStatus.running, 1, "w1")
+    assert reads.job_out(stored).nodes == ["w1", "w2"]  # every node of the job, in rank order
     with Session(engine) as session:
         gang_1 = gangs.started(session=session, membership=first)
         gang_2 = gangs.started(session=session, membership=second)
