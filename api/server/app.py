@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import sessionmaker
@@ -16,7 +14,7 @@ from sqlalchemy.orm import sessionmaker
 from api.core.broker import JobQueue
 from api.core.db import make_engine
 from api.core.settings import Settings, get_settings
-from api.server import errors
+from api.server import errors, openapi
 from api.server.auth import store_bootstrap_token
 from api.server.prometheus import JobCollector, LatencyMiddleware, request_latency
 from api.server.request_guard import RequestGuard
@@ -36,7 +34,6 @@ from api.server.routes import (
 from api.server.security_headers import SecurityHeaders
 from api.server.unavailable import DATABASE_UNAVAILABLE, ResponseDeadline, database_unavailable
 from api.server.watch import Feeds
-from vit.config import JobSpec
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -59,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="A training service for Vision Transformers.",
         lifespan=lifespan,
         static_url="/docs-static",
+        generate_unique_id_function=openapi.operation_id,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -90,17 +88,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dashboard,
     ):
         app.include_router(module.router)
-    app.openapi = lambda: _openapi_with_spec(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi.document(app)  # type: ignore[method-assign]
     return app
-
-
-def _openapi_with_spec(app: FastAPI) -> dict[str, Any]:
-    """OpenAPI, plus the JobSpec schema that POST /jobs reads by hand (JSON or YAML)."""
-    if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-        spec_schema = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(spec_schema.pop("$defs", {}))
-        components["JobSpec"] = spec_schema
-        app.openapi_schema = schema
-    return app.openapi_schema

@@ -32,7 +32,9 @@ _SWEEP_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": SweepSpec.model_json_schema()},
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/SweepSpec"}
+            },  # api/server/openapi.py
             **{t: {"schema": {"type": "string", "description": "The same as YAML."}} for t in YAML_TYPES},
         },
     }
