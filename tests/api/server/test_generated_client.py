@@ -8,8 +8,6 @@ import importlib
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -17,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
@@ -26,7 +23,7 @@ from api.core.db import make_engine
 from api.core.models import ApiToken, Job, Sweep
 from api.core.settings import Settings
 from api.server.app import create_app
-from tests.api.conftest import TINY_SPEC
+from tests.api.conftest import TINY_SPEC, serving
 
 GENERATOR = shutil.which("openapi-python-client", path=str(Path(sys.executable).parent))
 
@@ -45,16 +42,10 @@ def running(
     engine = make_engine(api_pg_url)
     with Session(engine) as session:
         _row, token = tokens.create(session=session, owner="carol")
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", token
+        with serving(create_app(settings)) as url:
+            yield url, token
     finally:
-        server.should_exit = True
-        thread.join(10)
         with Session(engine) as session:
             session.execute(delete(Job))
             session.execute(delete(Sweep))

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
@@ -25,7 +24,7 @@ from api.core.db import make_engine
 from api.core.models import ApiToken, Job
 from api.core.settings import Settings
 from api.server.app import create_app
-from tests.api.conftest import TINY_SPEC
+from tests.api.conftest import TINY_SPEC, serving
 
 KEYS, COPIES, CLIENTS = 200, 5, 16
 
@@ -49,16 +48,10 @@ def server(
     engine = make_engine(api_pg_url)
     with Session(engine) as session:
         _row, token = tokens.create(session=session, owner="alice")
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", token
+        with serving(create_app(settings)) as url:
+            yield url, token
     finally:
-        server.should_exit = True
-        thread.join(10)
         with Session(engine) as session:
             session.execute(delete(Job))
             session.execute(delete(ApiToken))
