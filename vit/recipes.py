@@ -47,6 +47,24 @@ def _augreg(randaug_magnitude: int | None, mixup: float) -> Recipe:
     )
 
 
+# DeiT's augmentation and optimiser, which MAE's (and BEiT's) fine-tuning recipe takes over unchanged.
+DEIT_AUGMENTATION: dict[str, Any] = {
+    "rand_augment": "rand-m9-mstd0.5-inc1",
+    "mixup": 0.8,
+    "cutmix": 1.0,
+    "mixup_prob": 1.0,
+    "mixup_switch_prob": 0.5,
+    "random_erasing": 0.25,
+}
+DEIT_OPTIM: dict[str, Any] = {
+    "name": "adamw",
+    "weight_decay": 0.05,
+    "betas": (0.9, 0.999),
+    "schedule": "cosine",
+    "clip_grad_norm": 0.0,
+}
+
+
 def _deit(variant: str) -> Recipe:
     # Touvron et al. 2021, Table 9 (one recipe for Ti, S and B): AdamW lr 5e-4 x batch/512, wd 0.05, cosine, no
     # clipping, label smoothing 0.1, stochastic depth 0.1, RandAugment m9 mstd0.5, mixup 0.8, CutMix 1.0,
@@ -55,21 +73,8 @@ def _deit(variant: str) -> Recipe:
         source="Touvron et al. 2021, Training data-efficient image transformers (DeiT), Table 9",
         values={
             "model": {"variant": variant, "drop_path_rate": 0.1},
-            "data": {
-                "rand_augment": "rand-m9-mstd0.5-inc1",
-                "mixup": 0.8,
-                "cutmix": 1.0,
-                "mixup_prob": 1.0,
-                "mixup_switch_prob": 0.5,
-                "random_erasing": 0.25,
-            },
-            "optim": {
-                "name": "adamw",
-                "weight_decay": 0.05,
-                "betas": (0.9, 0.999),
-                "schedule": "cosine",
-                "clip_grad_norm": 0.0,
-            },
+            "data": DEIT_AUGMENTATION,
+            "optim": DEIT_OPTIM,
             "train": {"label_smoothing": 0.1, "ema_decay": 0.99996},
         },
         lr_per_batch=(5e-4, 512),
@@ -95,22 +100,8 @@ RECIPES: dict[str, Recipe] = {
         source="He et al. 2021, Masked Autoencoders Are Scalable Vision Learners, fine-tuning ViT-B",
         values={
             "model": {"drop_path_rate": 0.1},
-            "data": {
-                "rand_augment": "rand-m9-mstd0.5-inc1",
-                "mixup": 0.8,
-                "cutmix": 1.0,
-                "mixup_prob": 1.0,
-                "mixup_switch_prob": 0.5,
-                "random_erasing": 0.25,
-            },
-            "optim": {
-                "name": "adamw",
-                "weight_decay": 0.05,
-                "betas": (0.9, 0.999),
-                "schedule": "cosine",
-                "clip_grad_norm": 0.0,
-                "layer_decay": 0.65,
-            },
+            "data": DEIT_AUGMENTATION,
+            "optim": {**DEIT_OPTIM, "layer_decay": 0.65},
             "train": {"label_smoothing": 0.1},
         },
         lr_per_batch=(5e-4, 256),

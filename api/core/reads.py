@@ -14,6 +14,7 @@ from api.core import workers
 from api.core.metric_queries import MetricSummary, summarize_metrics
 from api.core.models import MAX_JOB_ID, Checkpoint, Job, JobStatus
 from api.core.schemas import JobOut
+from api.core.settings import Settings
 from api.core.state_machine import (
     QUEUE_ORDER,
     JobNotFoundError,
@@ -248,3 +249,14 @@ def jobs_out(
         else None
     )
     return [job_out(job, summaries.get(job.id), queue) for job in jobs]
+
+
+def shown(*, session: Session, jobs: Sequence[Job], settings: Settings) -> list[JobOut]:
+    """The jobs as GET /jobs and GET /jobs/{id} show them: queued ones with their place and why they wait, under
+    the service's lease and running limit."""
+    return jobs_out(
+        session=session,
+        jobs=jobs,
+        lease_seconds=settings.lease_seconds,
+        running_limit=settings.max_running_jobs,
+    )

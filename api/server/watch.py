@@ -48,8 +48,7 @@ class JobFeed:
         self.job_id = job_id
         self.sessions = sessions
         self.log_path = settings.run_dir(job_id) / LOG_FILE
-        self.lease_seconds = settings.lease_seconds
-        self.running_limit = settings.max_running_jobs
+        self.settings = settings
         self.watchers: set[asyncio.Queue[Change]] = set()
         self.job_json = ""
         self.cursor = 0
@@ -100,12 +99,7 @@ class JobFeed:
             changes += self._log_changes()
             # The job as GET /jobs/{id} shows it, compared whole: its place and wait reason change with the queue
             # and the workers, its latest metrics and ETA with its progress, without its own row changing.
-            (out_job,) = reads.jobs_out(
-                session=session,
-                jobs=[job],
-                lease_seconds=self.lease_seconds,
-                running_limit=self.running_limit,
-            )
+            (out_job,) = reads.shown(session=session, jobs=[job], settings=self.settings)
             job_json = out_job.model_dump_json()
             if job_json != self.job_json:
                 self.job_json = job_json

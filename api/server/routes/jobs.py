@@ -120,24 +120,14 @@ def list_jobs(
         limit=limit,
         offset=offset,
     )
-    items = reads.jobs_out(
-        session=session,
-        jobs=rows,
-        lease_seconds=settings.lease_seconds,
-        running_limit=settings.max_running_jobs,
-    )
+    items = reads.shown(session=session, jobs=rows, settings=settings)
     return JobList(items=items, total=total)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses={404: {"description": "Unknown job"}})
 def get_job(job_id: JobId, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> Response:
     job = reads.get_job(session=session, job_id=job_id, principal=principal)
-    (out,) = reads.jobs_out(
-        session=session,
-        jobs=[job],
-        lease_seconds=settings.lease_seconds,
-        running_limit=settings.max_running_jobs,
-    )
+    (out,) = reads.shown(session=session, jobs=[job], settings=settings)
     return json_response(out)
 
 
@@ -160,10 +150,5 @@ def annotate_job(
 ) -> Response:
     """Set the job's tags and notes (its owner only); fields left out stay as they are."""
     job = job_notes.annotate(session=session, job_id=job_id, principal=principal, change=change)
-    (out,) = reads.jobs_out(
-        session=session,
-        jobs=[job],
-        lease_seconds=settings.lease_seconds,
-        running_limit=settings.max_running_jobs,
-    )
+    (out,) = reads.shown(session=session, jobs=[job], settings=settings)
     return json_response(out)

@@ -60,12 +60,10 @@ def test_watchers_see_each_metric_and_log_line_once_and_the_end(api: Api) -> Non
     assert early.wait("log") == ["line 2\n"]  # the tail asked for
     assert early.steps() == [1]
     with Session(api.engine) as session:
-        stored = time.monotonic()
         assert add_metric_points(session=session, claim=held, points=[Point("loss", 2, 0.5, 0.0)], step=2)
     with log.open("a") as file:
         file.write("line 3\n")
-    early.wait("metrics", 2)
-    assert time.monotonic() - stored < 2.0  # a new point within 2 s of being stored
+    early.wait("metrics", 2)  # how soon: bench/watch.py (a speed target is a benchmark's, not a test's)
     assert early.wait("log", 2) == ["line 2\n", "line 3\n"]
     late = Watcher(api, job_id, since=0)  # joins the feed that is already running
     late.wait("metrics")
