@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from api.core import workers
@@ -126,9 +126,10 @@ class QueueView:
 def queue_view(
     *, session: Session, jobs: Sequence[Job], lease_seconds: float, running_limit: int | None = None
 ) -> QueueView | None:
-    """The places of the page's runnable queued jobs: one query per pool they are in, reading at most
-    PLACES_COUNTED ids from the queue's index, and one for the live workers (only when the page shows a
-    queued job)."""
+    """The places of the page's runnable queued jobs and the live workers of their pools (only when the page
+    shows such a job). One job: its place and its pool's workers in one statement, built once (the job page is
+    the hottest read). A page: one query per pool, reading at most PLACES_COUNTED ids from the queue's index,
+    and one for the live workers."""
     waiting = [job for job in jobs if job.status == JobStatus.queued and job.wait_reason is None]
     if not waiting:
         return None
@@ -137,6 +138,9 @@ def queue_view(
     if running_limit is not None:
         at_limit = frozenset(session.scalars(owners_at_running_limit(running_limit)))
         skip = (Job.owner.not_in(at_limit),) if at_limit else ()
+    if len(waiting) == 1 and not skip:
+        places, alive = _place_and_workers(session=session, job=waiting[0], lease_seconds=lease_seconds)
+        return QueueView(places, alive, at_limit, running_limit)
     places = (
         _place_of(session=session, job=waiting[0], skip=skip)
         if len(waiting) == 1
@@ -146,10 +150,53 @@ def queue_view(
     return QueueView(places, alive, at_limit, running_limit)
 
 
+def _ahead_of(priority: Any, created_at: Any, job_id: Any) -> Any:
+    """The WHERE clause of the jobs before a job with these values in QUEUE_ORDER (priority descending, then
+    first come): the job's own values, or bound parameters."""
+    return or_(
+        Job.priority > priority,
+        and_(
+            Job.priority == priority,
+            or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id)),
+        ),
+    )
+
+
+_AHEAD_OF_BOUND = select(Job.id).where(
+    *runnable(),
+    Job.pool == bindparam("pool"),
+    _ahead_of(
+        bindparam("priority", type_=Job.priority.type),
+        bindparam("created_at", type_=Job.created_at.type),
+        bindparam("job_id", type_=Job.id.type),
+    ),
+)
+_PLACE_AND_WORKERS = select(
+    select(func.count()).select_from(_AHEAD_OF_BOUND.limit(PLACES_COUNTED).subquery()).scalar_subquery(),
+    workers.ALIVE_IN_POOL,
+)
+
+
+def _place_and_workers(
+    *, session: Session, job: Job, lease_seconds: float
+) -> tuple[dict[int, int], dict[str, int]]:
+    params = {
+        "pool": job.pool,
+        "priority": job.priority,
+        "created_at": job.created_at,
+        "job_id": job.id,
+        "cutoff": workers.alive_cutoff(lease_seconds),
+    }
+    ahead, alive = session.execute(_PLACE_AND_WORKERS, params).one()
+    return ({job.id: ahead + 1} if ahead < PLACES_COUNTED else {}), {job.pool: alive}
+
+
 def _place_of(*, session: Session, job: Job, skip: tuple[Any, ...]) -> dict[int, int]:
-    """One job's page: the jobs ahead of it counted in the database (one row back)."""
+    """One job's page, some owners skipped: the jobs ahead of it counted in the database (one row back)."""
     ahead = (
-        select(Job.id).where(*runnable(), Job.pool == job.pool, *skip, _ahead_of(job)).limit(PLACES_COUNTED)
+        select(Job.id)
+        .where(*runnable(), Job.pool == job.pool, *skip, _ahead_of(job.priority, job.created_at, job.id))
+        .limit(PLACES_COUNTED)
     )
     count = session.scalar(select(func.count()).select_from(ahead.subquery())) or 0
     return {job.id: count + 1} if count < PLACES_COUNTED else {}
@@ -164,17 +211,6 @@ def _places_in(*, session: Session, pools: set[str], skip: tuple[Any, ...]) -> d
             (job_id, place) for place, job_id in enumerate(session.scalars(head.limit(PLACES_COUNTED)), 1)
         )
     return places
-
-
-def _ahead_of(job: Job) -> Any:
-    """The WHERE clause of the jobs before `job` in QUEUE_ORDER (priority descending, then first come)."""
-    return or_(
-        Job.priority > job.priority,
-        and_(
-            Job.priority == job.priority,
-            or_(Job.created_at < job.created_at, and_(Job.created_at == job.created_at, Job.id < job.id)),
-        ),
-    )
 
 
 def job_out(job: Job, summary: MetricSummary | None = None, queue: QueueView | None = None) -> JobOut:
@@ -242,7 +278,9 @@ def jobs_out(
 ) -> list[JobOut]:
     """The jobs as the API shows them; with `lease_seconds`, queued jobs say their place and why they wait
     (those whose owner is at `running_limit` say so instead)."""
-    summaries = summarize_metrics(session=session, job_ids=[job.id for job in jobs])
+    # A job that never started has no metrics: a queued page asks nothing for it.
+    started = [job.id for job in jobs if job.started_at is not None]
+    summaries = summarize_metrics(session=session, job_ids=started)
     queue = (
         queue_view(session=session, jobs=jobs, lease_seconds=lease_seconds, running_limit=running_limit)
         if lease_seconds

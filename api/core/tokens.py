@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from api.core.models import ApiToken
@@ -68,14 +68,16 @@ def revoke(*, session: Session, token_id: int) -> bool:
     return bool(getattr(result, "rowcount", 0))
 
 
+# Built once: every authenticated request runs it.
+_LIVE_TOKEN = select(
+    ApiToken.id, ApiToken.owner, ApiToken.is_admin, ApiToken.token_hash, ApiToken.last_used_at
+).where(ApiToken.token_hash == bindparam("digest"), ApiToken.revoked_at.is_(None))
+
+
 def authenticate(*, session: Session, token: str) -> Principal | None:
     """The principal a live token stands for; None for an unknown or revoked one."""
     digest = hash_token(token)
-    row = session.execute(
-        select(
-            ApiToken.id, ApiToken.owner, ApiToken.is_admin, ApiToken.token_hash, ApiToken.last_used_at
-        ).where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None))
-    ).one_or_none()
+    row = session.execute(_LIVE_TOKEN, {"digest": digest}).one_or_none()
     # The index compared hashes; compare again in constant time so no timing ever depends on a secret's bytes.
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         return None

@@ -7,10 +7,10 @@ jobs are taken from it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ScalarSelect, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from api.core.models import Worker
@@ -77,15 +77,33 @@ def retire(*, session: Session, name: str) -> None:
 
 
 def live(*, session: Session, lease_seconds: float) -> Sequence[Worker]:
-    cutoff = now() - timedelta(seconds=lease_seconds)
+    cutoff = alive_cutoff(lease_seconds)
     return session.scalars(
         select(Worker).where(Worker.heartbeat_at >= cutoff, Worker.stopped_at.is_(None)).order_by(Worker.name)
     ).all()
 
 
+def alive_cutoff(lease_seconds: float) -> datetime:
+    """The oldest heartbeat of a worker still alive."""
+    return now() - timedelta(seconds=lease_seconds)
+
+
+# How many workers of pool `:pool` are alive (heartbeat at or after `:cutoff`), as a subquery another read embeds.
+ALIVE_IN_POOL: ScalarSelect[int] = (
+    select(func.count())
+    .select_from(Worker)
+    .where(
+        Worker.pool == bindparam("pool"),
+        Worker.heartbeat_at >= bindparam("cutoff", type_=Worker.heartbeat_at.type),
+        Worker.stopped_at.is_(None),
+    )
+    .scalar_subquery()
+)
+
+
 def alive_per_pool(*, session: Session, lease_seconds: float) -> dict[str, int]:
     """How many workers of each pool are alive: one grouped query."""
-    cutoff = now() - timedelta(seconds=lease_seconds)
+    cutoff = alive_cutoff(lease_seconds)
     rows = session.execute(
         select(Worker.pool, func.count())
         .where(Worker.heartbeat_at >= cutoff, Worker.stopped_at.is_(None))

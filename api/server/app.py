@@ -62,6 +62,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     # expire_on_commit=False: a committed job is returned as is, without a reload round trip.
     app.state.sessions = sessions = sessionmaker(engine, expire_on_commit=False)
+    # For reads that change nothing: each statement commits itself, so a read sends no BEGIN and no ROLLBACK
+    # (under READ COMMITTED each statement saw its own snapshot anyway).
+    app.state.reads = sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+    )
     app.state.queue = queue
     app.state.prometheus = CollectorRegistry()
     app.state.prometheus.register(JobCollector(app.state.sessions, settings.lease_seconds))
