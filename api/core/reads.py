@@ -19,6 +19,7 @@ from api.core.state_machine import (
     QUEUE_ORDER,
     JobNotFoundError,
     Principal,
+    owned_by,
     owners_at_running_limit,
     runnable,
     visible_to,
@@ -34,10 +35,17 @@ def get_job(*, session: Session, job_id: int, principal: Principal) -> Job:
     return job
 
 
+# Built once (every job route reads its job first): the job by id, for an admin and for its owner.
+_JOB = select(Job).where(Job.id == bindparam("job_id"))
+_OWNED_JOB = _JOB.where(*owned_by(bindparam("owner")))
+
+
 def find_job(*, session: Session, job_id: int, principal: Principal) -> Job | None:
     if job_id > MAX_JOB_ID:  # no such row (jobs.id is 32-bit), and PostgreSQL would refuse the comparison
         return None
-    return session.scalar(select(Job).where(Job.id == job_id, *visible_to(principal)))
+    if principal.is_admin:
+        return session.scalar(_JOB, {"job_id": job_id})
+    return session.scalar(_OWNED_JOB, {"job_id": job_id, "owner": principal.owner})
 
 
 def list_jobs(
@@ -187,7 +195,7 @@ def _place_and_workers(
         "job_id": job.id,
         "cutoff": workers.alive_cutoff(lease_seconds),
     }
-    ahead, alive = session.execute(_PLACE_AND_WORKERS, params).one()
+    ahead, alive = session.connection().execute(_PLACE_AND_WORKERS, params).one()  # plain values: no ORM
     return ({job.id: ahead + 1} if ahead < PLACES_COUNTED else {}), {job.pool: alive}
 
 

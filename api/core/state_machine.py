@@ -100,7 +100,12 @@ def lock_owner(*, session: Session, owner: str) -> None:
 def visible_to(principal: Principal) -> tuple[Any, ...]:
     """The WHERE clause of the jobs `principal` may see and act on. Every read and transition the API makes on
     a principal's behalf adds it, so another owner's job is "not found" (404) everywhere, never "forbidden"."""
-    return () if principal.is_admin else (Job.owner == principal.owner,)
+    return () if principal.is_admin else owned_by(principal.owner)
+
+
+def owned_by(owner: Any) -> tuple[Any, ...]:
+    """The WHERE clause of one owner's jobs: `owner` a name, or a bound parameter in a statement built once."""
+    return (Job.owner == owner,)
 
 
 @dataclass(frozen=True)

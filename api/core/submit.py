@@ -160,6 +160,8 @@ def _check_fits(spec: JobSpec, *, session: Session, settings: Settings) -> None:
     """A job that no live worker of its pool could ever run is a 422 naming the largest fit. With no worker of
     the pool alive yet, it is accepted and waits (its wait_reason says so)."""
     resources = spec.resources
+    if resources.gpus_per_node == 0 and resources.nodes == 1:
+        return  # a one-node CPU job fits any worker of its pool
     fit = workers.largest_fit(session=session, pool=resources.pool, lease_seconds=settings.lease_seconds)
     if fit is not None and resources.gpus_per_node > fit:
         raise invalid(

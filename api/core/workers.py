@@ -119,14 +119,22 @@ def forget_dead(*, session: Session, older_than_seconds: float) -> None:
     session.commit()
 
 
+# The devices of each live worker of pool `:pool` (a submit's fit check: built once, only the one column read).
+_POOL_DEVICES = select(Worker.devices).where(
+    Worker.pool == bindparam("pool"),
+    Worker.heartbeat_at >= bindparam("cutoff", type_=Worker.heartbeat_at.type),
+    Worker.stopped_at.is_(None),
+)
+
+
 def largest_fit(*, session: Session, pool: str, lease_seconds: float) -> int | None:
     """The most devices one live worker of `pool` has; None when none is alive or one is a CPU worker (a CPU
     worker runs any job of its pool, so no GPU count is too large for the pool)."""
-    found = live(session=session, lease_seconds=lease_seconds)
-    in_pool = [w for w in found if w.pool == pool]
-    if not in_pool or any(not w.devices for w in in_pool):
+    params = {"pool": pool, "cutoff": alive_cutoff(lease_seconds)}
+    in_pool = session.connection().execute(_POOL_DEVICES, params).scalars().all()
+    if not in_pool or any(not devices for devices in in_pool):
         return None
-    return max(len(w.devices) for w in in_pool)
+    return max(len(devices) for devices in in_pool)
 
 
 def nodes_that_fit(*, session: Session, pool: str, gpus: int, lease_seconds: float) -> int | None:
