@@ -7,12 +7,21 @@ from vit.config import DATASET_CLASSES, PRESETS, VARIANT_PATTERN, DataSpec, Mode
 
 
 def parameter_count(
-    *, image_size: int, patch_size: int, embed_dim: int, depth: int, mlp_dim: int, num_classes: int, in_chans: int = 3
+    *,
+    image_size: int,
+    patch_size: int,
+    embed_dim: int,
+    depth: int,
+    mlp_dim: int,
+    num_classes: int,
+    in_chans: int = 3,
 ) -> int:
     """The parameters of vit.model.VisionTransformer with this shape (weights and biases alike)."""
     d, m = embed_dim, mlp_dim
     patch_embed = in_chans * patch_size**2 * d + d  # the patch convolution
-    tokens = d + ((image_size // patch_size) ** 2 + 1) * d  # class token, position embeddings (class slot included)
+    tokens = (
+        d + ((image_size // patch_size) ** 2 + 1) * d
+    )  # class token, position embeddings (class slot included)
     layer_norm = 2 * d
     attention = (3 * d * d + 3 * d) + (d * d + d)  # qkv, proj
     mlp = (d * m + m) + (m * d + d)  # fc1, fc2

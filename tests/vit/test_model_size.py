@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 import torch
 
+from tests.vit.tiny_specs import TINY_MODEL
 from vit.config import DataSpec, ModelSpec
 from vit.data import build_datasets
 from vit.model import create_model
 from vit.model_size import known_classes, model_parameters
-from tests.vit.tiny_specs import TINY_MODEL
 
 
 def built_parameters(model: ModelSpec, num_classes: int, device: str = "cpu") -> int:
@@ -45,7 +45,9 @@ def test_count_equals_a_large_model_built_without_memory(variant: str, image_siz
         assert counted == 86_567_656  # timm's vit_base_patch16_224
 
 
-@pytest.mark.parametrize("data", [{"dataset": "digits"}, {"dataset": "synthetic", "synthetic_size": 64, "synthetic_classes": 7}])
+@pytest.mark.parametrize(
+    "data", [{"dataset": "digits"}, {"dataset": "synthetic", "synthetic_size": 64, "synthetic_classes": 7}]
+)
 def test_known_classes_are_the_datasets(data: dict[str, Any]) -> None:
     spec = DataSpec.model_validate(data)
     assert known_classes(spec) == build_datasets(spec, image_size=8, seed=0).num_classes
