@@ -33,12 +33,12 @@ def limited(tenants: Tenants) -> Iterator[Tenants]:  # noqa: F811
     tenants.session.commit()
 
 
-def with_settings(tenants: Tenants, **values: int | None) -> None:
-    tenants.client.app.state.settings = tenants.settings.model_copy(update=values)  # type: ignore[attr-defined]
+def with_settings(owners: Tenants, **values: int | None) -> None:
+    owners.client.app.state.settings = owners.settings.model_copy(update=values)  # type: ignore[attr-defined]
 
 
-def stored(tenants: Tenants) -> tuple[int, int]:
-    session = tenants.session
+def stored(owners: Tenants) -> tuple[int, int]:
+    session = owners.session
     return session.scalar(select(func.count()).select_from(Job)) or 0, session.scalar(
         select(func.count()).select_from(Sweep)
     ) or 0
