@@ -27,6 +27,9 @@ PRESETS: dict[str, tuple[int, int, int, int]] = {
 }
 VARIANT_PATTERN = re.compile(rf"^({'|'.join(PRESETS)})/([1-9][0-9]*)$")
 DATASETS = ("synthetic", "digits", "cifar10", "cifar100", "pets", "flowers102", "imagefolder", "shards")
+# The class count of each dataset that has a fixed one (synthetic: data.synthetic_classes; image folders and
+# shards: their files'), known before any file is read (vit/model_size.py counts the head's parameters with it).
+DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "pets": 37, "flowers102": 102}
 # Datasets that read files: they need `data.root` (the embedded ones are built in memory).
 FILE_DATASETS = ("cifar10", "cifar100", "pets", "flowers102", "imagefolder", "shards")
 # Where `vitq data pack` shards can be read from: a local or shared-filesystem directory, or over HTTP(S).

@@ -329,6 +329,12 @@ def log_tail(path: Path, start: int = 0) -> tuple[str, int | None]:
             lines = handle.read().decode("utf-8", errors="replace").splitlines()
     except FileNotFoundError:
         return "", None
+    return tail_of(lines)
+
+
+def tail_of(lines: list[str]) -> tuple[str, int | None]:
+    """log_tail's answer for the trainer's last output lines, wherever they were kept (a capped train.log's
+    dropped lines stay in the worker's memory: worker/log_cap.py)."""
     exit_code = None
     report = next((i for i in range(len(lines) - 1, -1, -1) if LAUNCHER_FAILURE in lines[i]), None)
     if report is not None:

@@ -25,8 +25,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from api.core.parent_death import term_when_parent_dies
+from vit import rundir
 from vit.data_roots import DATA_ROOTS_ENV
 from worker import peak
+from worker.log_cap import CappedLog
 
 
 def trainer_command(spec_path: Path, run_dir: Path, procs_per_node: int, *, attempt: int) -> list[str]:
@@ -102,25 +104,45 @@ class Trainer:
         *,
         cwd: Path | None = None,
         ignore_signals: Sequence[int] = (),
+        log_limit: int | None = None,
     ) -> None:
+        """`log_limit`: the most bytes `log_path` may hold (the owner's max_log_bytes); None: the trainer writes
+        to it directly, without a limit."""
+
         def prepare() -> None:
             term_when_parent_dies()
             for signum in ignore_signals:  # SIG_IGN survives exec: torchrun and the trainer inherit it
                 signal.signal(signum, signal.SIG_IGN)
 
+        self.log_path = log_path
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command,
                 env=env,
                 cwd=cwd,
-                stdout=log,
+                stdout=log if log_limit is None else subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=prepare,
             )
+        self.capped_log = None
+        if log_limit is not None:
+            assert self.process.stdout is not None
+            self.capped_log = CappedLog(self.process.stdout, log_path, log_limit)
 
     def poll(self) -> int | None:
-        return self.process.poll()
+        """The exit code once the trainer has exited and its output is all in the log (or dropped)."""
+        code = self.process.poll()
+        if code is not None and self.capped_log is not None:
+            self.capped_log.join()
+        return code
+
+    def tail(self, start: int) -> tuple[str, int | None]:
+        """The trainer's last output lines since byte `start` of the log, and the exit code of a training
+        process that failed under torchrun (vit.rundir.log_tail); past the log limit, from the lines dropped."""
+        if self.capped_log is not None and self.capped_log.capped:
+            return rundir.tail_of(self.capped_log.dropped_lines())
+        return rundir.log_tail(self.log_path, start)
 
     def terminate(self) -> None:
         """SIGTERM to the launcher, which forwards it to the trainers: they checkpoint and exit."""

@@ -25,7 +25,7 @@ from typing import TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.core import gangs, search, state_machine
+from api.core import gangs, limits, search, state_machine
 from api.core.db import session_factory
 from api.core.logging_setup import job_context
 from api.core.models import JobStatus
@@ -276,7 +276,14 @@ class Run:
         if self.node is not None:
             env = {**self.node.network_env(), **env}  # a setting of the worker's own wins
         # A working directory of its own; signals the trainer must not die of (Slurm's SIGUSR1 is the supervisor's).
-        trainer = Trainer(command, env, log_path, cwd=self.run_dir, ignore_signals=self.ignore_signals)
+        trainer = Trainer(
+            command,
+            env,
+            log_path,
+            cwd=self.run_dir,
+            ignore_signals=self.ignore_signals,
+            log_limit=self._log_limit(),
+        )
         try:
             outcome = self._watch(trainer)
         except BaseException:
@@ -290,7 +297,7 @@ class Run:
         if not self._leads():  # rank 0's supervisor ends the job; another node only ends a failed attempt
             # 75: the ranks agreed to stop (a cancel or a stop that rank 0's supervisor handles), not a failure.
             if exit_code not in (rundir.EXIT_OK, rundir.EXIT_INTERRUPTED):
-                tail, trainer_exit = rundir.log_tail(log_path, log_start)
+                tail, trainer_exit = trainer.tail(log_start)
                 self._fail_gang_attempt(f"its trainers exited with code {trainer_exit or exit_code}:\n{tail}")
             return
         # After an outage the last renewal is old: what is on disk still goes in, for as long as a lease.
@@ -305,7 +312,7 @@ class Run:
         elif outcome in (Outcome.SHUTDOWN, Outcome.OUTAGE) or exit_code == rundir.EXIT_FENCED:
             self._hand_back(late=outcome == Outcome.OUTAGE)
         else:
-            tail, trainer_exit = rundir.log_tail(log_path, log_start)
+            tail, trainer_exit = trainer.tail(log_start)
             self._failed(trainer_exit if trainer_exit is not None else exit_code, tail)
 
     def _trainer_spec(self) -> JobSpec:
@@ -328,6 +335,14 @@ class Run:
         weights = self.settings.run_dir(parent) / rundir.CHECKPOINTS_DIR / name
         new_init = init.model_copy(update={"from_job": None, "checkpoint": None, "weights": str(weights)})
         return spec.model_copy(update={"init": new_init}).resolved()
+
+    def _log_limit(self) -> int | None:
+        """The job owner's max_log_bytes; this worker's setting while the database cannot say."""
+        settings = self.settings
+        found = self.database.call(
+            lambda s: (limits.log_limit(session=s, job_id=self.job_id, settings=settings),)
+        )
+        return found[0] if found is not None else settings.max_log_bytes
 
     def _leads(self) -> bool:
         """True on a one-node job, and on a gang's rank-0 node: the supervisor that writes the job's rows."""

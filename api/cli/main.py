@@ -26,6 +26,7 @@ from api.cli.exit_codes import (
     EXIT_OK,
     EXIT_USAGE,
 )
+from api.cli.limits import add_commands as add_limits_commands
 from api.cli.tokens import add_commands as add_auth_commands
 from api.cli.tokens import serve_settings
 from api.client import VitqClient, VitqError, default_url
@@ -364,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument("options", nargs=argparse.REMAINDER)
     slurm.set_defaults(run=cmd_slurm)
     add_auth_commands(commands)
+    add_limits_commands(commands)
     train = commands.add_parser("train", help="train locally, without the service")
     train.add_argument("spec")
     train.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")

@@ -46,7 +46,7 @@ def serve_settings(settings: Settings, *, host: str, insecure: bool) -> tuple[Se
     return off, f"vitq: WARNING: authentication is off on {host} ({why}): anyone who connects acts as admin"
 
 
-def _session() -> Session:
+def database_session() -> Session:
     from sqlalchemy.orm import Session
 
     from api.core.db import make_engine
@@ -60,7 +60,7 @@ def _session() -> Session:
 def cmd_token_create(args: argparse.Namespace) -> int:
     from api.core import tokens
 
-    with _session() as session:
+    with database_session() as session:
         row, token = tokens.create(session=session, owner=args.owner, is_admin=args.admin)
     role = "admin" if row.is_admin else "user"
     print(f"token {row.id} for {row.owner} ({role}); it is shown once, only its hash is stored:")
@@ -71,7 +71,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 def cmd_token_list(_args: argparse.Namespace) -> int:
     from api.core import tokens
 
-    with _session() as session:
+    with database_session() as session:
         rows = tokens.all_tokens(session=session)
     print(f"{'ID':>4}  {'OWNER':<20} {'ROLE':<6} {'CREATED':<20} {'LAST USED':<20} REVOKED")
     for row in rows:
@@ -85,7 +85,7 @@ def cmd_token_list(_args: argparse.Namespace) -> int:
 def cmd_token_revoke(args: argparse.Namespace) -> int:
     from api.core import tokens
 
-    with _session() as session:
+    with database_session() as session:
         if not tokens.revoke(session=session, token_id=args.id):
             print(f"vitq: no live token {args.id}", file=sys.stderr)
             return EXIT_USAGE
@@ -105,7 +105,7 @@ def cmd_login(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _owner(text: str) -> str:
+def owner_name(text: str) -> str:
     if not 1 <= len(text) <= MAX_OWNER_LENGTH or "\0" in text:
         raise argparse.ArgumentTypeError(f"an owner is 1 to {MAX_OWNER_LENGTH} characters")
     return text
@@ -119,7 +119,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     token = commands.add_parser("token", help="make, list and revoke API tokens (against the database)")
     actions = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     create = actions.add_parser("create", help="make a token; printed once, as the last line")
-    create.add_argument("--owner", required=True, type=_owner, help="whose jobs the token sees and makes")
+    create.add_argument("--owner", required=True, type=owner_name, help="whose jobs the token sees and makes")
     create.add_argument("--admin", action="store_true", help="sees and acts on every owner's jobs")
     create.set_defaults(run=cmd_token_create)
     actions.add_parser("list", help="every token (never the token itself)").set_defaults(run=cmd_token_list)

@@ -168,6 +168,17 @@ class ApiToken(Base):
     __table_args__ = (Index("ux_api_tokens_token_hash", "token_hash", unique=True),)
 
 
+class OwnerLimit(Base):
+    """An admin's override of one job-size limit for one owner (api/core/limits.py); `value` None: no limit for
+    this owner, whatever the service's default."""
+
+    __tablename__ = "owner_limits"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)  # a limit's name, e.g. max_job_params
+    value: Mapped[int | None] = mapped_column(BigInteger, default=None)
+
+
 class Worker(Base):
     """A worker process that announced itself; alive while its heartbeat is younger than the lease."""
 

@@ -1,6 +1,6 @@
-"""Per-owner quotas on POST /jobs (settings max_queued_jobs, max_gpus, max_job_images): a submit over one is
-refused (QuotaExceededError, a 429) naming the limit. max_running_jobs never refuses: the claim skips an owner at it
-(api/state_machine.claim), so the job waits.
+"""Per-owner quotas on POST /jobs (settings max_queued_jobs, max_gpus): a submit over one is refused
+(QuotaExceededError, a 429: it may pass later) naming the limit. max_running_jobs never refuses: the claim skips an
+owner at it (api/state_machine.claim), so the job waits. A job too large at any time is a 422 (api/core/limits.py).
 
 On PostgreSQL the checks take the owner's advisory lock (api/state_machine.lock_owner) until the submit
 commits, so submits racing for an owner's last queued slot or GPU are decided one at a time. On SQLite they
@@ -34,11 +34,6 @@ def check(*, session: Session, owner: str, specs: Sequence[JobSpec], settings: S
     hard quota."""
     if settings.max_queued_jobs is not None or settings.max_gpus is not None:
         lock_owner(session=session, owner=owner)
-    for spec in specs:
-        images = spec.train.steps * spec.train.batch_size
-        if settings.max_job_images is not None and images > settings.max_job_images:
-            why = f"a job asks for {images} images (steps x batch_size)"
-            _refuse("max_job_images", why, settings.max_job_images)
     if settings.max_queued_jobs is not None:
         queued = session.scalar(
             select(func.count()).select_from(Job).where(Job.owner == owner, Job.status == JobStatus.queued)

@@ -58,7 +58,13 @@ class Settings(BaseSettings):
     max_running_jobs: int | None = Field(None, ge=1)
     max_queued_jobs: int | None = Field(None, ge=1)
     max_gpus: int | None = Field(None, ge=0)  # GPUs asked for by the owner's unfinished jobs together
-    max_job_images: int | None = Field(None, ge=1)  # train.steps x train.batch_size of one job
+    # The size of one job, for every owner unless an admin set the owner's own (api/core/limits.py); None: no
+    # limit. A submit over one is a 422; max_log_bytes is applied by the worker that writes train.log.
+    max_job_params: int | None = Field(None, ge=1)  # the model's parameters
+    max_image_size: int | None = Field(None, ge=1)  # model.image_size, pixels a side
+    max_job_images: int | None = Field(None, ge=1)  # train.steps x train.batch_size
+    max_keep_checkpoints: int | None = Field(None, ge=1)  # train.keep_checkpoints
+    max_log_bytes: int | None = Field(None, ge=1)  # train.log of one job, all attempts together
     # Webhooks (api/core/notify.py) call public addresses only; these networks too (e.g. "127.0.0.1/32,10.0.0.0/8").
     webhook_allow: str | None = None
 

@@ -1,5 +1,5 @@
 """Submitting work, the one use case POST /jobs and POST /sweeps share: check each spec as the service will run
-it (paths confined, parent usable, a worker that fits, quotas), store the jobs in one transaction, commit, and
+it (within the owner's job-size limits, paths confined, parent usable, a worker that fits, quotas), store the jobs in one transaction, commit, and
 only then wake the executors (a worker must find the job it is handed)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.core import idempotency, quotas, reads, search, state_machine, sweeps, workers
+from api.core import idempotency, limits, quotas, reads, search, state_machine, sweeps, workers
 from api.core.broker import JobQueue
 from api.core.errors import InvalidInputError, invalid
 from api.core.models import Job, JobStatus, Sweep
@@ -37,7 +37,8 @@ def submit_job(
         )
         if first is not None:
             return first, False
-    spec, parent = checked(spec, session=session, settings=settings, principal=principal)
+    own = limits.for_owner(session=session, owner=principal.owner, settings=settings)
+    spec, parent = checked(spec, session=session, settings=settings, principal=principal, allowed=own)
     # The quota check takes the owner's lock, held until this transaction commits: nothing rolls back before.
     quotas.check(session=session, owner=principal.owner, specs=[spec], settings=settings)
     job = state_machine.submit(
@@ -109,9 +110,10 @@ def submit_sweep(
 
 
 def checked(
-    spec: JobSpec, *, session: Session, settings: Settings, principal: Principal
+    spec: JobSpec, *, session: Session, settings: Settings, principal: Principal, allowed: limits.JobLimits
 ) -> tuple[JobSpec, Job | None]:
     """The spec as it will run (paths resolved and confined) and its parent job, or a 422."""
+    limits.check(spec, allowed)
     spec = confine_paths(spec, settings, may_read_job=_may_read_job(session, principal))
     parent = _parent_of(spec, session=session, principal=principal)
     _check_fits(spec, session=session, settings=settings)
@@ -131,11 +133,14 @@ def _children(
         grid = probe_points(sweep) if sweep.searching else points(sweep)
     except SweepSpecError as error:
         raise invalid(error.loc, str(error), "sweep_invalid") from None
+    own = limits.for_owner(session=session, owner=principal.owner, settings=settings)
     children = []
     for index, point in enumerate(grid):
         try:
             spec = check_spec(child_spec(sweep, point))
-            children.append(checked(spec, session=session, settings=settings, principal=principal))
+            children.append(
+                checked(spec, session=session, settings=settings, principal=principal, allowed=own)
+            )
         except SweepSpecError as error:
             raise invalid(error.loc, str(error), "sweep_invalid") from None
         except InvalidInputError as error:

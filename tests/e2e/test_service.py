@@ -10,13 +10,17 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from sqlalchemy.orm import Session
 
-from api.core.db import scratch_database
+from api.core import limits
+from api.core.db import make_engine, scratch_database
+from api.core.models import LOCAL_OWNER
 from api.core.settings import Settings
 from vit import rundir
 from vit.checkpoint import load_state
 from vit.model import create_model
 from vit.weights import load_pretrained
+from worker import log_cap
 
 from .stack import Stack, running_stack, tiny_spec
 
@@ -115,6 +119,33 @@ def test_failing_trainer_fails_the_job_with_its_log_tail(stack: Stack) -> None:
     assert "empty-folder" in failed["error"]  # the trainer's own message, from train.log
     assert "ChildFailedError" not in failed["error"]  # not torchrun's report
     assert failed["attempt"] == 1  # bad data: retrying cannot help
+
+
+def test_a_log_over_its_owners_limit_is_cut_and_the_job_trains_on(stack: Stack) -> None:
+    """The worker reads the owner's max_log_bytes at launch (an admin's override: this worker's setting is none)."""
+    engine = make_engine(stack.settings.resolved_database_url)
+    try:
+        with Session(engine) as session:
+            limits.set_own(session=session, owner=LOCAL_OWNER, values={"max_log_bytes": 400})
+        job = stack.post(tiny_spec(steps=60, checkpoint_every=0))
+        done = stack.wait_status(job["id"], "succeeded")
+        assert done["owner"] == LOCAL_OWNER and stack.metric_steps(job["id"], "loss")[-1] == 60
+        log = (stack.settings.run_dir(job["id"]) / rundir.LOG_FILE).read_bytes()
+        kept, notice, rest = log.partition(log_cap.notice(400))
+        assert notice and len(kept) <= 400 and kept.endswith(b"\n") and rest == b""
+        # A failure's message still quotes the trainer, from the lines kept out of the file.
+        with Session(engine) as session:
+            limits.set_own(session=session, owner=LOCAL_OWNER, values={"max_log_bytes": 1})
+        empty = stack.settings.resolved_data_dir / "empty-for-the-log-limit"
+        empty.mkdir()
+        failed = stack.wait_status(
+            stack.post(tiny_spec(data={"dataset": "imagefolder", "root": str(empty)}))["id"], "failed"
+        )
+        assert "empty-for-the-log-limit" in failed["error"]
+    finally:
+        with Session(engine) as session:
+            limits.unset_own(session=session, owner=LOCAL_OWNER, names=["max_log_bytes"])
+        engine.dispose()
 
 
 def test_killed_trainer_is_retried_from_its_latest_checkpoint(stack: Stack) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from worker import log_cap
 from worker.launch import Trainer, trainer_command, trainer_env
 
 # A stand-in for the trainer: it records the SIGTERM it gets, as the real one checkpoints on it.
@@ -90,3 +91,26 @@ def test_the_trainer_imports_nothing_from_the_workers_directory(
     assert trainer.process.wait(timeout=120) != 0
     assert not marks.exists(), marks.read_text()
     assert str(spec) in (run_dir / "train.log").read_text()  # the real vit.train ran and named its input
+
+
+# Prints more than a pipe holds (64 KiB) without ever waiting: a log cap that stopped reading would block it.
+CHATTY = "import sys\nfor i in range(20_000):\n    print(f'line {i:05d}', flush=i % 1000 == 0)\nsys.exit(3)\n"
+
+
+def test_a_capped_log_keeps_whole_lines_to_its_limit_and_says_so(tmp_path: Path) -> None:
+    log = tmp_path / "train.log"
+    log.write_bytes(b"=== attempt 1 ===\n")  # the supervisor's header counts: the limit is the file's
+    trainer = Trainer([sys.executable, "-c", CHATTY], {}, log, log_limit=1000)
+    assert trainer.process.wait(timeout=60) == 3
+    assert trainer.poll() == 3  # and its output is all read
+    kept = log.read_text().splitlines(keepends=True)
+    assert kept[1:-1] == [f"line {i:05d}\n" for i in range(len(kept) - 2)]
+    assert len("".join(kept[:-1])) <= 1000 < len("".join(kept[:-1])) + len("line 00000\n")
+    assert kept[-1] == log_cap.notice(1000).decode()
+    # A failure's message still shows the trainer's last lines: they were dropped from the file, not lost.
+    tail, _ = trainer.tail(0)
+    assert tail.splitlines()[-1] == "line 19999"
+    # Another attempt on the full file adds nothing of the trainer's but the notice.
+    again = Trainer([sys.executable, "-c", "print('more')"], {}, log, log_limit=1000)
+    assert again.process.wait(timeout=60) == 0 and again.poll() == 0
+    assert log.read_text() == "".join(kept) + log_cap.notice(1000).decode()

@@ -277,7 +277,6 @@ def test_idempotency_key_replays_the_first_job(tenants: Tenants) -> None:
 @pytest.mark.parametrize(
     ("setting", "spec_change", "limit"),
     [
-        ({"max_job_images": 1000}, {"train": {"steps": 40, "batch_size": 32}}, "max_job_images"),
         ({"max_gpus": 1}, {"resources": {"procs_per_node": 2, "device": "cuda"}}, "max_gpus"),
     ],
 )
