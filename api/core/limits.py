@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from api.core.errors import InvalidInputError
@@ -43,9 +43,13 @@ class JobLimits:
         return "this owner's" if name in self.own else "the service's"
 
 
+# Built once and run past the ORM: every submit reads it.
+_OWNERS_OWN = select(OwnerLimit.name, OwnerLimit.value).where(OwnerLimit.owner == bindparam("owner"))
+
+
 def for_owner(*, session: Session, owner: str, settings: Settings) -> JobLimits:
     """The limits that hold for `owner`: the owner's own where an admin set one, else the settings'."""
-    rows = session.execute(select(OwnerLimit.name, OwnerLimit.value).where(OwnerLimit.owner == owner)).all()
+    rows = session.connection().execute(_OWNERS_OWN, {"owner": owner}).all()
     own = {row.name: row.value for row in rows if row.name in LIMITS}
     values = {name: own[name] if name in own else getattr(settings, name) for name in LIMITS}
     return JobLimits(values=values, own=frozenset(own))
