@@ -180,6 +180,23 @@ class DeviceOut(BaseModel):
     job_id: int | None  # that job, when it is the caller's to see
 
 
+class GpuUsageOut(BaseModel):
+    index: int  # the device's index on its host
+    util_percent: float
+    mem_used_bytes: int
+    mem_total_bytes: int
+
+
+class HostUsageOut(BaseModel):
+    """The worker's host at its last heartbeat (worker/usage.py)."""
+
+    cpu_percent: float  # of all the host's cores, 0-100
+    mem_used_bytes: int  # total minus available
+    mem_total_bytes: int
+    gpus: list[GpuUsageOut]  # the worker's GPUs
+    sampled_at: float  # unix seconds
+
+
 class WorkerOut(BaseModel):
     name: str  # host:pid, as a job's `worker` names it; slurm:POOL:NODE for a Slurm node
     host: str
@@ -196,6 +213,7 @@ class WorkerOut(BaseModel):
     )
     peak_source: str | None = None  # how that peak was measured
     partition: str | None = None  # a Slurm node of this Slurm partition (`vitq slurm`); None: a Celery worker
+    usage: HostUsageOut | None = None  # None until its first heartbeat measured it (a Slurm node: never)
 
 
 class WorkerList(BaseModel):
