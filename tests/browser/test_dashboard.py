@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from api.client import VitqClient
 from tests.api.cli.service import Service, tiny_spec, wait_for
-from tests.browser.conftest import ARTIFACTS
+from tests.browser.conftest import ARTIFACTS, stroke_pixels
 
 pytestmark = pytest.mark.browser
 TRAINING_TIMEOUT_MS = 120_000
@@ -220,3 +221,33 @@ def test_chart_appends_new_steps_and_asks_for_a_reload_when_history_rewinds(
         }"""
     )
     assert result == {"answers": [True, True, False, True], "steps": [1, 2, 3, 4, 5], "after": [1, 2]}
+
+
+def test_system_charts_and_worker_figures_come_from_the_real_worker(
+    page: Page, service: Service, client: VitqClient, pretrained_job: int
+) -> None:
+    # The worker sampled the trainer's processes while it ran: plausible figures, at steps of the job.
+    series = client.metrics(pretrained_job, names=["sys/cpu_percent", "sys/rss_bytes"])["series"]
+    assert series["sys/rss_bytes"]["values"] and min(series["sys/rss_bytes"]["values"]) > 10 * 2**20
+    assert series["sys/cpu_percent"]["values"] and min(series["sys/cpu_percent"]["values"]) >= 0
+    assert all(0 <= step <= 40 for step in series["sys/rss_bytes"]["steps"])
+    (worker,) = httpx.get(f"{service.url}/workers").json()["items"]
+    usage = worker["usage"]
+    assert 0 <= usage["cpu_percent"] <= 100 and 0 < usage["mem_used_bytes"] < usage["mem_total_bytes"]
+
+    page.goto(f"{service.url}/#/jobs/{pretrained_job}")
+    page.locator("#view[data-metrics-loaded=true]").wait_for()
+    system = page.get_by_role("region", name="System")
+    expect(system.locator("h2")).to_have_text("System")
+    memory = system.locator('[data-chart="Memory"]')
+    expect(memory).to_have_attribute("data-axes", "step | bytes")
+    expect(memory.locator(".u-legend")).to_contain_text("resident (RAM)")
+    expect(system.locator('[data-chart="CPU"]')).to_have_attribute("data-axes", "step | % of one core")
+    assert stroke_pixels(page, "Memory", LOSS_COLOR) > 20  # the first palette colour: drawn, not just framed
+    assert stroke_pixels(page, "CPU", LOSS_COLOR) > 0
+    expect(system.locator('[data-chart="GPU utilisation"]')).to_have_count(0)  # a CPU job has no GPU panel
+    system.screenshot(path=str(ARTIFACTS / "system_charts.png"))
+
+    page.goto(f"{service.url}/#/workers")
+    figures = page.locator(f"tr[data-worker='{worker['name']}'] [data-host-usage]")
+    expect(figures).to_contain_text(re.compile(r"CPU \d+% · RAM [\d.]+ [KMG]B of [\d.]+ GB"))
