@@ -73,6 +73,26 @@ class MetricsOut(BaseModel):
     cursor: int = Field(description="Id of the newest point considered: pass it back as `since`.")
 
 
+class LogPageOut(BaseModel):
+    start: int = Field(description="The first line's number (1-based).")
+    lines: list[str] = Field(description="Each cut at 2,000 bytes, ending with how many more it has.")
+    total_lines: int
+    size_bytes: int
+
+
+class LogMatchOut(BaseModel):
+    line: int = Field(description="Its number, as GET /jobs/{id}/logs/lines numbers lines.")
+    text: str = Field(description="The line, or 2,000 bytes around its first match, with … where cut.")
+    cut: bool
+
+
+class LogSearchOut(BaseModel):
+    query: str
+    match_case: bool
+    matches: list[LogMatchOut]
+    more: bool = Field(description="More lines match than `limit`.")
+
+
 class CheckpointOut(BaseModel):
     name: str
     step: int
