@@ -251,3 +251,43 @@ def test_system_charts_and_worker_figures_come_from_the_real_worker(
     page.goto(f"{service.url}/#/workers")
     figures = page.locator(f"tr[data-worker='{worker['name']}'] [data-host-usage]")
     expect(figures).to_contain_text(re.compile(r"CPU \d+% · RAM [\d.]+ [KMG]B of [\d.]+ GB"))
+
+
+def test_full_log_pages_searches_and_downloads(
+    page: Page, service: Service, client: VitqClient, pretrained_job: int
+) -> None:
+    found = httpx.get(f"{service.url}/jobs/{pretrained_job}/logs/search", params={"q": "val_top1"}).json()
+    assert (
+        len(found["matches"]) >= 4
+    )  # the trainer's progress lines at each evaluation (every 10 of 40 steps)
+    page.goto(f"{service.url}/#/jobs/{pretrained_job}")
+    page.get_by_role("link", name="Full log, search and download →").click()
+    page.wait_for_url(f"**/#/jobs/{pretrained_job}/log")
+    expect(page.locator(".log-line").first).to_have_attribute("data-line", "1")
+    expect(page.get_by_test_id("log-info")).to_contain_text("lines")
+
+    page.get_by_label("search the log").fill("VAL_TOP1")  # case-blind unless asked
+    page.get_by_role("button", name="Search").click()
+    matches = page.locator(".log-matches li")
+    expect(matches).to_have_count(len(found["matches"]))
+    expect(page.get_by_test_id("search-status")).to_have_text(f"{len(found['matches'])} matching lines")
+    expect(matches.first.locator("mark")).to_have_text("val_top1")
+    expect(page.locator(".log-line mark").first).to_have_text("val_top1")  # the page's own lines, marked
+    last = found["matches"][-1]["line"]
+    matches.last.click()
+    focused = page.locator(".log-line.focused")
+    expect(focused).to_have_attribute("data-line", str(last))
+    expect(focused).to_contain_text("val_top1")
+
+    page.get_by_label("search the log").fill("no such text in any log")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_test_id("search-status")).to_have_text("no line matches")
+    expect(matches).to_have_count(0)
+
+    with page.expect_download() as saved:
+        page.get_by_role("button", name="Download").click()
+    assert saved.value.suggested_filename == f"job{pretrained_job}-train.log"
+    assert (
+        saved.value.path().read_bytes()
+        == httpx.get(f"{service.url}/jobs/{pretrained_job}/logs/download").content
+    )
