@@ -43,6 +43,7 @@ class JobOut(BaseModel):
         None, description='What launched the job outside vitq, e.g. "slurm:1234".'
     )
     parent_job_id: int | None
+    sweep_id: int | None = Field(None, description="The sweep that made it (None: submitted alone).")
     owner: str = Field(description="Who submitted the job.")
     cancelled_by: str | None = Field(description="Who asked to cancel it (None: nobody).")
     created_at: UtcDatetime

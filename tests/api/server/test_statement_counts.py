@@ -40,6 +40,9 @@ def page_costs(api: Api, job_id: int) -> tuple[int, int]:
         assert api.client.get(f"/jobs/{job_id}").status_code == 200
     with counted(api) as page:
         assert len(api.client.get("/jobs?limit=20").json()["items"]) == 20
+    with counted(api) as lineage:  # the grouped list's filters cost no statement of their own
+        assert len(api.client.get(f"/jobs?limit=20&lineage_of={job_id}").json()["items"]) == 1
+    assert len(lineage) == len(page)
     return len(one), len(page)
 
 
