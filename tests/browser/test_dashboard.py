@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import httpx
 import pytest
+import yaml
 from playwright.sync_api import Browser, Page, expect
 
 from api.client import VitqClient
 from tests.api.cli.service import Service, tiny_spec, wait_for
-from tests.browser.conftest import ARTIFACTS, stroke_pixels
+from tests.browser.conftest import ARTIFACTS, horizontal_overflow, stroke_pixels
 
 pytestmark = pytest.mark.browser
 TRAINING_TIMEOUT_MS = 120_000
@@ -291,3 +293,75 @@ def test_full_log_pages_searches_and_downloads(
         saved.value.path().read_bytes()
         == httpx.get(f"{service.url}/jobs/{pretrained_job}/logs/download").content
     )
+
+
+@pytest.fixture(scope="module")
+def families(client: VitqClient) -> dict[str, Any]:
+    """A pretrain with a fine-tune and a fine-tune of that, and a two-job sweep: all in a pool no worker serves,
+    so they wait in the queue and cost no training."""
+    base = {**yaml.safe_load(tiny_spec("family")), "resources": {"device": "cpu", "pool": "idle"}}
+    root = client.submit({**base, "name": "family-pretrain"})["id"]
+    tuned = {**base, "kind": "finetune", "name": "family-tune", "init": {"from_job": root}}
+    tune = client.submit(tuned)["id"]
+    tune2 = client.submit({**tuned, "name": "family-tune2", "init": {"from_job": tune}})["id"]
+    sweep = client.sweep({"name": "lrs", "base": base, "grid": {"optim.lr": [0.001, 0.002]}})
+    children = [child["job"]["id"] for child in sweep["jobs"]]
+    return {"root": root, "tune": tune, "tune2": tune2, "sweep": sweep["id"], "children": children}
+
+
+def tbody_order(page: Page) -> list[str]:
+    """The rows of the job list as shown: "group:KEY" or "job:ID@DEPTH"."""
+    return list(
+        page.evaluate(
+            """() => [...document.querySelectorAll("table.jobs tbody tr")].map((tr) =>
+              tr.dataset.group ? `group:${tr.dataset.group}` : `job:${tr.dataset.jobId}@${tr.dataset.depth}`)"""
+        )
+    )
+
+
+@pytest.mark.parametrize("width", [1920, 390])
+def test_job_list_groups_by_sweep_and_by_lineage(
+    browser: Browser, service: Service, families: dict[str, Any], width: int
+) -> None:
+    context = browser.new_context(viewport={"width": width, "height": 1000})
+    page = context.new_page()
+    try:
+        page.goto(f"{service.url}/#/")
+        page.locator("#view[data-loaded=true]").wait_for()
+        root, tune, tune2, sweep = families["root"], families["tune"], families["tune2"], families["sweep"]
+        page.get_by_label("group by").select_option("lineage")
+        header = page.locator(f"tr[data-group='lineage:{root}']")
+        expect(header).to_contain_text(f"Lineage of #{root} · 3 jobs on this page")
+        shown = tbody_order(page)
+        at = shown.index(f"group:lineage:{root}")
+        assert shown[at : at + 4] == [
+            f"group:lineage:{root}",
+            f"job:{root}@1",
+            f"job:{tune}@2",
+            f"job:{tune2}@3",
+        ]
+        assert "group=lineage" in page.url
+        assert horizontal_overflow(page) == 0
+        page.screenshot(path=str(ARTIFACTS / f"list_grouped_by_lineage_{width}.png"), full_page=True)
+
+        page.get_by_label("group by").select_option("sweep")
+        shown = tbody_order(page)
+        at = shown.index(f"group:sweep:{sweep}")
+        assert sorted(shown[at + 1 : at + 3]) == sorted(f"job:{child}@1" for child in families["children"])
+        sweep_header = page.locator(f"tr[data-group='sweep:{sweep}']")
+        expect(sweep_header).to_contain_text(f"Sweep #{sweep} · 2 jobs on this page")
+        sweep_header.get_by_role("button", name="show the whole sweep").click()
+        expect(page.locator("table.jobs tbody tr[data-job-id]")).to_have_count(2)
+        assert f"sweep_id={sweep}" in page.url
+        assert horizontal_overflow(page) == 0
+        page.screenshot(path=str(ARTIFACTS / f"list_grouped_by_sweep_{width}.png"), full_page=True)
+
+        page.locator("[data-narrowed=sweep_id]").click()  # every job again
+        page.get_by_label("group by").select_option("lineage")
+        page.locator(f"tr[data-group='lineage:{root}']").get_by_role(
+            "button", name="show the whole lineage"
+        ).click()
+        expect(page.locator("table.jobs tbody tr[data-job-id]")).to_have_count(3)
+        assert f"lineage_of={root}" in page.url
+    finally:
+        context.close()
