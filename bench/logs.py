@@ -61,7 +61,9 @@ def main() -> None:
             "page 1 (500 lines)": lambda: read_page(path, 1, 500),
             "page at the middle": lambda: read_page(path, lines // 2, 500),
             "last page": lambda: read_page(path, lines - 499, 500),
-            "search, a rare line (1 match)": lambda: search(path, "out of memory", match_case=False, limit=200),
+            "search, a rare line (1 match)": lambda: search(
+                path, "out of memory", match_case=False, limit=200
+            ),
             "search, every line (stops at 200)": lambda: search(path, "loss", match_case=False, limit=200),
             "search, no match": lambda: search(path, "no such text", match_case=True, limit=200),
         }
