@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     from api.core.db import session_scope
     from api.core.logging_setup import configure_logging
     from api.core.settings import get_settings
-    from worker import devices, peak, supervisor
+    from worker import devices, peak, supervisor, usage
     from worker.celery_app import app
     from worker.launch import trainer_env
     from worker.notifier import Notifier
@@ -115,7 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     queue = pool_queue(settings.queue, settings.pool)
     queue_size = QueueSize(app, queue)
-    Reaper(settings=settings, name=name, enqueue=enqueue_job, queue_size=queue_size).start(stop)
+    host = usage.HostUsage(indices)
+    Reaper(
+        settings=settings, name=name, enqueue=enqueue_job, queue_size=queue_size, host_usage=host.sample
+    ).start(stop)
     Notifier(settings=settings).start(stop)
     pool = "solo" if concurrency == 1 else "threads"
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 Enqueue = Callable[[int, str], None]
 QueueSize = Callable[[], int]
+HostUsage = Callable[[], dict[str, Any]]
 FORGET_WORKERS_AFTER_S = 24 * 3600
 
 
@@ -37,16 +39,26 @@ def reap_interval(settings: Settings) -> float:
 
 
 class Reaper:
-    def __init__(self, *, settings: Settings, name: str, enqueue: Enqueue, queue_size: QueueSize) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        name: str,
+        enqueue: Enqueue,
+        queue_size: QueueSize,
+        host_usage: HostUsage | None = None,
+    ) -> None:
         self.settings = settings
         self.name = name
         self.enqueue = enqueue
         self.queue_size = queue_size
+        self.host_usage = host_usage  # the host's figures, sent with each heartbeat (worker/usage.py)
         self.sessions = session_factory(settings.resolved_database_url)
 
     def run_once(self) -> None:
         with self.sessions() as session:
-            workers.beat(session=session, name=self.name)
+            usage = self.host_usage() if self.host_usage is not None else None
+            workers.beat(session=session, name=self.name, usage=usage)
             stale = state_machine.requeue_stale(session=session, lease_seconds=self.settings.lease_seconds)
             stale += gangs.requeue_broken_gangs(session=session, lease_seconds=self.settings.lease_seconds)
             for job_id in stale:

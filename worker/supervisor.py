@@ -33,7 +33,7 @@ from api.core.settings import Settings
 from api.core.state_machine import Claim
 from vit import rundir
 from vit.config import JobSpec, SpecError
-from worker import fenced_writes, gang
+from worker import fenced_writes, gang, usage
 from worker.devices import DeviceSlots
 from worker.launch import Trainer, trainer_command, trainer_env
 from worker.placement import NodePlace
@@ -48,6 +48,7 @@ STOP_GRACE_SECONDS = 60.0  # time a trainer gets to save a checkpoint after SIGT
 OUTAGE_STOP_FRACTION = 0.3  # database unreachable this long: the trainer checkpoints and stops
 FENCE_FRACTION = 0.5  # the lease file the trainer obeys runs out here
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 5.0
+FIRST_SAMPLE_SECONDS = 1.0  # the first CPU/memory sample after launch; then one per heartbeat
 
 # Set when the Celery worker begins a warm shutdown: the running job is checkpointed and handed back.
 SHUTDOWN = threading.Event()
@@ -228,6 +229,8 @@ class Run:
     renewed_at: float = field(default_factory=time.monotonic)  # the last renewal the database confirmed
     pruning: search.Pruning | None = None  # a searching sweep's child with early stopping: its reports
     pruned: bool = False  # the pruner said stop
+    # System samples (worker/usage.py) wait here until the attempt's history has begun: its start clears the rows.
+    samples: list[rundir.MetricPoint] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.run_dir = self.settings.run_dir(self.claim.job_id)
@@ -379,6 +382,9 @@ class Run:
     def _watch(self, trainer: Trainer) -> Outcome:
         lease = self.settings.lease_seconds
         heartbeat_at = 0.0
+        tree = usage.ProcessTree(trainer.process.pid)
+        tree.sample()  # primes the CPU counters: the first stored sample measures from the launch
+        sample_at = time.monotonic() + FIRST_SAMPLE_SECONDS
         stopping: Outcome | None = None
         stop_sent = 0.0
         while True:
@@ -401,6 +407,9 @@ class Run:
                         stopping = Outcome.CANCELLED
             if exited:
                 return stopping or Outcome.EXITED
+            if now >= sample_at:
+                sample_at = now + self.settings.heartbeat_seconds
+                self._sample(tree)
             unrenewed = now - self.renewed_at
             if unrenewed > lease * FENCE_FRACTION:
                 trainer.kill()  # it has fenced itself by now, or is stuck: either way someone may take the job
@@ -420,6 +429,15 @@ class Run:
             elif stop_sent and now - stop_sent > STOP_GRACE_SECONDS:
                 trainer.kill()
             time.sleep(POLL_SECONDS)
+
+    def _sample(self, tree: usage.ProcessTree) -> None:
+        """The trainer's CPU and memory, and its devices' (a GPU job), as the job's sys/* series at the current
+        step. Rank 0's supervisor alone stores metrics: another node's tree is not sampled."""
+        if not self._leads():
+            return
+        devices = self.claim.devices if DEVICE_SLOTS.gpu_worker else []
+        gpus = usage.shared_nvml().read(devices) if devices else []
+        self.samples += usage.job_points(tree.sample(), gpus, step=self._step(), at=time.time())
 
     def _renew(self, session: Session) -> tuple[bool, bool]:
         if self.node is None:
@@ -454,6 +472,8 @@ class Run:
             if not begun:
                 return False
             self.history_started = True
+        self.pending += self.samples
+        self.samples = []
         while new := self.reader.read_new():
             self.pending.extend(new)
             if len(self.pending) >= 10_000 and not self._store_pending():

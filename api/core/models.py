@@ -200,6 +200,8 @@ class Worker(Base):
     peak_source: Mapped[str | None] = mapped_column(Text, default=None)
     # A Slurm node of a pool's partition, published by `vitq slurm` (worker/slurm); None: a Celery worker.
     partition: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The host's CPU, memory and GPUs at the last heartbeat (schemas.HostUsageOut's shape; worker/usage.py).
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class JobNode(Base):

@@ -58,8 +58,11 @@ def list_jobs(
     offset: int,
     parent: int | None = None,
     name: str | None = None,
+    sweep_id: int | None = None,
+    lineage_of: int | None = None,
 ) -> tuple[list[Job], int]:
-    """Newest first, and the total number of jobs that match the filters (`name`: a case-blind substring)."""
+    """Newest first, and the total number of jobs that match the filters (`name`: a case-blind substring;
+    `lineage_of`: that job and every job fine-tuned from it, from those, and so on)."""
     filters: list[Any] = [*visible_to(principal)]
     if status is not None:
         filters.append(Job.status == status)
@@ -69,11 +72,22 @@ def list_jobs(
         filters.append(Job.parent_job_id == parent)
     if name:
         filters.append(Job.name.ilike(f"%{_escape_like(name)}%", escape="\\"))
+    if sweep_id is not None:
+        filters.append(Job.sweep_id == sweep_id)
+    if lineage_of is not None:
+        filters.append(Job.id.in_(select(_lineage(lineage_of).c.id)))
     total = session.scalar(select(func.count()).select_from(Job).where(*filters)) or 0
     rows = session.scalars(
         select(Job).where(*filters).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
     ).all()
     return list(rows), total
+
+
+def _lineage(root: int) -> Any:
+    """The ids of `root` and its descendants along parent_job_id: one recursive CTE, inside the list's own
+    statements (a lineage filter adds no query)."""
+    tree = select(Job.id).where(Job.id == root).cte("lineage", recursive=True)
+    return tree.union_all(select(Job.id).where(Job.parent_job_id == tree.c.id))
 
 
 def _escape_like(text: str) -> str:
@@ -248,6 +262,7 @@ def job_out(job: Job, summary: MetricSummary | None = None, queue: QueueView | N
         executor_ref=job.executor_ref,
         devices=[int(d) for d in (job.devices or "").split(",") if d],
         parent_job_id=job.parent_job_id,
+        sweep_id=job.sweep_id,
         owner=job.owner,
         cancelled_by=job.cancelled_by,
         created_at=job.created_at,

@@ -43,6 +43,7 @@ class JobOut(BaseModel):
         None, description='What launched the job outside vitq, e.g. "slurm:1234".'
     )
     parent_job_id: int | None
+    sweep_id: int | None = Field(None, description="The sweep that made it (None: submitted alone).")
     owner: str = Field(description="Who submitted the job.")
     cancelled_by: str | None = Field(description="Who asked to cancel it (None: nobody).")
     created_at: UtcDatetime
@@ -71,6 +72,26 @@ class Series(BaseModel):
 class MetricsOut(BaseModel):
     series: dict[str, Series]
     cursor: int = Field(description="Id of the newest point considered: pass it back as `since`.")
+
+
+class LogPageOut(BaseModel):
+    start: int = Field(description="The first line's number (1-based).")
+    lines: list[str] = Field(description="Each cut at 2,000 bytes, ending with how many more it has.")
+    total_lines: int
+    size_bytes: int
+
+
+class LogMatchOut(BaseModel):
+    line: int = Field(description="Its number, as GET /jobs/{id}/logs/lines numbers lines.")
+    text: str = Field(description="The line, or 2,000 bytes around its first match, with … where cut.")
+    cut: bool
+
+
+class LogSearchOut(BaseModel):
+    query: str
+    match_case: bool
+    matches: list[LogMatchOut]
+    more: bool = Field(description="More lines match than `limit`.")
 
 
 class CheckpointOut(BaseModel):
@@ -180,6 +201,23 @@ class DeviceOut(BaseModel):
     job_id: int | None  # that job, when it is the caller's to see
 
 
+class GpuUsageOut(BaseModel):
+    index: int  # the device's index on its host
+    util_percent: float
+    mem_used_bytes: int
+    mem_total_bytes: int
+
+
+class HostUsageOut(BaseModel):
+    """The worker's host at its last heartbeat (worker/usage.py)."""
+
+    cpu_percent: float  # of all the host's cores, 0-100
+    mem_used_bytes: int  # total minus available
+    mem_total_bytes: int
+    gpus: list[GpuUsageOut]  # the worker's GPUs
+    sampled_at: float  # unix seconds
+
+
 class WorkerOut(BaseModel):
     name: str  # host:pid, as a job's `worker` names it; slurm:POOL:NODE for a Slurm node
     host: str
@@ -196,6 +234,7 @@ class WorkerOut(BaseModel):
     )
     peak_source: str | None = None  # how that peak was measured
     partition: str | None = None  # a Slurm node of this Slurm partition (`vitq slurm`); None: a Celery worker
+    usage: HostUsageOut | None = None  # None until its first heartbeat measured it (a Slurm node: never)
 
 
 class WorkerList(BaseModel):

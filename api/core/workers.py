@@ -52,8 +52,12 @@ def announce(
     session.commit()
 
 
-def beat(*, session: Session, name: str) -> None:
-    session.execute(update(Worker).where(Worker.name == name).values(heartbeat_at=now(), stopped_at=None))
+def beat(*, session: Session, name: str, usage: dict[str, Any] | None = None) -> None:
+    """Renew the heartbeat, with the host's figures when the worker measured them (schemas.HostUsageOut)."""
+    values: dict[str, Any] = {"heartbeat_at": now(), "stopped_at": None}
+    if usage is not None:
+        values["usage"] = usage
+    session.execute(update(Worker).where(Worker.name == name).values(**values))
     session.commit()
 
 

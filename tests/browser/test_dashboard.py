@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
+import httpx
 import pytest
+import yaml
 from playwright.sync_api import Browser, Page, expect
 
 from api.client import VitqClient
 from tests.api.cli.service import Service, tiny_spec, wait_for
-from tests.browser.conftest import ARTIFACTS
+from tests.browser.conftest import ARTIFACTS, horizontal_overflow, stroke_pixels
 
 pytestmark = pytest.mark.browser
 TRAINING_TIMEOUT_MS = 120_000
@@ -220,3 +223,145 @@ def test_chart_appends_new_steps_and_asks_for_a_reload_when_history_rewinds(
         }"""
     )
     assert result == {"answers": [True, True, False, True], "steps": [1, 2, 3, 4, 5], "after": [1, 2]}
+
+
+def test_system_charts_and_worker_figures_come_from_the_real_worker(
+    page: Page, service: Service, client: VitqClient, pretrained_job: int
+) -> None:
+    # The worker sampled the trainer's processes while it ran: plausible figures, at steps of the job.
+    series = client.metrics(pretrained_job, names=["sys/cpu_percent", "sys/rss_bytes"])["series"]
+    assert series["sys/rss_bytes"]["values"] and min(series["sys/rss_bytes"]["values"]) > 10 * 2**20
+    assert series["sys/cpu_percent"]["values"] and min(series["sys/cpu_percent"]["values"]) >= 0
+    assert all(0 <= step <= 40 for step in series["sys/rss_bytes"]["steps"])
+    (worker,) = httpx.get(f"{service.url}/workers").json()["items"]
+    usage = worker["usage"]
+    assert 0 <= usage["cpu_percent"] <= 100 and 0 < usage["mem_used_bytes"] < usage["mem_total_bytes"]
+
+    page.goto(f"{service.url}/#/jobs/{pretrained_job}")
+    page.locator("#view[data-metrics-loaded=true]").wait_for()
+    system = page.get_by_role("region", name="System")
+    expect(system.locator("h2")).to_have_text("System")
+    memory = system.locator('[data-chart="Memory"]')
+    expect(memory).to_have_attribute("data-axes", "step | bytes")
+    expect(memory.locator(".u-legend")).to_contain_text("resident (RAM)")
+    expect(system.locator('[data-chart="CPU"]')).to_have_attribute("data-axes", "step | % of one core")
+    assert stroke_pixels(page, "Memory", LOSS_COLOR) > 20  # the first palette colour: drawn, not just framed
+    assert stroke_pixels(page, "CPU", LOSS_COLOR) > 0
+    expect(system.locator('[data-chart="GPU utilisation"]')).to_have_count(0)  # a CPU job has no GPU panel
+    system.screenshot(path=str(ARTIFACTS / "system_charts.png"))
+
+    page.goto(f"{service.url}/#/workers")
+    figures = page.locator(f"tr[data-worker='{worker['name']}'] [data-host-usage]")
+    expect(figures).to_contain_text(re.compile(r"CPU \d+% · RAM [\d.]+ [KMG]B of [\d.]+ GB"))
+
+
+def test_full_log_pages_searches_and_downloads(
+    page: Page, service: Service, client: VitqClient, pretrained_job: int
+) -> None:
+    found = httpx.get(f"{service.url}/jobs/{pretrained_job}/logs/search", params={"q": "val_top1"}).json()
+    assert (
+        len(found["matches"]) >= 4
+    )  # the trainer's progress lines at each evaluation (every 10 of 40 steps)
+    page.goto(f"{service.url}/#/jobs/{pretrained_job}")
+    page.get_by_role("link", name="Full log, search and download →").click()
+    page.wait_for_url(f"**/#/jobs/{pretrained_job}/log")
+    expect(page.locator(".log-line").first).to_have_attribute("data-line", "1")
+    expect(page.get_by_test_id("log-info")).to_contain_text("lines")
+
+    page.get_by_label("search the log").fill("VAL_TOP1")  # case-blind unless asked
+    page.get_by_role("button", name="Search").click()
+    matches = page.locator(".log-matches li")
+    expect(matches).to_have_count(len(found["matches"]))
+    expect(page.get_by_test_id("search-status")).to_have_text(f"{len(found['matches'])} matching lines")
+    expect(matches.first.locator("mark")).to_have_text("val_top1")
+    expect(page.locator(".log-line mark").first).to_have_text("val_top1")  # the page's own lines, marked
+    last = found["matches"][-1]["line"]
+    matches.last.click()
+    focused = page.locator(".log-line.focused")
+    expect(focused).to_have_attribute("data-line", str(last))
+    expect(focused).to_contain_text("val_top1")
+
+    page.get_by_label("search the log").fill("no such text in any log")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_test_id("search-status")).to_have_text("no line matches")
+    expect(matches).to_have_count(0)
+
+    with page.expect_download() as saved:
+        page.get_by_role("button", name="Download").click()
+    assert saved.value.suggested_filename == f"job{pretrained_job}-train.log"
+    assert (
+        saved.value.path().read_bytes()
+        == httpx.get(f"{service.url}/jobs/{pretrained_job}/logs/download").content
+    )
+
+
+@pytest.fixture(scope="module")
+def families(client: VitqClient) -> dict[str, Any]:
+    """A pretrain with a fine-tune and a fine-tune of that, and a two-job sweep: all in a pool no worker serves,
+    so they wait in the queue and cost no training."""
+    base = {**yaml.safe_load(tiny_spec("family")), "resources": {"device": "cpu", "pool": "idle"}}
+    root = client.submit({**base, "name": "family-pretrain"})["id"]
+    tuned = {**base, "kind": "finetune", "name": "family-tune", "init": {"from_job": root}}
+    tune = client.submit(tuned)["id"]
+    tune2 = client.submit({**tuned, "name": "family-tune2", "init": {"from_job": tune}})["id"]
+    sweep = client.sweep({"name": "lrs", "base": base, "grid": {"optim.lr": [0.001, 0.002]}})
+    children = [child["job"]["id"] for child in sweep["jobs"]]
+    return {"root": root, "tune": tune, "tune2": tune2, "sweep": sweep["id"], "children": children}
+
+
+def tbody_order(page: Page) -> list[str]:
+    """The rows of the job list as shown: "group:KEY" or "job:ID@DEPTH"."""
+    return list(
+        page.evaluate(
+            """() => [...document.querySelectorAll("table.jobs tbody tr")].map((tr) =>
+              tr.dataset.group ? `group:${tr.dataset.group}` : `job:${tr.dataset.jobId}@${tr.dataset.depth}`)"""
+        )
+    )
+
+
+@pytest.mark.parametrize("width", [1920, 390])
+def test_job_list_groups_by_sweep_and_by_lineage(
+    browser: Browser, service: Service, families: dict[str, Any], width: int
+) -> None:
+    context = browser.new_context(viewport={"width": width, "height": 1000})
+    page = context.new_page()
+    try:
+        page.goto(f"{service.url}/#/")
+        page.locator("#view[data-loaded=true]").wait_for()
+        root, tune, tune2, sweep = families["root"], families["tune"], families["tune2"], families["sweep"]
+        page.get_by_label("group by").select_option("lineage")
+        header = page.locator(f"tr[data-group='lineage:{root}']")
+        expect(header).to_contain_text(f"Lineage of #{root} · 3 jobs on this page")
+        shown = tbody_order(page)
+        at = shown.index(f"group:lineage:{root}")
+        assert shown[at : at + 4] == [
+            f"group:lineage:{root}",
+            f"job:{root}@1",
+            f"job:{tune}@2",
+            f"job:{tune2}@3",
+        ]
+        assert "group=lineage" in page.url
+        assert horizontal_overflow(page) == 0
+        page.screenshot(path=str(ARTIFACTS / f"list_grouped_by_lineage_{width}.png"), full_page=True)
+
+        page.get_by_label("group by").select_option("sweep")
+        shown = tbody_order(page)
+        at = shown.index(f"group:sweep:{sweep}")
+        assert sorted(shown[at + 1 : at + 3]) == sorted(f"job:{child}@1" for child in families["children"])
+        sweep_header = page.locator(f"tr[data-group='sweep:{sweep}']")
+        expect(sweep_header).to_contain_text(f"Sweep #{sweep} · 2 jobs on this page")
+        sweep_header.get_by_role("button", name="show the whole sweep").click()
+        expect(page.locator("table.jobs tbody tr[data-job-id]")).to_have_count(2)
+        assert f"sweep_id={sweep}" in page.url
+        assert horizontal_overflow(page) == 0
+        page.screenshot(path=str(ARTIFACTS / f"list_grouped_by_sweep_{width}.png"), full_page=True)
+
+        page.locator("[data-narrowed=sweep_id]").click()  # every job again
+        page.get_by_label("group by").select_option("lineage")
+        page.locator(f"tr[data-group='lineage:{root}']").get_by_role(
+            "button", name="show the whole lineage"
+        ).click()
+        expect(page.locator("table.jobs tbody tr[data-job-id]")).to_have_count(3)
+        assert f"lineage_of={root}" in page.url
+    finally:
+        context.close()

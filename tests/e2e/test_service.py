@@ -181,6 +181,14 @@ def test_two_process_gloo_job(stack: Stack) -> None:
     state = load_state(checkpoint)
     assert len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+    # The supervisor sampled the trainer's process tree into sys/* series, stored through PostgreSQL's COPY.
+    names = "sys/rss_bytes,sys/cpu_percent"
+    series = stack.client.get(f"/jobs/{job['id']}/metrics", params={"names": names}).json()["series"]
+    assert (
+        min(series["sys/rss_bytes"]["values"]) > 10 * 2**20 and min(series["sys/cpu_percent"]["values"]) >= 0
+    )
+    workers = stack.client.get("/workers").json()["items"]
+    assert workers and all(0 <= w["usage"]["cpu_percent"] <= 100 for w in workers)
 
 
 def test_dead_worker_job_resumes_on_another_worker(stack: Stack) -> None:

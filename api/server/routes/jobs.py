@@ -106,6 +106,15 @@ def list_jobs(
     q: Annotated[
         str | None, Query(max_length=200, pattern=NO_NUL, description="Only names containing this text.")
     ] = None,
+    sweep_id: Annotated[
+        int | None, Query(ge=1, le=MAX_JOB_ID, description="Only the children of this sweep.")
+    ] = None,
+    lineage_of: Annotated[
+        int | None,
+        Query(
+            ge=1, le=MAX_JOB_ID, description="This job and its fine-tunes, theirs, and so on (init.from_job)."
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> JobList:
@@ -117,6 +126,8 @@ def list_jobs(
         kind=kind,
         parent=parent,
         name=q,
+        sweep_id=sweep_id,
+        lineage_of=lineage_of,
         limit=limit,
         offset=offset,
     )

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from api.core import workers
 from api.core.models import Job, JobStatus
-from api.core.schemas import DeviceOut, WorkerList, WorkerOut
+from api.core.schemas import DeviceOut, HostUsageOut, WorkerList, WorkerOut
 from api.core.state_machine import visible_to
 from api.server.auth import PrincipalDep
 from api.server.deps import SessionDep, SettingsDep
@@ -65,6 +65,7 @@ def list_workers(session: SessionDep, settings: SettingsDep, principal: Principa
                 ],
                 peak_flops=w.peak_flops,
                 peak_source=w.peak_source,
+                usage=HostUsageOut.model_validate(w.usage) if w.usage else None,
             )
             for w in alive
         ]

@@ -9,7 +9,7 @@ from sqlalchemy import insert, update
 
 from api.core import workers
 from api.core.models import Job, JobStatus, MetricPoint
-from tests.api.conftest import Api, submit
+from tests.api.conftest import TINY_SPEC, Api, submit
 
 
 def set_status(api: Api, job_id: int, status: JobStatus, **values: object) -> None:
@@ -159,3 +159,34 @@ def test_a_queued_job_says_its_place_in_the_queue_and_why_it_waits(api: Api) -> 
     finally:
         with api.session() as session:
             workers.retire(session=session, name="host-a:1")
+
+
+def test_a_lineage_and_a_sweep_list_whole_at_the_cost_of_any_list(api: Api) -> None:
+    pretrain = submit(api, name="pre")["id"]
+    tune = submit(api, {"kind": "finetune", "init": {"from_job": pretrain}}, name="tune")["id"]
+    tune_of_tune = submit(api, {"kind": "finetune", "init": {"from_job": tune}}, name="tune2")["id"]
+    other = submit(api, name="other")["id"]
+    other_tune = submit(api, {"kind": "finetune", "init": {"from_job": other}}, name="tune-other")["id"]
+    sweep = api.client.post("/sweeps", json={"base": TINY_SPEC, "grid": {"optim.lr": [0.001, 0.002]}}).json()
+
+    def listed(**params: object) -> list[int]:
+        response = api.client.get("/jobs", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert page["total"] == len(page["items"])
+        return [job["id"] for job in page["items"]]
+
+    assert listed(lineage_of=pretrain) == [tune_of_tune, tune, pretrain]  # recursively, newest first
+    assert listed(lineage_of=tune) == [tune_of_tune, tune]
+    assert listed(lineage_of=other) == [other_tune, other]
+    assert listed(lineage_of=pretrain, kind="finetune") == [tune_of_tune, tune]  # with the other filters
+    children = [job["job"]["id"] for job in sweep["jobs"]]
+    assert sorted(listed(sweep_id=sweep["id"])) == sorted(children)
+    shown = api.client.get("/jobs", params={"limit": 100}).json()["items"]
+    assert {job["id"]: job["sweep_id"] for job in shown} == {
+        **{job_id: None for job_id in (pretrain, tune, tune_of_tune, other, other_tune)},
+        **{child: sweep["id"] for child in children},
+    }
+    assert listed(lineage_of=424242) == [] and listed(sweep_id=424242) == []
+    for bad in ({"lineage_of": 0}, {"sweep_id": 2**31}):
+        assert api.client.get("/jobs", params=bad).status_code == 422

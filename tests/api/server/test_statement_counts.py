@@ -43,6 +43,10 @@ def page_costs(api: Api, job_id: int, jobs: int) -> tuple[int, int]:
     with counted(api) as page:
         items = api.client.get(f"/jobs?limit=20&offset={jobs - 20}").json()["items"]
     assert {job["status"] for job in items} == {"queued", "running", "succeeded"}
+    with counted(api) as lineage:  # the grouped list's filters cost no statement of their own
+        assert len(api.client.get(f"/jobs?limit=20&lineage_of={job_id}").json()["items"]) == 1
+    # One queued job that never started: the total, the job, its place with its pool's live workers.
+    assert len(lineage) == 3, lineage
     return len(one), len(page)
 
 

@@ -125,10 +125,12 @@ def _calls(tenants: Tenants, values: dict[str, str]) -> Iterator[tuple[str, str,
             yield method, route.path, route.path.format(**{k: values[k] for k in route.param_convertors})
 
 
-def request(client: TestClient, method: str, path: str, body: Any, headers: dict[str, str]) -> Response:
+def request(
+    client: TestClient, method: str, path: str, body: Any, headers: dict[str, str], params: dict[str, str]
+) -> Response:
     """The answer; for an event stream (it lasts as long as the job), its status and first event."""
     if not path.endswith("/events"):
-        return client.request(method, path, json=body, headers=headers)
+        return client.request(method, path, json=body, headers=headers, params=params)
     with client.stream(method, path, headers=headers) as response:
         first = next(response.iter_raw(), b"") if response.status_code == 200 else response.read()
         return Response(response.status_code, headers=response.headers, content=first)
@@ -154,6 +156,7 @@ def test_every_route_for_every_principal(tenants: Tenants) -> None:
         ("PATCH", "/jobs/{job_id}"): {"notes": "seen"},
         ("POST", "/webhooks"): hook,
     }
+    queries = {("GET", "/jobs/{job_id}/logs/search"): {"q": "step"}}  # required query parameters
     bob_hook = bob_webhook()
     values = {"job_id": str(bob_job), "name": checkpoint, "sweep_id": str(bob_sweep), "webhook_id": bob_hook}
     seen: set[str] = set()
@@ -167,7 +170,8 @@ def test_every_route_for_every_principal(tenants: Tenants) -> None:
                 target = path.replace(bob_hook, bob_webhook())
             body = bodies.get((method, template))
             headers = who.headers if who is not None else {}
-            response = request(tenants.client, method, target, body, headers)
+            params = queries.get((method, template), {})
+            response = request(tenants.client, method, target, body, headers, params)
             label = f"{method} {target} as {who.name if who else 'nobody'}"
             if template in PUBLIC or template.startswith("/static"):
                 assert response.status_code in (200, 503), label  # 503: /healthz with no worker running
@@ -189,6 +193,7 @@ def test_every_route_for_every_principal(tenants: Tenants) -> None:
                 assert tenants.alice.marker.encode() not in response.content, label
     # The matrix covered the app's job routes (a route added later lands in it by construction).
     assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/jobs/{job_id}/logs"} <= seen
+    assert {"/jobs/{job_id}/logs/lines", "/jobs/{job_id}/logs/search", "/jobs/{job_id}/logs/download"} <= seen
     assert {
         "/jobs/{job_id}/metrics",
         "/jobs/{job_id}/checkpoints",

@@ -7,6 +7,7 @@ from sqlalchemy import update
 from api.core import workers
 from api.core.models import Job, JobStatus
 from tests.api.conftest import TINY_SPEC, Api, submit
+from worker.usage import GpuReading, host_figures
 
 GPU = {"name": "NVIDIA H100 80GB HBM3", "memory_mb": 81559}
 
@@ -49,6 +50,25 @@ def test_workers_list_their_devices_and_the_job_on_each(api: Api) -> None:
     ]
     assert listed["cpu-b:2"]["devices"] == []
     assert api.client.get(f"/jobs/{job_id}").json()["devices"] == [1, 2]
+
+
+def test_a_heartbeat_carries_the_hosts_figures_and_a_bare_one_keeps_them(api: Api) -> None:
+    register(api, "gpu-a:1", devices=2)
+    assert api.client.get("/workers").json()["items"][0]["usage"] is None  # not measured yet
+    gpus = [GpuReading(index=1, util_percent=93.0, mem_used_bytes=7 * 2**30, mem_total_bytes=80 * 2**30)]
+    with api.session() as session:
+        workers.beat(session=session, name="gpu-a:1", usage=host_figures(41.5, 3 * 2**30, 16 * 2**30, gpus))
+        workers.beat(session=session, name="gpu-a:1")  # a heartbeat without figures keeps the last ones
+    (shown,) = api.client.get("/workers").json()["items"]
+    usage = shown["usage"]
+    assert (usage["cpu_percent"], usage["mem_used_bytes"], usage["mem_total_bytes"]) == (
+        41.5,
+        3 * 2**30,
+        16 * 2**30,
+    )
+    assert usage["gpus"] == [
+        {"index": 1, "util_percent": 93.0, "mem_used_bytes": 7 * 2**30, "mem_total_bytes": 80 * 2**30}
+    ]
 
 
 def test_a_job_no_worker_could_fit_is_refused_with_the_largest_fit(api: Api) -> None:

@@ -1,9 +1,10 @@
 // Hash routes (GET /jobs/{id} is the JSON API, so pages live under #/): #/ list, #/jobs/ID, #/submit,
-// #/compare?ids=1,2,3, #/sweeps, #/sweeps/ID.
+// #/compare?ids=1,2,3, #/sweeps, #/sweeps/ID, #/jobs/ID/log?line=N.
 
 import { mountCompare } from "./compare.js";
 import { mountJob } from "./job.js";
 import { mountList } from "./list.js";
+import { mountLog } from "./log.js";
 import { mountSubmit } from "./submit.js";
 import { mountSweep, mountSweepList } from "./sweep.js";
 import { mountWorkers } from "./workers.js";
@@ -22,6 +23,9 @@ function route() {
   if (job) {
     view.className = "job-view";
     current = mountJob(view, Number(job[1]));
+  } else if (path.match(/^\/jobs\/(\d+)\/log$/)) {
+    view.className = "log-view";
+    current = mountLog(view, Number(path.split("/")[2]), params);
   } else if (path.match(/^\/sweeps\/(\d+)$/)) {
     view.className = "sweep-view";
     current = mountSweep(view, Number(path.split("/")[2]));

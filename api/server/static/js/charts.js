@@ -2,7 +2,7 @@
 // A Board holds each run's points and the view options (x axis, smoothing); a Panel draws some metrics of every
 // run, with a log-scale toggle and PNG/CSV downloads. Cursors move together across a board's panels.
 
-import { compact, duration, h, significant, tick } from "./format.js";
+import { bytes, compact, duration, h, significant, tick } from "./format.js";
 
 export const PALETTE = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d",
   "#4b5563", "#ea580c"];
@@ -31,6 +31,12 @@ export const PANELS = [
   { id: "mfu", title: "MFU", unit: "of peak FLOP/s", metrics: { mfu: "MFU" }, percent: true },
   // What MFU is divided by and how it was found: read by the job summary, never drawn.
   { id: "peak", title: "Peak", metrics: { peak_tflops: "peak", peak_kind: "peak kind" }, hidden: true },
+  // The worker's samples of the trainer's processes and devices (worker/usage.py): the "System" group.
+  { id: "sys_cpu", title: "CPU", unit: "% of one core", metrics: { "sys/cpu_percent": "CPU, all processes" }, system: true },
+  { id: "sys_memory", title: "Memory", unit: "bytes", pattern: /^sys\/(?:rss_bytes|gpu(\d+)_mem_bytes)$/,
+    label: (m) => (m[1] == null ? "resident (RAM)" : `GPU ${m[1]}`), bytes: true, system: true },
+  { id: "sys_gpu", title: "GPU utilisation", unit: "% of time busy", pattern: /^sys\/gpu(\d+)_util$/,
+    label: (m) => `GPU ${m[1]}`, system: true },
 ];
 
 // x axis choices: the logged step, the images trained on (step x global batch), or the training time summed
@@ -62,11 +68,14 @@ export class Board {
       },
     });
     this.grid = h("div", { class: "charts" });
+    this.systemGrid = h("div", { class: "charts" }); // the worker's samples, apart from what training logged
+    this.system = h("section", { class: "system-charts", hidden: true, "aria-label": "System" },
+      h("h2", {}, "System"), this.systemGrid);
     this.root = h("div", { class: "board" }, // "many-runs" (addRun): legends scroll instead of outgrowing charts
       h("div", { class: "board-tools" },
         h("label", {}, "x ", xSelect),
         h("label", { class: "smoothing" }, "smoothing ", smoothing, smoothingValue)),
-      this.grid);
+      this.grid, this.system);
     container.append(this.root);
     for (const def of PANELS.filter((p) => p.core)) this.panel(def);
   }
@@ -84,11 +93,16 @@ export class Board {
 
   // Replace (first load) or append (incremental) a run's points; `series` is the API's {name: {steps, values}}.
   // Returns false, changing nothing, when new points go back to steps already held: the job resumed from a
-  // checkpoint and its history was written again, so the caller must reload the series whole.
+  // checkpoint and its history was written again, so the caller must reload the series whole. (System samples
+  // are taken by the clock: several may share a step, so only an earlier step means a rewrite.)
   setPoints(runId, series, { replace = false } = {}) {
     const run = this.runs.find((r) => r.id === runId);
     const lastStep = (p) => (p && p.steps.length ? p.steps[p.steps.length - 1] : -Infinity);
-    if (!replace && Object.entries(series).some(([name, s]) => s.steps.length && s.steps[0] <= lastStep(run.points.get(name)))) {
+    const rewinds = (name, s) => {
+      const last = lastStep(run.points.get(name));
+      return panelFor(name).system ? s.steps[0] < last : s.steps[0] <= last;
+    };
+    if (!replace && Object.entries(series).some(([name, s]) => s.steps.length && rewinds(name, s))) {
       return false;
     }
     if (replace) run.points.clear();
@@ -120,6 +134,7 @@ export class Board {
 
   panel(def) {
     if (!this.panels.has(def.id)) this.panels.set(def.id, new Panel(this, def));
+    if (def.system) this.system.hidden = false;
     return this.panels.get(def.id);
   }
 
@@ -209,7 +224,7 @@ class Panel {
     this.holder = h("div", { class: "plot" });
     this.empty = h("div", { class: "chart-empty" }, "no points yet");
     this.root.append(this.holder, this.empty);
-    board.grid.append(this.root);
+    (def.system ? board.systemGrid : board.grid).append(this.root);
     this.resizer = new ResizeObserver(() => this.fit());
     this.resizer.observe(this.root);
   }
@@ -288,7 +303,7 @@ class Panel {
     const { percent, bounded } = this.def;
     const xAxis = X_AXES[this.board.x];
     const smoothing = this.board.smoothing > 0;
-    const reading = percent ? (v) => `${(v * 100).toFixed(2)}%` : (v) => significant(v);
+    const reading = percent ? (v) => `${(v * 100).toFixed(2)}%` : this.def.bytes ? bytes : (v) => significant(v);
     const axisStyle = { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e5e7eb" } };
     // uPlot's own log range snaps to whole decades, which flattens a loss going from 2.3 to 2.1: fit the data.
     const y = this.log ? { distr: 3, log: 10, range: logRange } : bounded ? { range: accuracyRange } : {};
@@ -309,6 +324,7 @@ class Panel {
           size: 70,
           values: (u, splits, axis, space, increment) => splits.map((v) => {
             if (v == null) return "";
+            if (this.def.bytes) return bytes(v);
             if (this.log) return percent ? `${significant(v * 100, 3)}%` : significant(v, 3);
             return tick(v, increment, { asPercent: percent });
           }),
@@ -422,7 +438,7 @@ class Panel {
 function metricOrder(def, name) {
   if (def.metrics) return Object.keys(def.metrics).indexOf(name);
   const match = def.pattern && name.match(def.pattern);
-  return match ? Number(match[1]) : 0;
+  return match ? Number(match[1] ?? -1) : 0; // an unnumbered series (resident memory) before the GPUs
 }
 
 function csvCell(value) {

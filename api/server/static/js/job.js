@@ -75,7 +75,10 @@ export function mountJob(view, id) {
       h("section", { class: "panel" }, h("h2", {}, "Few-shot linear accuracy"), fewShot),
       h("section", { class: "panel" }, h("h2", {}, "Checkpoints"), checkpoints)),
     h("section", { class: "panel" }, h("h2", {}, "Tags and notes"), notesForm),
-    h("section", { class: "panel" }, h("h2", {}, "Log"), logs),
+    h("section", { class: "panel" },
+      h("div", { class: "panel-head" }, h("h2", {}, "Log"), h("span", { class: "spacer" }),
+        h("a", { href: `#/jobs/${id}/log`, class: "full-log" }, "Full log, search and download →")),
+      logs),
     h("section", { class: "panel" }, h("h2", {}, "Resolved spec"), spec),
   );
   const board = new Board(chartGrid, { fileName: `job${id}` });

@@ -1,5 +1,6 @@
 // The job list: filters, name search, pagination, hyper-parameter columns, sorting, and tick boxes that open a
-// comparison. Refreshed every 2 s: rows are keyed by job id and only the cells whose text changed are touched,
+// comparison; grouped by sweep or by lineage (a pretrain above the fine-tunes that start from it, recursively),
+// and narrowed to one whole sweep or lineage (GET /jobs?sweep_id= / lineage_of=). Refreshed every 2 s: rows are keyed by job id and only the cells whose text changed are touched,
 // so polling never rebuilds the table. Under 760 px wide the rows are laid out as cards (app.css).
 
 import { api } from "./api.js";
@@ -8,6 +9,7 @@ import { h, jobDuration, localTime, number, percent, poll, progressText, relativ
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "pruned"];
 const PAGE_SIZE = 50;
 const SELECTION_KEY = "vitq-selected-jobs"; // the ticked jobs survive paging, filtering and reloads
+const GROUPINGS = { "": "none", sweep: "sweep", lineage: "lineage" };
 
 // key, header, how a job reads in the cell (text) and sorts (sort; default: the text). `num`: right-aligned.
 const COLUMNS = [
@@ -68,7 +70,11 @@ export function mountList(view, params) {
     sort: params.get("sort") || "",
     dir: params.get("dir") === "asc" ? "asc" : "desc",
     page: Math.max(Number(params.get("page")) || 1, 1),
+    group: params.get("group") in GROUPINGS ? params.get("group") : "",
+    sweep_id: Number(params.get("sweep_id")) || null, // narrowed to one sweep's children
+    lineage_of: Number(params.get("lineage_of")) || null, // narrowed to a job and its fine-tunes
   };
+  const groupRows = new Map(); // "sweep:ID" / "lineage:ID" -> its header row, kept across refreshes
   const selected = loadSelection();
   const rows = new Map(); // job id -> {tr, cells, values, checkbox, link, badge, fill, label}
   let items = []; // the current page, in the server's order
@@ -81,6 +87,10 @@ export function mountList(view, params) {
     h("option", { value: "" }, "all kinds"), h("option", { value: "pretrain" }, "pretrain"),
     h("option", { value: "finetune" }, "finetune"));
   kindSelect.value = state.kind;
+  const groupSelect = h("select", { "aria-label": "group by", onchange: (e) => { state.group = e.target.value; writeUrl(); layout(); } },
+    Object.entries(GROUPINGS).map(([value, label]) => h("option", { value }, `group by: ${label}`)));
+  groupSelect.value = state.group;
+  const narrowed = h("span", { class: "narrowed" }); // "sweep #3 ×": the filter that shows one whole group
   let searchTimer = null;
   const search = h("input", {
     type: "search", placeholder: "Search names…", "aria-label": "search", value: state.q, class: "search",
@@ -111,7 +121,7 @@ export function mountList(view, params) {
     h("div", { class: "toolbar" },
       h("h1", {}, "Jobs"),
       h("div", { class: "segments", role: "group", "aria-label": "status" }, statusButtons),
-      kindSelect, search,
+      kindSelect, groupSelect, search, narrowed,
       h("span", { class: "spacer" }),
       compare, clear),
     h("div", { class: "table-scroll" }, h("table", { class: "jobs" }, h("thead", {}, h("tr", {}, headers)), tbody)),
@@ -137,6 +147,9 @@ export function mountList(view, params) {
     if (state.status) query.set("status", state.status);
     if (state.kind) query.set("kind", state.kind);
     if (state.q) query.set("q", state.q);
+    if (state.group) query.set("group", state.group);
+    if (state.sweep_id) query.set("sweep_id", state.sweep_id);
+    if (state.lineage_of) query.set("lineage_of", state.lineage_of);
     if (state.sort) { query.set("sort", state.sort); query.set("dir", state.dir); }
     if (state.page > 1) query.set("page", state.page);
     history.replaceState(null, "", `#/${query.toString() ? "?" + query : ""}`); // no hashchange: the view stays
@@ -222,14 +235,104 @@ export function mountList(view, params) {
     row.values = values;
   }
 
+  // The page's jobs in display order, as [{job, depth}] with group headers ({group}) before each group. By sweep:
+  // a sweep's children under one header where its newest stands. By lineage: each job under the job it was
+  // fine-tuned from (when that one is on the page), recursively; a family gets a header.
+  function arranged() {
+    const jobs = ordered();
+    if (state.group === "sweep") {
+      const members = new Map();
+      const out = [];
+      for (const job of jobs) {
+        if (job.sweep_id == null) { out.push({ job, depth: 0 }); continue; }
+        if (!members.has(job.sweep_id)) {
+          members.set(job.sweep_id, []);
+          out.push({ group: { key: `sweep:${job.sweep_id}`, kind: "sweep", id: job.sweep_id } });
+        }
+        members.get(job.sweep_id).push(job);
+      }
+      return out.flatMap((entry) => (entry.group
+        ? [entry, ...members.get(entry.group.id).map((job) => ({ job, depth: 1 }))] : [entry]));
+    }
+    if (state.group === "lineage") {
+      const onPage = new Set(jobs.map((j) => j.id));
+      const children = new Map();
+      const roots = [];
+      for (const job of jobs) {
+        if (job.parent_job_id != null && onPage.has(job.parent_job_id)) {
+          if (!children.has(job.parent_job_id)) children.set(job.parent_job_id, []);
+          children.get(job.parent_job_id).push(job);
+        } else roots.push(job);
+      }
+      const out = [];
+      const visit = (job, depth) => {
+        out.push({ job, depth });
+        for (const child of children.get(job.id) || []) visit(child, depth + 1);
+      };
+      for (const root of roots) {
+        const family = children.has(root.id) || root.parent_job_id != null;
+        if (family) out.push({ group: { key: `lineage:${root.id}`, kind: "lineage", id: root.id, job: root } });
+        visit(root, family ? 1 : 0);
+      }
+      return out;
+    }
+    return jobs.map((job) => ({ job, depth: 0 }));
+  }
+
+  function groupRow(group) {
+    let row = groupRows.get(group.key);
+    if (!row) {
+      const cell = h("td", { colspan: String(COLUMNS.length) });
+      row = { tr: h("tr", { class: "group-row", "data-group": group.key }, cell), cell, text: null };
+      groupRows.set(group.key, row);
+    }
+    const count = items.filter((j) => (group.kind === "sweep" ? j.sweep_id === group.id : inLineage(j, group.id))).length;
+    const text = `${group.key}|${count}|${group.job?.parent_job_id ?? ""}`;
+    if (row.text !== text) {
+      row.text = text;
+      const all = group.kind === "sweep" ? { sweep_id: group.id } : { lineage_of: group.job.parent_job_id ?? group.id };
+      row.cell.replaceChildren(
+        group.kind === "sweep"
+          ? h("a", { href: `#/sweeps/${group.id}` }, `Sweep #${group.id}`)
+          : h("span", {}, "Lineage of ", h("a", { href: `#/jobs/${group.id}` }, `#${group.id}`),
+            group.job.parent_job_id != null ? h("span", { class: "muted" }, ` (fine-tuned from #${group.job.parent_job_id})`) : ""),
+        h("span", { class: "muted" }, ` · ${count} job${count === 1 ? "" : "s"} on this page`),
+        h("button", { type: "button", class: "mini", onclick: () => setFilter({ ...all, sweep_id: all.sweep_id ?? null, lineage_of: all.lineage_of ?? null }) },
+          group.kind === "sweep" ? "show the whole sweep" : "show the whole lineage"));
+    }
+    return row.tr;
+  }
+
+  // Whether a job of the page descends (on this page) from `rootId`, or is it.
+  function inLineage(job, rootId) {
+    const byId = new Map(items.map((j) => [j.id, j]));
+    for (let j = job; j; j = byId.get(j.parent_job_id)) if (j.id === rootId) return true;
+    return false;
+  }
+
   // Keep the DOM in the displayed order, moving only the rows that are out of place.
   function layout() {
     let previous = null;
-    for (const job of ordered()) {
-      const row = rows.get(job.id);
+    const shownGroups = new Set();
+    for (const entry of arranged()) {
+      let tr;
+      if (entry.group) {
+        tr = groupRow(entry.group);
+        shownGroups.add(entry.group.key);
+      } else {
+        const row = rows.get(entry.job.id);
+        tr = row.tr;
+        if (tr.dataset.depth !== String(entry.depth)) {
+          tr.dataset.depth = String(entry.depth);
+          tr.style.setProperty("--depth", String(entry.depth));
+        }
+      }
       const expected = previous ? previous.nextSibling : tbody.firstChild;
-      if (expected !== row.tr) tbody.insertBefore(row.tr, expected);
-      previous = row.tr;
+      if (expected !== tr) tbody.insertBefore(tr, expected);
+      previous = tr;
+    }
+    for (const [key, row] of groupRows) {
+      if (!shownGroups.has(key)) { row.tr.remove(); groupRows.delete(key); }
     }
     for (const th of headers) {
       const sorted = th.dataset.col === state.sort;
@@ -244,6 +347,8 @@ export function mountList(view, params) {
     if (state.status) query.set("status", state.status);
     if (state.kind) query.set("kind", state.kind);
     if (state.q) query.set("q", state.q);
+    if (state.sweep_id) query.set("sweep_id", state.sweep_id);
+    if (state.lineage_of) query.set("lineage_of", state.lineage_of);
     return query.toString();
   }
 
@@ -268,7 +373,10 @@ export function mountList(view, params) {
     prev.disabled = state.page <= 1;
     next.disabled = state.page * PAGE_SIZE >= page.total;
     emptyRow.hidden = items.length > 0;
-    const filtered = state.status || state.kind || state.q;
+    const filtered = state.status || state.kind || state.q || state.sweep_id || state.lineage_of;
+    narrowed.replaceChildren(...[["sweep_id", "sweep"], ["lineage_of", "lineage of"]].filter(([key]) => state[key])
+      .map(([key, label]) => h("button", { type: "button", class: "chip", "data-narrowed": key,
+        title: "show every job again", onclick: () => setFilter({ [key]: null }) }, `${label} #${state[key]} ×`)));
     setText(emptyRow, filtered ? "No jobs match these filters." : "No jobs yet. Submit one with “New job”.");
     for (const button of statusButtons) {
       button.classList.toggle("active", button.dataset.filterStatus === state.status);
