@@ -81,6 +81,9 @@ class Principal:
 
     owner: str
     is_admin: bool = False
+    # The limits an admin set for this owner, (name, value) pairs read with the token (api/core/limits.py);
+    # None: not read (authentication off), so a submit reads them itself.
+    own_limits: tuple[tuple[str, int | None], ...] | None = None
 
 
 OWNER_LOCKS = 0x76697471  # "vitq": the advisory lock space of lock_owner

@@ -37,7 +37,7 @@ def submit_job(
         )
         if first is not None:
             return first, False
-    own = limits.for_owner(session=session, owner=principal.owner, settings=settings)
+    own = limits.for_principal(session=session, principal=principal, settings=settings)
     spec, parent = checked(spec, session=session, settings=settings, principal=principal, allowed=own)
     # The quota check takes the owner's lock, held until this transaction commits: nothing rolls back before.
     quotas.check(session=session, owner=principal.owner, specs=[spec], settings=settings)
@@ -133,7 +133,7 @@ def _children(
         grid = probe_points(sweep) if sweep.searching else points(sweep)
     except SweepSpecError as error:
         raise invalid(error.loc, str(error), "sweep_invalid") from None
-    own = limits.for_owner(session=session, owner=principal.owner, settings=settings)
+    own = limits.for_principal(session=session, principal=principal, settings=settings)
     children = []
     for index, point in enumerate(grid):
         try:
