@@ -108,7 +108,8 @@ class Trainer:
         self.model.to(ctx.device)
         self._set_precision()
         self.optimizer = build_optimizer(self.model, self.spec.optim, ctx.device)
-        self.scheduler = build_scheduler(self.optimizer, self.spec.optim, self.total_steps)
+        # A probe (train.steps 0) steps no optimizer; the schedule still needs a length.
+        self.scheduler = build_scheduler(self.optimizer, self.spec.optim, max(self.total_steps, 1))
         self.regularizer = BatchRegularizer(
             self.spec.data, self.spec.train.label_smoothing, self.num_classes, ctx.device
         )
@@ -256,6 +257,10 @@ class Trainer:
         if not self.restored:
             raise RuntimeError("Trainer.restore() must run before train()")
         spec = self.spec.train
+        if self.total_steps == 0:
+            # A probe: evaluate the initial weights as they are (frozen features for few-shot), train nothing.
+            self.evaluate()
+            return True
         if self.step >= self.total_steps:
             self._say(f"already complete at step {self.step}")
             return True
