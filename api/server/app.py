@@ -28,6 +28,7 @@ from api.server.routes import (
     metrics,
     prometheus,
     sweeps,
+    transfers,
     webhooks,
     workers,
 )
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs,
         events,
         sweeps,
+        transfers,
         webhooks,
         workers,
         metrics,
