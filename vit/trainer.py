@@ -161,7 +161,8 @@ class Trainer:
         # In-memory datasets are batched and augmented on the training device; file datasets by CPU workers.
         self.train_loader = build_train_batches(
             datasets.train,
-            batch_size=self.per_rank_batch,
+            # A probe (train.steps 0) reads no batch: a few-shot dataset smaller than one batch is fine there.
+            batch_size=self.per_rank_batch if self.total_steps else 1,
             image_size=self.spec.model.image_size,
             augmentation=training_augmentation(self.spec.data),
             seed=train_spec.seed,
