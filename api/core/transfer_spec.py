@@ -145,7 +145,9 @@ def children(transfer: TransferSpec, source_model: dict[str, Any] | None = None)
     tuned = [child.spec.get("train") for child in made if child.role == "finetune"]
     if any(isinstance(train, dict) and train.get("steps") == 0 for train in tuned):
         where = "finetune" if "steps" in (transfer.finetune or {}).get("train", {}) else "base"
-        raise TransferSpecError((where, "train", "steps"), "a fine-tune trains at least 1 step (a probe trains 0)")
+        raise TransferSpecError(
+            (where, "train", "steps"), "a fine-tune trains at least 1 step (a probe trains 0)"
+        )
     return made
 
 

@@ -11,7 +11,7 @@ import yaml
 from sqlalchemy import update
 
 from api.core.models import Job, JobStatus, Transfer
-from tests.api.conftest import TINY_SPEC, Api, submit
+from tests.api.conftest import Api, submit
 
 
 def post_transfer(api: Api, transfer: dict[str, Any], status: int = 201) -> dict[str, Any]:
@@ -71,7 +71,11 @@ def test_a_probe_and_a_fine_tune_per_dataset_from_the_source_job(api: Api) -> No
     assert table["rows"][0]["status"] == {"probe": "queued", "finetune": "queued"}
     assert all(v is None for r in table["rows"] for v in r["values"].values())
     assert table["mean"] == {"few_shot_1": None, "few_shot_5": None, "val_top1": None}
-    assert (transfer["job_count"], transfer["status_counts"], transfer["finished"]) == (4, {"queued": 4}, False)
+    assert (transfer["job_count"], transfer["status_counts"], transfer["finished"]) == (
+        4,
+        {"queued": 4},
+        False,
+    )
 
     shown = api.client.get(f"/transfers/{transfer['id']}").json()
     assert shown == {**transfer, "jobs": shown["jobs"]} and [j["id"] for j in shown["jobs"]] == ids
@@ -97,7 +101,7 @@ def test_yaml_body_probes_only_by_default_shots(api: Api) -> None:
 def test_cancel_cancels_every_unfinished_child(api: Api) -> None:
     source = submit(api)
     transfer = post_transfer(api, digits_and_folder(api, source["id"]))
-    done, queued = (job["id"] for job in transfer["jobs"])
+    done, _queued = (job["id"] for job in transfer["jobs"])
     with api.session() as session:
         session.execute(update(Job).where(Job.id == done).values(status=JobStatus.succeeded))
         session.commit()

@@ -1,11 +1,12 @@
 // Hash routes (GET /jobs/{id} is the JSON API, so pages live under #/): #/ list, #/jobs/ID, #/submit,
-// #/compare?ids=1,2,3, #/sweeps, #/sweeps/ID.
+// #/compare?ids=1,2,3, #/sweeps, #/sweeps/ID, #/transfers, #/transfers/ID.
 
 import { mountCompare } from "./compare.js";
 import { mountJob } from "./job.js";
 import { mountList } from "./list.js";
 import { mountSubmit } from "./submit.js";
 import { mountSweep, mountSweepList } from "./sweep.js";
+import { mountTransfer, mountTransferList } from "./transfer.js";
 import { mountWorkers } from "./workers.js";
 import { watchWorkers } from "./workers_banner.js";
 
@@ -28,6 +29,12 @@ function route() {
   } else if (path === "/sweeps") {
     view.className = "sweeps-view";
     current = mountSweepList(view);
+  } else if (path.match(/^\/transfers\/(\d+)$/)) {
+    view.className = "transfer-view";
+    current = mountTransfer(view, Number(path.split("/")[2]));
+  } else if (path === "/transfers") {
+    view.className = "transfers-view";
+    current = mountTransferList(view);
   } else if (path === "/workers") {
     view.className = "workers-view";
     current = mountWorkers(view);
