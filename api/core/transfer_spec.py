@@ -22,6 +22,7 @@ the database nor validates the children (api/core/submit.py does both).
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
@@ -35,6 +36,7 @@ MAX_DATASETS = 25  # two children each: within a sweep's 100 jobs with room to s
 # Set by the transfer for every child: a base or finetune that sets one is refused, naming it.
 OWNED = ("kind", "name", "init", "data")
 Role = Literal["probe", "finetune"]
+_NAME_UNSAFE = re.compile(r"[^\w.\- ]+")  # what a job name may not hold (vit.config.NAME_PATTERN)
 FINETUNE_METRIC = "val_top1"  # the fine-tune column: the fine-tuned model's top-1 on the dataset's test split
 
 
@@ -106,16 +108,16 @@ def columns(transfer: TransferSpec) -> list[Column]:
 
 
 def labels(transfer: TransferSpec) -> list[str]:
-    """Each dataset's row label: its name, and the folder for the datasets read from any folder; repeats
-    numbered."""
+    """Each dataset's row label (and its children's name): the dataset's name, or for an image folder or shards
+    the folder's (as a job name may hold it); repeats numbered."""
     seen: dict[str, int] = {}
     out = []
     for data in transfer.datasets:
         label: str = data.dataset
         if data.dataset in ("imagefolder", "shards") and data.root:
-            label = PurePosixPath(data.root.rstrip("/")).name or data.root
+            label = _NAME_UNSAFE.sub("-", PurePosixPath(data.root.rstrip("/")).name) or data.dataset
         seen[label] = seen.get(label, 0) + 1
-        out.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
+        out.append(label if seen[label] == 1 else f"{label}-{seen[label]}")
     return out
 
 
