@@ -259,7 +259,12 @@ class OptimSpec(_Strict):
 
 
 class TrainSpec(_Strict):
-    steps: PositiveInt = Field(1000, le=10_000_000)
+    steps: int = Field(
+        1000,
+        ge=0,
+        le=10_000_000,
+        description="0: train nothing, only evaluate the initial weights (a fine-tune's probe: frozen features).",
+    )
     batch_size: PositiveInt = Field(128, le=1_000_000, description="Global batch across all processes.")
     micro_batch_size: PositiveInt | None = Field(
         None, description="Per-process batch per forward pass; accumulation reaches the global batch."
@@ -368,6 +373,10 @@ class JobSpec(_Strict):
     def _check(self) -> JobSpec:
         if self.init is not None and self.kind != "finetune":
             raise ValueError("init is for finetune jobs; a pretrain job starts from random weights")
+        if self.train.steps == 0 and self.init is None:
+            raise ValueError(
+                "train.steps 0 only evaluates the initial weights: it needs init (from_job or weights)"
+            )
         if self.train.precision == "fp8" and self.resources.device == "cpu":
             raise ValueError(
                 "train.precision fp8 needs a GPU with float8 matmuls (Hopper or newer), not the CPU"

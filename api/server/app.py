@@ -28,6 +28,7 @@ from api.server.routes import (
     metrics,
     prometheus,
     sweeps,
+    transfers,
     webhooks,
     workers,
 )
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs,
         events,
         sweeps,
+        transfers,
         webhooks,
         workers,
         metrics,
