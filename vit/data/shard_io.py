@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import http.client
 import os
+import urllib.error
+import urllib.request
 from collections import OrderedDict
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 from urllib.parse import quote, urlsplit
 
 from vit.config import SHARD_URL_SCHEMES
@@ -39,6 +41,10 @@ class Location(Protocol):
 
     def size(self, name: str) -> int | None:
         """The file's size when a stat costs nothing (a local file), else None."""
+        ...
+
+    def stream(self, name: str) -> BinaryIO:
+        """The whole file to read from its start (seekable when it is local)."""
         ...
 
 
@@ -73,6 +79,12 @@ class LocalLocation:
     def size(self, name: str) -> int | None:
         try:
             return self.path(name).stat().st_size
+        except FileNotFoundError:
+            raise DataError(f"shard file {self.root / name} is missing") from None
+
+    def stream(self, name: str) -> BinaryIO:
+        try:
+            return open(self.path(name), "rb")
         except FileNotFoundError:
             raise DataError(f"shard file {self.root / name} is missing") from None
 
@@ -121,6 +133,16 @@ class HttpLocation:
 
     def size(self, name: str) -> int | None:
         return None
+
+    def stream(self, name: str) -> BinaryIO:
+        url = self.describe(name)
+        try:
+            response: BinaryIO = urllib.request.urlopen(self.base + quote(name), timeout=HTTP_TIMEOUT_S)
+        except urllib.error.HTTPError as err:
+            raise DataError(f"cannot read {url}: HTTP {err.code} {err.reason}") from None
+        except (urllib.error.URLError, OSError) as err:
+            raise DataError(f"cannot read {url}: {getattr(err, 'reason', err)}") from None
+        return response
 
     def read(self, name: str, offset: int = 0, size: int | None = None) -> bytes:
         headers = {"Range": f"bytes={offset}-{offset + size - 1}"} if size is not None else {}
