@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from braceexpand import UnbalancedBracesError, braceexpand
+from braceexpand import braceexpand
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vit.recipes import RECIPES, apply_recipe
@@ -33,6 +33,8 @@ DATASETS = ("synthetic", "digits", "cifar10", "cifar100", "pets", "flowers102", 
 DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "pets": 37, "flowers102": 102}
 # Datasets that read files: they need `data.root` (the embedded ones are built in memory).
 FILE_DATASETS = ("cifar10", "cifar100", "pets", "flowers102", "imagefolder", "shards")
+# The datasets whose training images can be decoded on the training device (`data.decode`): the encoded files.
+DEVICE_DECODE_DATASETS = ("imagefolder", "shards")
 # Where `vitq data pack` shards can be read from: a local or shared-filesystem directory, or over HTTP(S).
 SHARD_URL_SCHEMES = ("http://", "https://")
 
@@ -50,7 +52,7 @@ def shard_pattern(root: str) -> tuple[str, list[str]] | None:
         )
     try:
         names = list(braceexpand(name))
-    except UnbalancedBracesError:
+    except ValueError:  # braceexpand.UnbalancedBracesError
         names = [name]
     if any("{" in n or "}" in n for n in names):
         raise ValueError(
@@ -192,6 +194,12 @@ class DataSpec(_Strict):
         description="Loader processes per trainer for file datasets; none: from the CPU count (in-memory "
         "datasets are batched on the training device and use none).",
     )
+    decode: Literal["auto", "loader", "device"] = Field(
+        "auto",
+        description="Where training images are decoded (imagefolder, shards): loader = CPU loader workers; device "
+        "= batched on the training device (nvJPEG on a GPU), the workers only read bytes; auto = device when "
+        "training on CUDA without rand_augment, else loader.",
+    )
     # Batch regularization, with timm's names and meanings (timm.data.Mixup, RandomErasing, RandAugment).
     rand_augment: str | None = Field(
         None,
@@ -261,6 +269,14 @@ class DataSpec(_Strict):
             if self.download:
                 raise ValueError("data.download is for the torchvision datasets; shards are made by pack")
             shard_pattern(self.root)  # a malformed pattern is refused at submit
+        if self.decode == "device" and self.dataset not in DEVICE_DECODE_DATASETS:
+            raise ValueError(
+                f"decode: device reads encoded images of {' or '.join(DEVICE_DECODE_DATASETS)}, not {self.dataset}"
+            )
+        if self.decode == "device" and self.rand_augment is not None:
+            raise ValueError(
+                "decode: device cannot run rand_augment (timm's works on PIL images): use loader"
+            )
         if isinstance(self.subset, float) and not 0.0 < self.subset <= 1.0:
             raise ValueError("subset as a fraction must be in (0, 1]")
         if isinstance(self.subset, int) and self.subset < 1:

@@ -140,13 +140,20 @@ def test_a_sample_without_its_label_is_named(tmp_path: Path) -> None:
         _build(_pattern(bare, bare))
 
 
-def test_resume_on_a_pattern_continues_exactly_like_straight_training(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decode", ["loader", "device"])  # device: vit.data.device_decode, on the CPU here
+def test_resume_on_a_pattern_continues_exactly_like_straight_training(tmp_path: Path, decode: str) -> None:
     torch.set_num_threads(1)
     _, bare = _bare(tmp_path)
     spec = {
         "kind": "pretrain",
         "model": TINY_MODEL,
-        "data": {"dataset": "shards", "root": _pattern(bare, bare), "num_workers": 0, "val_fraction": 0.25},
+        "data": {
+            "dataset": "shards",
+            "root": _pattern(bare, bare),
+            "num_workers": 0,
+            "val_fraction": 0.25,
+            "decode": decode,
+        },
         "optim": {"warmup_steps": 2},
         "train": {"steps": 4, "batch_size": 4, "log_every": 1},
         "eval": {"batch_size": 8},

@@ -47,6 +47,14 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(load_rgb(self.paths[index])), int(self.labels[index])
 
+    def encoded(self, index: int) -> tuple[bytes, str]:
+        """The image file's bytes as stored, and its path for messages (decoding on the device)."""
+        path = self.paths[index]
+        try:
+            return path.read_bytes(), str(path)
+        except OSError as err:
+            raise DataError(f"cannot read image {path}: {err}") from err
+
     def select(self, indices: torch.Tensor) -> ImageFiles:
         return ImageFiles([self.paths[i] for i in indices.tolist()], self.labels[indices], self.transform)
 

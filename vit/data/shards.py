@@ -124,6 +124,10 @@ class TarShards(Dataset[tuple[torch.Tensor, int]]):
         data, where = self.split.read(int(self.indices[index]))
         return self.transform(decode_rgb(data, where)), int(self.labels[index])
 
+    def encoded(self, index: int) -> tuple[bytes, str]:
+        """The image's bytes as packed, and its shard/member for messages (decoding on the device)."""
+        return self.split.read(int(self.indices[index]))
+
     @property
     def shard_of(self) -> torch.Tensor:
         """Each item's shard number: the sampler reads a few shards at a time."""
