@@ -171,6 +171,7 @@ class Trainer:
             world_size=self.ctx.world_size,
             device=self.ctx.device,
             per_image=self.spec.data.rand_augment is not None,
+            decode=self.spec.data.decode,
         )
         set_epoch(self.train_loader, 0)
         self.batches_per_epoch = len(self.train_loader)
