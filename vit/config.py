@@ -194,8 +194,9 @@ class DataSpec(_Strict):
         description="Loader processes per trainer for file datasets; none: from the CPU count (in-memory "
         "datasets are batched on the training device and use none).",
     )
+    # The default stays loader until the device path has been measured on a GPU (bench/gpu_check.sh 7).
     decode: Literal["auto", "loader", "device"] = Field(
-        "auto",
+        "loader",
         description="Where training images are decoded (imagefolder, shards): loader = CPU loader workers; device "
         "= batched on the training device (nvJPEG on a GPU), the workers only read bytes; auto = device when "
         "training on CUDA without rand_augment, else loader.",
