@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # NAME. Origins other than the server's own that may write (e.g. "https://vitq.example" behind a proxy that
     # rewrites Host): api/server/request_guard.py.
     allowed_hosts: str = "localhost,127.0.0.1,::1"
+    # URL prefixes a shard dataset's data.root may start with (comma-separated, e.g. "https://data.example/ds/"):
+    # the workers fetch from there, so by default no job may make them fetch anything.
+    data_urls: str = ""
     allowed_origins: str = ""
     # Stored (hashed) at API start if absent: docker compose's first admin token.
     bootstrap_admin_token: SecretStr | None = None
@@ -113,6 +116,12 @@ class Settings(BaseSettings):
     @property
     def allowed_host_names(self) -> frozenset[str]:
         return frozenset(h.strip().lower().strip("[]") for h in self.allowed_hosts.split(",") if h.strip())
+
+    @property
+    def data_url_prefixes(self) -> tuple[str, ...]:
+        """Each prefix ends at a path separator: "https://data.example" must not admit "https://data.example.evil"."""
+        prefixes = (p.strip() for p in self.data_urls.split(",") if p.strip())
+        return tuple(p if p.endswith("/") else p + "/" for p in prefixes)
 
     @property
     def allowed_origin_list(self) -> frozenset[str]:
