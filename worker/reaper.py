@@ -79,6 +79,7 @@ class Reaper:
                     url=self.settings.resolved_database_url,
                     sweep_id=sweep_id,
                     max_attempts=self.settings.max_attempts,
+                    settings=self.settings,
                 )
             except Exception:  # one broken study must not stop the others, nor the rest of the pass
                 log.exception("sweep %s: topping up failed; trying again next pass", sweep_id)
