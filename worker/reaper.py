@@ -57,8 +57,7 @@ class Reaper:
 
     def run_once(self) -> None:
         with self.sessions() as session:
-            usage = self.host_usage() if self.host_usage is not None else None
-            workers.beat(session=session, name=self.name, usage=usage)
+            workers.beat(session=session, name=self.name, usage=self._host_figures())
             stale = state_machine.requeue_stale(session=session, lease_seconds=self.settings.lease_seconds)
             stale += gangs.requeue_broken_gangs(session=session, lease_seconds=self.settings.lease_seconds)
             for job_id in stale:
@@ -68,6 +67,17 @@ class Reaper:
             # Requeued and released jobs get their wake-ups here too, each from its own pool's reapers.
             self._wake_up_for_lost_messages(session=session)
             workers.forget_dead(session=session, older_than_seconds=FORGET_WORKERS_AFTER_S)
+
+    def _host_figures(self) -> dict[str, Any] | None:
+        """The host's figures for this beat; None (the last ones stand) when they cannot be read: a measurement
+        must never cost the heartbeat, or the worker would look dead and this pass's duties go undone."""
+        if self.host_usage is None:
+            return None
+        try:
+            return self.host_usage()
+        except Exception:
+            log.warning("could not read the host's figures; the heartbeat goes without them", exc_info=True)
+            return None
 
     def _top_up_searches(self, *, session: Session) -> None:
         """Searching sweeps: tell their studies about children that ended and ask for the next ones. A child
@@ -79,6 +89,7 @@ class Reaper:
                     url=self.settings.resolved_database_url,
                     sweep_id=sweep_id,
                     max_attempts=self.settings.max_attempts,
+                    settings=self.settings,
                 )
             except Exception:  # one broken study must not stop the others, nor the rest of the pass
                 log.exception("sweep %s: topping up failed; trying again next pass", sweep_id)

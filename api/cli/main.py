@@ -189,7 +189,7 @@ def cmd_transfer(args: argparse.Namespace, client: VitqClient) -> int:
             sys.stdout.write(client.transfer_csv(transfer_id))
             return EXIT_OK
         transfer = client.transfer_status(transfer_id)
-        print(f"transfer {transfer['id']} ({transfer['name']}): {transfer_table.counts_line(transfer)}")
+        print(f"transfer {transfer['id']} ({transfer['name']}): {transfer_table.counts(transfer)}")
         print(transfer_table.render(transfer))
         return EXIT_OK
     if len(args.target) != 1:

@@ -36,9 +36,13 @@ def _percent(value: float | None) -> str:
     return PENDING if value is None else f"{100 * value:.1f}"
 
 
+def counts(transfer: dict[str, Any]) -> str:
+    """Its children counted by state, e.g. "1 running, 3 succeeded"."""
+    return ", ".join(f"{n} {status}" for status, n in sorted(transfer["status_counts"].items()))
+
+
 def counts_line(transfer: dict[str, Any]) -> str:
-    counts = ", ".join(f"{n} {status}" for status, n in sorted(transfer["status_counts"].items()))
-    return f"transfer {transfer['id']}: {counts}"
+    return f"transfer {transfer['id']}: {counts(transfer)}"
 
 
 def wait(

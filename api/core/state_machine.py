@@ -111,6 +111,16 @@ def owned_by(owner: Any) -> tuple[Any, ...]:
     return (Job.owner == owner,)
 
 
+def visible_rows(principal: Principal, owner_column: Any) -> tuple[Any, ...]:
+    """visible_to's rule for the rows of another owned table (sweeps, transfers, webhooks): its owner column."""
+    return () if principal.is_admin else (owner_column == principal.owner,)
+
+
+def may_see(principal: Principal, owner: str) -> bool:
+    """visible_to's rule for one row already read (its `owner`): False answers as "not found", never 403."""
+    return principal.is_admin or owner == principal.owner
+
+
 @dataclass(frozen=True)
 class Claim:
     """What a runner holds after winning a claim: the job, the attempt (its fencing token) and the spec."""

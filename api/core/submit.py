@@ -92,6 +92,7 @@ def submit_sweep(
             url=settings.resolved_database_url,
             sweep_id=row.id,
             max_attempts=settings.max_attempts,
+            settings=settings,
         )
         for job_id, pool in asked:
             queue.enqueue(job_id, pool)

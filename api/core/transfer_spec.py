@@ -35,6 +35,9 @@ DEFAULT_SHOTS = [1, 5, 10, 25]  # the paper's few-shot columns
 MAX_DATASETS = 25  # two children each: within a sweep's 100 jobs with room to spare
 # Set by the transfer for every child: a base or finetune that sets one is refused, naming it.
 OWNED = ("kind", "name", "init", "data")
+# Sections the transfer merges its own fields into (the source's model, a probe's train.steps and eval.few_shot): a
+# base or finetune that gives one as anything but a mapping is refused, as the merge would drop it or fail.
+LAYERED = ("model", "train", "eval")
 Role = Literal["probe", "finetune"]
 _NAME_UNSAFE = re.compile(r"[^\w.\- ]+")  # what a job name may not hold (vit.config.NAME_PATTERN)
 FINETUNE_METRIC = "val_top1"  # the fine-tune column: the fine-tuned model's top-1 on the dataset's test split
@@ -161,8 +164,10 @@ def check_owned(transfer: TransferSpec) -> None:
                     (part, key),
                     f"{key} is set by the transfer for each child (source, datasets); leave it out",
                 )
-        evals = fields.get("eval")
-        if isinstance(evals, dict) and "few_shot" in evals:
+        for key in LAYERED:
+            if key in fields and not isinstance(fields[key], dict):
+                raise TransferSpecError((part, key), f"{key} is a mapping of its fields, e.g. {key}: {{...}}")
+        if "few_shot" in fields.get("eval", {}):
             raise TransferSpecError(
                 (part, "eval", "few_shot"), "the transfer's few_shot sets each probe's shots"
             )

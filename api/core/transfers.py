@@ -58,7 +58,7 @@ def create_transfer(
 def get_transfer(*, session: Session, transfer_id: int, principal: Principal) -> Transfer:
     """The transfer, if `principal` may see it (as a sweep: the owner or an admin); 404 otherwise."""
     row = session.get(Transfer, transfer_id)
-    if row is None or not (principal.is_admin or row.owner == principal.owner):
+    if row is None or not state_machine.may_see(principal, row.owner):
         raise TransferNotFoundError(transfer_id)
     return row
 
@@ -67,7 +67,7 @@ def list_transfers(
     *, session: Session, principal: Principal, limit: int, offset: int
 ) -> tuple[list[Transfer], int]:
     """Newest first, and how many there are (those `principal` may see)."""
-    mine = () if principal.is_admin else (Transfer.owner == principal.owner,)
+    mine = state_machine.visible_rows(principal, Transfer.owner)
     total = session.scalar(select(func.count()).select_from(Transfer).where(*mine)) or 0
     rows = session.scalars(
         select(Transfer)

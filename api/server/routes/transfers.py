@@ -7,21 +7,19 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api.core import submit, transfers
 from api.core.broker import JobQueue
-from api.core.errors import InvalidInputError
 from api.core.models import MAX_ID, MAX_JOB_ID
 from api.core.schemas import TransferList, TransferOut
 from api.core.settings import Settings
-from api.core.spec_input import YAML_TYPES, load_document
+from api.core.spec_input import YAML_TYPES
 from api.core.state_machine import Principal
 from api.core.transfer_spec import TransferSpec
 from api.server.auth import PrincipalDep
-from api.server.body import read_body
+from api.server.body import read_document
 from api.server.deps import SessionDep
 
 router = APIRouter(prefix="/transfers", tags=["transfers"])
@@ -47,14 +45,7 @@ async def submit_transfer(request: Request, principal: PrincipalDep) -> Transfer
     source weights, all or none: a bad field or a child that fails validation is a 422 naming it, and nothing is
     stored."""
     state = request.app.state
-    body = await read_body(request, limit=state.settings.max_spec_bytes)
-    data = load_document(body, request.headers.get("content-type", "application/json"))
-    try:
-        transfer = TransferSpec.model_validate(data)
-    except ValidationError as error:
-        raise InvalidInputError(
-            [{**e, "loc": ("body", *e["loc"]), "ctx": None} for e in error.errors(include_url=False)]
-        ) from None
+    transfer = await read_document(request, TransferSpec)
     return await run_in_threadpool(
         _store_and_enqueue, transfer, principal, state.settings, state.sessions, state.queue
     )

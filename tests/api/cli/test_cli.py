@@ -265,7 +265,10 @@ def test_transfer_follows_to_the_table_and_shows_it_again(service: Service, tmp_
     assert mean.split()[1:] == row.split()[1:]  # one dataset: the mean is its row
 
     shown = service.cli("transfer", "show", str(transfer_id))
-    assert shown.returncode == 0 and shown.stdout.splitlines()[1:] == [header, rule, row, _rule, mean]
+    assert shown.returncode == 0 and shown.stdout.splitlines() == [
+        f"transfer {transfer_id} (cli): 1 succeeded",
+        *(header, rule, row, _rule, mean),
+    ]
     as_csv = service.cli("transfer", "show", str(transfer_id), "--csv").stdout
     assert as_csv == VitqClient(service.url).transfer_csv(transfer_id)
     assert as_csv.splitlines()[1] == f"digits,{values['few_shot_1']!r},{values['few_shot_5']!r}"

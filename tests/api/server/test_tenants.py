@@ -214,11 +214,6 @@ def test_every_route_for_every_principal(tenants: Tenants) -> None:
     } <= seen
     assert {"/webhooks", "/webhooks/{webhook_id}", "/webhooks/{webhook_id}/deliveries"} <= seen
     assert {"/transfers", "/transfers/{transfer_id}", "/transfers/{transfer_id}/table.csv"} <= seen
-    assert {
-        "/jobs/{job_id}/metrics",
-        "/jobs/{job_id}/checkpoints",
-        "/jobs/{job_id}/checkpoints/{name}",
-    } <= seen
 
 
 def test_lists_and_counts_hold_only_the_owners_jobs(tenants: Tenants) -> None:

@@ -137,6 +137,10 @@ def test_unknown_transfer_is_404(api: Api) -> None:
         ({"finetune": {"optim": {"lrr": 1}}}, ["finetune", "optim", "lrr"], "digits finetune: "),
         ({"finetune": {"train": {"steps": 0}}}, ["finetune", "train", "steps"], "at least 1 step"),
         ({"finetune": {"init": {"weights": "x"}}}, ["finetune", "init"], "set by the transfer"),
+        # Sections the transfer merges into must be mappings: a model name was a 500, a scalar eval dropped.
+        ({"base": {"model": "S/16"}}, ["base", "model"], "a mapping"),
+        ({"base": {"train": 5}}, ["base", "train"], "a mapping"),
+        ({"finetune": {"eval": 5}}, ["finetune", "eval"], "a mapping"),
         ({"shots": [1]}, ["shots"], "Extra inputs"),
     ],
 )
