@@ -7,6 +7,7 @@ VITQ_DATABASE_URL / VITQ_BROKER_URL to PostgreSQL and Redis.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -50,10 +51,13 @@ class Settings(BaseSettings):
     # NAME. Origins other than the server's own that may write (e.g. "https://vitq.example" behind a proxy that
     # rewrites Host): api/server/request_guard.py.
     allowed_hosts: str = "localhost,127.0.0.1,::1"
+    allowed_origins: str = ""
     # URL prefixes a shard dataset's data.root may start with (comma-separated, e.g. "https://data.example/ds/"):
     # the workers fetch from there, so by default no job may make them fetch anything.
     data_urls: str = ""
-    allowed_origins: str = ""
+    # Submits (POST /jobs, /sweeps, /transfers) the API runs at once (api/server/writes.py); more wait their turn.
+    # The default is Python's own for a thread pool: the cores plus 4, at most 32.
+    api_writers: int = Field(default_factory=lambda: min(32, (os.cpu_count() or 1) + 4), ge=1, le=256)
     # Stored (hashed) at API start if absent: docker compose's first admin token.
     bootstrap_admin_token: SecretStr | None = None
     # Quotas per owner (api/core/quotas.py); None: no limit. Only max_running_jobs delays (a job waits), the rest refuse

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
 from api.core import submit, sweeps
 from api.core.broker import JobQueue
@@ -21,6 +20,7 @@ from api.core.sweep_spec import METRIC_NAME, SweepSpec
 from api.server.auth import PrincipalDep
 from api.server.body import read_document
 from api.server.deps import SessionDep
+from api.server.writes import run_write
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
@@ -47,8 +47,8 @@ async def submit_sweep(request: Request, principal: PrincipalDep) -> SweepOut:
     children first."""
     state = request.app.state
     sweep = await read_document(request, SweepSpec)
-    return await run_in_threadpool(
-        _store_and_enqueue, sweep, principal, state.settings, state.sessions, state.queue
+    return await run_write(
+        request, _store_and_enqueue, sweep, principal, state.settings, state.sessions, state.queue
     )
 
 

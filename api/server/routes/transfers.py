@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
 from api.core import submit, transfers
 from api.core.broker import JobQueue
@@ -21,6 +20,7 @@ from api.core.transfer_spec import TransferSpec
 from api.server.auth import PrincipalDep
 from api.server.body import read_document
 from api.server.deps import SessionDep
+from api.server.writes import run_write
 
 router = APIRouter(prefix="/transfers", tags=["transfers"])
 
@@ -46,8 +46,8 @@ async def submit_transfer(request: Request, principal: PrincipalDep) -> Transfer
     stored."""
     state = request.app.state
     transfer = await read_document(request, TransferSpec)
-    return await run_in_threadpool(
-        _store_and_enqueue, transfer, principal, state.settings, state.sessions, state.queue
+    return await run_write(
+        request, _store_and_enqueue, transfer, principal, state.settings, state.sessions, state.queue
     )
 
 
