@@ -189,6 +189,10 @@ class Worker(Base):
     peak_source: Mapped[str | None] = mapped_column(Text, default=None)
     # A Slurm node of a pool's partition, published by `vitq slurm` (worker/slurm); None: a Celery worker.
     partition: Mapped[str | None] = mapped_column(String(64), default=None)
+    memory_mb: Mapped[int | None] = mapped_column(Integer, default=None)  # what a job may ask of it (Slurm's)
+    # A Slurm pool's CPUs and memory per training process (a job's resources.slurm wins); None: Slurm's default.
+    cpus_per_task: Mapped[int | None] = mapped_column(Integer, default=None)
+    memory_per_task_mb: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class JobNode(Base):

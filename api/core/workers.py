@@ -30,9 +30,13 @@ def announce(
     devices: Sequence[dict[str, Any]] = (),
     concurrency: int = 1,
     partition: str | None = None,
+    memory_mb: int | None = None,
+    cpus_per_task: int | None = None,
+    memory_per_task_mb: int | None = None,
 ) -> None:
     """Register (or re-register) a worker: where it runs, where other nodes reach it, its pool and its GPUs (a
-    Slurm node of a pool's partition is registered the same way, with its partition)."""
+    Slurm node of a pool's partition is registered the same way, with its partition, its memory and the pool's
+    CPUs and memory per training process)."""
     session.execute(delete(Worker).where(Worker.name == name))
     session.add(
         Worker(
@@ -45,6 +49,9 @@ def announce(
             devices=list(devices),
             concurrency=concurrency,
             partition=partition,
+            memory_mb=memory_mb,
+            cpus_per_task=cpus_per_task,
+            memory_per_task_mb=memory_per_task_mb,
             started_at=now(),
             heartbeat_at=now(),
         )
@@ -109,6 +116,12 @@ def largest_fit(*, session: Session, pool: str, lease_seconds: float) -> int | N
     if not in_pool or any(not w.devices for w in in_pool):
         return None
     return max(len(w.devices) for w in in_pool)
+
+
+def slurm_nodes(*, session: Session, pool: str, lease_seconds: float) -> list[Worker]:
+    """The live Slurm nodes `vitq slurm` published for `pool` (none: a Celery pool, or no dispatcher yet)."""
+    found = live(session=session, lease_seconds=lease_seconds)
+    return [w for w in found if w.pool == pool and w.partition is not None]
 
 
 def nodes_that_fit(*, session: Session, pool: str, gpus: int, lease_seconds: float) -> int | None:
