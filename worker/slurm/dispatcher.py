@@ -145,7 +145,7 @@ class Dispatcher:
             # Ended, or requeued by Slurm after its run handed the job back (a preemption without GraceTime):
             # a new Slurm job, in vitq's queue order, rather than the old one after Slurm's requeue hold.
             if launches.forget_launch(session=session, job_id=launch.job_id, executor_ref=ref):
-                state = slurm.state if slurm else "gone"
+                state = "gone" if slurm is None else slurm.state if slurm.over else "requeued by Slurm"
                 log.info(
                     "job %s: Slurm job %s ended (%s); launching it again", launch.job_id, slurm_id, state
                 )

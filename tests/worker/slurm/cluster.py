@@ -12,6 +12,7 @@ Every daemon and command runs in the cluster's directory, so nothing Slurm write
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -122,6 +123,14 @@ class Cluster:
         )
         self.run("scontrol", "update", f"nodename={name}", "state=resume", check=False)
 
+    def cancel_all(self, timeout: float = 30.0) -> None:
+        """scancel every job and wait for them to end: stopping the daemons under running jobs would leave their
+        batch scripts and sruns behind, waiting for a controller that is gone."""
+        self.run("scancel", "--user", getpass.getuser(), check=False)
+        deadline = time.monotonic() + timeout
+        while self.run("squeue", "-h", "-o", "%i", check=False).strip() and time.monotonic() < deadline:
+            time.sleep(0.5)
+
     def wait_nodes_idle(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -185,7 +194,10 @@ def running_cluster(root: Path) -> Iterator[Cluster]:
             subprocess.run(["slurmd", "-f", str(conf), "-N", name], env=env, check=True, timeout=30, cwd=root)
         cluster = Cluster(root, env)
         cluster.wait_nodes_idle()
-        yield cluster
+        try:
+            yield cluster
+        finally:
+            cluster.cancel_all()
     finally:
         for pid_file in reversed(pid_files):
             _stop(pid_file)
