@@ -8,11 +8,13 @@ vitq's order still decides among the rest).
 
 What Slurm says, and what it does to the job (docs/slurm.md):
 - pending: the job stays queued; its wait_reason is Slurm's reason with the Slurm job id.
-- ended (COMPLETED, TIMEOUT, CANCELLED, ...) while vitq has the job queued (its supervisor handed it back: a
-  wall-time limit, a stop): the launch is forgotten and the job is submitted again, resuming from its checkpoint.
-- ended, or back to pending (Slurm requeued it after a node failure), while vitq has the job running: the
-  supervisor died with the attempt. The job is requeued (failed with Slurm's state and reason once out of
-  attempts); a Slurm job that Slurm itself requeued is kept as the job's launch.
+- ended (COMPLETED, TIMEOUT, CANCELLED, ...) or requeued by Slurm while vitq has the job queued (its supervisor
+  handed it back: a wall-time limit, a stop, a preemption): the launch is forgotten and the job is submitted
+  again, resuming from its checkpoint. CANCELLED from outside vitq, FAILED and the like cost an attempt.
+- ended, or back to pending (Slurm requeued it: a node failure, a preemption), while vitq has the job running:
+  the supervisor died with the attempt. The job is requeued with Slurm's words (its reason, the run's lines in
+  the output file, the nodes' state) in `error`, at no cost after a preemption, else for an attempt (failed once
+  out of attempts), and submitted again as a new Slurm job.
 - alive while vitq has finished the job, cancelled it, or moved it to another launch: scancel.
 """
 
@@ -43,6 +45,9 @@ PREFIX = "slurm:"
 NODES_EVERY_S = 30.0  # how often the partition's nodes are read again
 LINGER_S = 20.0  # how long a finished job's running Slurm job may take to end before it is scancelled
 CODE_ROOT = Path(__file__).resolve().parents[2]  # the checkout the batch script imports vitq from
+# How a Slurm job of a queued vitq job may end that costs the job an attempt (a hand-back ends COMPLETED, or
+# TIMEOUT when the wall-time limit came first; nothing of those failed).
+CHARGED_WHILE_QUEUED = frozenset({"CANCELLED", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"})
 
 
 class Dispatcher:
@@ -132,15 +137,21 @@ class Dispatcher:
         self, session: Session, launch: launches.Launch, slurm: commands.SlurmJob | None
     ) -> None:
         ref, slurm_id = launch.executor_ref, launch.executor_ref.removeprefix(PREFIX)
-        # Its supervisor handed the job back at no cost; an scancel from outside vitq costs an attempt (a
-        # preemption Slurm reports as a cancel does not).
-        if (
-            slurm is not None
-            and slurm.state == "CANCELLED"
-            and slurm_id not in self.cancelled
-            and not self._slurms_words(launch, slurm)[1]
-        ):
-            self._charge_outside_scancel(session, launch)
+        if slurm is not None and slurm_id not in self.cancelled and slurm.state in CHARGED_WHILE_QUEUED:
+            # Its run handed the job back at no cost, or never claimed it; Slurm's word on how the Slurm job
+            # ended decides: an scancel from outside vitq, or a run that failed around the supervisor (the node
+            # could not start it, a memory limit below the supervisor's own), costs an attempt, so a job that can
+            # never start fails once out of attempts instead of being launched again forever. A preemption
+            # Slurm reports as a cancel costs nothing.
+            words, preempted = self._slurms_words(launch, slurm)
+            if not preempted:
+                how = (
+                    "was cancelled outside vitq (scancel)"
+                    if slurm.state == "CANCELLED"
+                    else f"ended {slurm.state}"
+                )
+                reason = f" ({'; '.join(words)})" if words and slurm.state != "CANCELLED" else ""
+                self._charge(session, launch, f"Slurm job {slurm_id} {how}{reason}")
         if slurm is None or slurm.over or self._requeued_by_slurm(launch, slurm):
             # Ended, or requeued by Slurm after its run handed the job back (a preemption without GraceTime):
             # a new Slurm job, in vitq's queue order, rather than the old one after Slurm's requeue hold.
@@ -156,9 +167,8 @@ class Dispatcher:
         if text != launch.executor_note:
             launches.note(session=session, job_id=launch.job_id, executor_ref=ref, text=text)
 
-    def _charge_outside_scancel(self, session: Session, launch: launches.Launch) -> None:
-        slurm_id = launch.executor_ref.removeprefix(PREFIX)
-        error = f"Slurm job {slurm_id} was cancelled outside vitq (scancel)"
+    def _charge(self, session: Session, launch: launches.Launch, error: str) -> None:
+        """The attempt a queued job's last run gave back counts after all (failed once it was the last)."""
         total = f"{launch.attempt + 1} of {launch.max_attempts}"
         if state_machine.charge_attempt(
             session=session,

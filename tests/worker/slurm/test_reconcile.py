@@ -126,3 +126,38 @@ def test_a_preemption_costs_no_attempt_even_without_a_hand_back_and_a_node_failu
         "Slurm job 10 ended FAILED (NonZeroExitCode; slurmstepd-n1: error: StepId=10.0 exceeded memory limit "
         "(5 > 4), being killed) while attempt 2 of 2 ran"
     )
+
+
+def test_a_slurm_job_that_fails_before_its_run_claims_the_job_costs_an_attempt(
+    tmp_path: Path, redis_url: str, unique_queue: str
+) -> None:
+    # The node's supervisor never got to claim the job (it could not start, or Slurm killed it first): without
+    # a charge the dispatcher would launch the job again, and again, forever.
+    settings = Settings(home=tmp_path, broker_url=redis_url, queue=unique_queue, max_attempts=2)
+    upgrade(settings.resolved_database_url)
+    dispatcher = Dispatcher(settings=settings, config=PoolConfig(pool=POOL, partition="batch"))
+    engine = make_engine(settings.resolved_database_url)
+    with Session(engine) as session:
+        spec = JobSpec.model_validate({"kind": "pretrain", "resources": {"pool": POOL}})
+        submitted = state_machine.submit(session=session, spec=spec, max_attempts=2, parent=None)
+        session.commit()
+        job_id = submitted.id
+    engine.dispose()
+    run_dir = settings.run_dir(job_id)
+    run_dir.mkdir(parents=True)
+    for slurm_id, attempt in (("21", 0), ("22", 1)):
+        with dispatcher.sessions() as session:
+            assert launches.record_launch(
+                session=session, job_id=job_id, attempt=attempt, executor_ref=f"slurm:{slurm_id}", note=""
+            )
+        (run_dir / f"slurm-{slurm_id}.out").write_text(
+            f"{RUN_MARK} {slurm_id} run 0 on n1\n/usr/bin/python3: No module named worker.slurm.node\n"
+            f"srun: error: n1: task 0: Exited with exit code 1\n"
+        )
+        job = reconcile(dispatcher, SlurmJob(slurm_id, f"vitq-{job_id}", "FAILED", "NonZeroExitCode", "n1"))
+        assert job.error == (
+            f"Slurm job {slurm_id} ended FAILED (NonZeroExitCode; srun: error: n1: task 0: Exited with exit code 1)"
+        )
+        if attempt == 0:  # charged, and launched again as a new Slurm job
+            assert (job.status, job.attempt, job.executor_ref) == (JobStatus.queued, 1, None)
+    assert (job.status, job.attempt) == (JobStatus.failed, 1)  # the second was its last
