@@ -76,7 +76,7 @@ class SlurmNode:
     address: str
     cpus: int
     gpus: int
-    memory_mb: int
+    memory_mb: int  # what a job may ask for (RealMemory); 0: not configured
 
 
 def _run(command: Sequence[str], *, stdin: str | None = None) -> str:
@@ -139,7 +139,8 @@ def nodes(partition: str | None = None, names: Sequence[str] = ()) -> list[Slurm
                 address=fields.get("NodeAddr") or name,
                 cpus=int(fields.get("CPUTot") or 0),
                 gpus=gpu_count(fields.get("Gres", "")),
-                memory_mb=int(fields.get("RealMemory") or 0),
+                # RealMemory=1 is Slurm's default for a node whose memory is not configured: unknown, not 1 MB.
+                memory_mb=memory if (memory := int(fields.get("RealMemory") or 0)) > 1 else 0,
             )
         )
     return found
