@@ -2,7 +2,7 @@
 // A Board holds each run's points and the view options (x axis, smoothing); a Panel draws some metrics of every
 // run, with a log-scale toggle and PNG/CSV downloads. Cursors move together across a board's panels.
 
-import { bytes, compact, duration, h, significant, tick } from "./format.js";
+import { BYTE_INCREMENTS, bytes, compact, duration, h, significant, tick } from "./format.js";
 
 export const PALETTE = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d",
   "#4b5563", "#ea580c"];
@@ -322,6 +322,7 @@ class Panel {
           labelSize: 18,
           labelFont: AXIS_FONT,
           size: 70,
+          ...(this.def.bytes && !this.log ? { incrs: BYTE_INCREMENTS } : {}),
           values: (u, splits, axis, space, increment) => splits.map((v) => {
             if (v == null) return "";
             if (this.def.bytes) return bytes(v);
