@@ -223,6 +223,18 @@ def test_chart_appends_new_steps_and_asks_for_a_reload_when_history_rewinds(
         }"""
     )
     assert result == {"answers": [True, True, False, True], "steps": [1, 2, 3, 4, 5], "after": [1, 2]}
+    # A job that ended before its first evaluation keeps an empty validation chart: "yet" would be untrue.
+    empty = page.evaluate(
+        """async () => {
+          const { Board } = await import("/static/js/charts.js");
+          const board = new Board(document.body.appendChild(document.createElement("div")));
+          const text = () => board.panels.get("val_top1").empty.textContent;
+          const running = text();
+          board.setEnded(true);
+          return [running, text()];
+        }"""
+    )
+    assert empty == ["no points yet", "no points: the job ended before logging any"]
 
 
 def test_system_charts_and_worker_figures_come_from_the_real_worker(

@@ -94,6 +94,16 @@ export function bytes(n) {
 export const BYTE_INCREMENTS = BYTE_UNITS.flatMap((_, power) =>
   [1, 2, 4, 8, 16, 32, 64, 128, 256, 512].map((m) => m * 1024 ** power));
 
+// A tick on such an axis, in the unit its spacing is written in without repeats: ticks 64 MiB apart read
+// "1088 MiB, 1152 MiB", not "1.1 GiB" twice; 256 MiB apart, "1.25 GiB, 1.5 GiB".
+export function bytesTick(value, increment) {
+  if (value == null) return "";
+  let power = BYTE_UNITS.length - 1;
+  while (power > 0 && increment / 1024 ** power < 0.25) power--;
+  const scaled = value / 1024 ** power;
+  return `${scaled.toFixed(decimalsOf(increment / 1024 ** power))} ${BYTE_UNITS[power]}`;
+}
+
 export function progressText(job) {
   const eta = job.status === "running" && job.eta_seconds != null ? ` · ETA ${duration(job.eta_seconds)}` : "";
   return `${job.step}/${job.total_steps}${eta}`;

@@ -131,6 +131,7 @@ export function mountJob(view, id) {
     }
     Object.assign(board.runs[0], { name: job.name, batchSize: job.spec.train.batch_size });
     cancel.hidden = FINISHED.has(job.status) || job.cancel_requested;
+    board.setEnded(FINISHED.has(job.status));
     fill.style.width = `${Math.round((job.progress || 0) * 100)}%`;
     setText(progressLabel, progressText(job));
     errorBox.hidden = !job.error;
