@@ -232,6 +232,8 @@ def test_every_screen_fits_the_window(
         page.wait_for_timeout(300)  # the charts' resize observers settle
         page.screenshot(path=str(ARTIFACTS / f"{name}-{width}.png"), full_page=True)
         assert horizontal_overflow(page) == 0, f"{name} scrolls sideways at {width} px"
+        broken = page.locator(".badge").evaluate_all("bs => bs.filter((b) => b.offsetHeight > 24).length")
+        assert broken == 0, f"{name}: a status badge wraps onto two lines at {width} px"
         if name in ("job", "compare"):
             columns = page.locator(".charts").first.evaluate(
                 "g => getComputedStyle(g).gridTemplateColumns.split(' ').length"
