@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 PREFIX = "slurm:"
 NODES_EVERY_S = 30.0  # how often the partition's nodes are read again
+# A Slurm job read CANCELLED with no word of a preemption yet is charged only once it has stayed so this long: a
+# preemption also reads CANCELLED at times, before Slurm requeues it and slurmstepd's "DUE TO PREEMPTION" line
+# reaches the output file (on a loaded node, after the run has already handed the job back).
+CANCEL_SETTLE_S = 6.0
 LINGER_S = 20.0  # how long a finished job's running Slurm job may take to end before it is scancelled
 CODE_ROOT = Path(__file__).resolve().parents[2]  # the checkout the batch script imports vitq from
 # How a Slurm job of a queued vitq job may end that costs the job an attempt (a hand-back ends COMPLETED, or
@@ -60,6 +64,9 @@ class Dispatcher:
         self.nodes_read_at = -NODES_EVERY_S
         self.cancelled: set[str] = set()  # Slurm jobs this dispatcher already scancelled
         self.finished_seen: dict[str, float] = {}  # running Slurm jobs of finished vitq jobs: first seen
+        self.cancel_seen: dict[
+            str, float
+        ] = {}  # Slurm jobs read CANCELLED without a preemption's words: first seen
         self.refused: dict[int, str] = {}  # jobs sbatch refused for a passing reason: logged once
         self.broker = JobQueue(settings)  # the API wakes every pool's workers; here nobody listens: drop them
 
@@ -144,6 +151,8 @@ class Dispatcher:
             # never start fails once out of attempts instead of being launched again forever. A preemption
             # Slurm reports as a cancel costs nothing.
             words, preempted = self._slurms_words(launch, slurm)
+            if not preempted and slurm.state == "CANCELLED" and not self._settled(slurm_id):
+                return  # maybe a preemption on its way to Slurm's requeue: decided on a later pass
             if not preempted:
                 how = (
                     "was cancelled outside vitq (scancel)"
@@ -166,6 +175,10 @@ class Dispatcher:
             text = f"Slurm job {slurm_id} {slurm.state.lower()} on {slurm.nodes or '?'}: starting"
         if text != launch.executor_note:
             launches.note(session=session, job_id=launch.job_id, executor_ref=ref, text=text)
+
+    def _settled(self, slurm_id: str) -> bool:
+        first = self.cancel_seen.setdefault(slurm_id, time.monotonic())
+        return time.monotonic() - first >= CANCEL_SETTLE_S
 
     def _charge(self, session: Session, launch: launches.Launch, error: str) -> None:
         """The attempt a queued job's last run gave back counts after all (failed once it was the last)."""

@@ -22,7 +22,7 @@ from api.core.settings import Settings
 from vit.config import JobSpec
 from worker.slurm.batch import PoolConfig
 from worker.slurm.commands import RUN_MARK, SlurmJob
-from worker.slurm.dispatcher import Dispatcher
+from worker.slurm.dispatcher import CANCEL_SETTLE_S, Dispatcher
 
 POOL = "hpc"
 PREEMPTED = """\
@@ -161,3 +161,45 @@ def test_a_slurm_job_that_fails_before_its_run_claims_the_job_costs_an_attempt(
         if attempt == 0:  # charged, and launched again as a new Slurm job
             assert (job.status, job.attempt, job.executor_ref) == (JobStatus.queued, 1, None)
     assert (job.status, job.attempt) == (JobStatus.failed, 1)  # the second was its last
+
+
+def test_a_cancel_without_a_preemptions_words_is_charged_only_once_it_has_stayed_so(
+    tmp_path: Path, redis_url: str, unique_queue: str
+) -> None:
+    # A preemption reads CANCELLED at times, and on a loaded node slurmstepd's "DUE TO PREEMPTION" line may reach
+    # the output file after the run handed the job back: the first look at such a job decides nothing.
+    settings = Settings(home=tmp_path, broker_url=redis_url, queue=unique_queue, max_attempts=2)
+    upgrade(settings.resolved_database_url)
+    dispatcher = Dispatcher(settings=settings, config=PoolConfig(pool=POOL, partition="batch"))
+    engine = make_engine(settings.resolved_database_url)
+    with Session(engine) as session:
+        spec = JobSpec.model_validate({"kind": "pretrain", "resources": {"pool": POOL}})
+        submitted = state_machine.submit(session=session, spec=spec, max_attempts=2, parent=None)
+        session.commit()
+        job_id = submitted.id
+    engine.dispose()
+    run_dir = settings.run_dir(job_id)
+    run_dir.mkdir(parents=True)
+
+    def launched(slurm_id: str) -> None:
+        with dispatcher.sessions() as session:
+            assert launches.record_launch(
+                session=session, job_id=job_id, attempt=0, executor_ref=f"slurm:{slurm_id}", note=""
+            )
+        (run_dir / f"slurm-{slurm_id}.out").write_text(f"{RUN_MARK} {slurm_id} run 0 on n1\n")
+
+    def cancelled(slurm_id: str) -> Job:
+        return reconcile(dispatcher, SlurmJob(slurm_id, f"vitq-{job_id}", "CANCELLED", "None", "n1"))
+
+    launched("31")
+    assert (cancelled("31").attempt, cancelled("31").executor_ref) == (0, "slurm:31")  # not judged yet
+    (run_dir / "slurm-31.out").write_text(PREEMPTED.format(mark=RUN_MARK, id=31))
+    preempted = cancelled("31")
+    assert (preempted.status, preempted.attempt, preempted.executor_ref) == (JobStatus.queued, 0, None)
+
+    launched("32")  # an scancel from outside vitq: CANCELLED it stays, with no word of a preemption
+    assert cancelled("32").executor_ref == "slurm:32"
+    dispatcher.cancel_seen["32"] -= CANCEL_SETTLE_S
+    charged = cancelled("32")
+    assert (charged.status, charged.attempt, charged.executor_ref) == (JobStatus.queued, 1, None)
+    assert charged.error == "Slurm job 32 was cancelled outside vitq (scancel)"
