@@ -293,7 +293,8 @@ def test_a_phone_shows_progress_places_errors_and_why_a_chart_is_empty(
 
     page.goto(f"{service.url}/#/jobs/{queued}")  # nothing logged yet: a sentence, not empty charts
     expect(page.locator(".no-metrics")).to_contain_text("No metrics yet: the job is queued")
-    expect(page.locator(".charts")).to_be_hidden()
+    expect(page.locator(".board > .charts")).to_be_hidden()
+    expect(page.locator(".system-charts")).to_be_hidden()
     page.screenshot(path=str(ARTIFACTS / "job-queued-390.png"), full_page=True)
 
     page.goto(f"{service.url}/#/submit")
