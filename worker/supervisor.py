@@ -67,15 +67,20 @@ class Outcome(enum.Enum):
     PRUNED = "its sweep's pruner stopped it early"
     SHUTDOWN = "the worker is shutting down (or its cluster stops it)"
     OUTAGE = "the database was unreachable too long"
-    LEASE_LOST = "the job is no longer ours; the trainer was stopped"
+    LEASE_LOST = "the job is no longer ours: nothing more is written for it"
 
 
-def how_it_ended(exit_code: int | None) -> str:
-    """What the trainer's exit code says it did, in words (a log line must not claim a checkpoint it never saved)."""
-    if exit_code == rundir.EXIT_INTERRUPTED:
-        return "the trainer saved a checkpoint and stopped"
+def how_it_ended(exit_code: int | None, *, finished: bool) -> str:
+    """What the trainer did, in words: `finished`, its last step's checkpoint is on disk; otherwise what its
+    exit code says (a log line must not claim a checkpoint it never saved, nor deny one it did)."""
     if exit_code == rundir.EXIT_OK:
         return "the trainer finished every step"
+    if finished:
+        return (
+            f"the trainer had finished every step and saved its last checkpoint (then exit code {exit_code})"
+        )
+    if exit_code == rundir.EXIT_INTERRUPTED:
+        return "the trainer saved a checkpoint and stopped"
     if exit_code is not None and exit_code < 0:
         return f"the trainer was killed by signal {-exit_code} without saving"
     return f"the trainer exited with code {exit_code}"
@@ -243,6 +248,9 @@ class Run:
     # ------------------------------------------------------------------------------------------- lifecycle
     def execute(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self._leads() and rundir.run_complete(self.run_dir, self.claim.spec.train.steps):
+            self._record_complete_run()
+            return
         try:
             spec = self._trainer_spec()
         except SpecError as error:
@@ -294,7 +302,10 @@ class Run:
             trainer.kill()
             raise
         exit_code = trainer.poll()
-        log.info("job %s: %s; %s", self.job_id, outcome.value, how_it_ended(exit_code))
+        # Judged by the run directory, not the exit code alone: a stop (a cancel, the fence's kill) may reach a
+        # trainer after its last checkpoint, while it exits.
+        finished = exit_code == rundir.EXIT_OK or rundir.run_complete(self.run_dir, spec.train.steps)
+        log.info("job %s: %s; %s", self.job_id, outcome.value, how_it_ended(exit_code, finished=finished))
         if outcome == Outcome.LEASE_LOST:
             return
         if not self._leads():  # rank 0's supervisor ends the job; another node only ends a failed attempt
@@ -305,7 +316,7 @@ class Run:
             return
         # After an outage the last renewal is old: what is on disk still goes in, for as long as a lease.
         self._catch_up(late=outcome == Outcome.OUTAGE)
-        if exit_code == rundir.EXIT_OK:
+        if finished:
             # Finished every step, even when a cancel or a stop came too late to interrupt it: the work is done.
             self._finish(JobStatus.succeeded)
         elif outcome == Outcome.CANCELLED:
@@ -317,6 +328,31 @@ class Run:
         else:
             tail, trainer_exit = trainer.tail(log_start)
             self._failed(trainer_exit if trainer_exit is not None else exit_code, tail)
+
+    def _record_complete_run(self) -> None:
+        """An earlier attempt's trainer finished every step, but its runner lost the job before it could say so
+        (it stalled past the lease, or the database was away when it ended): store what is on disk and succeed
+        without starting a trainer. Finished work is not run again, and no further attempt is used for it."""
+        steps = self.claim.spec.train.steps
+        log_path = self.run_dir / rundir.LOG_FILE
+        self._write_log_header(log_path)
+        with log_path.open("a") as log_file:
+            log_file.write(
+                f"the run is already complete at step {steps}: recorded as succeeded, nothing trained\n"
+            )
+        log.info(
+            "job %s: the run is already complete at step %s; recording it, no trainer", self.job_id, steps
+        )
+        begun = self.database.until(
+            lambda s: fenced_writes.start_history(session=s, claim=self.claim, resumed_from_step=steps),
+            self.renewed_at + self.settings.lease_seconds * FENCE_FRACTION,
+        )
+        if not begun:
+            log.warning("job %s: lost before its complete run could be recorded", self.job_id)
+            return
+        self.history_started = True  # metrics.jsonl holds every step once: its trainers cut it back on resume
+        self._catch_up()
+        self._finish(JobStatus.succeeded)
 
     def _trainer_spec(self) -> JobSpec:
         """The stored spec, with init.from_job replaced by the parent's checkpoint directory."""
