@@ -81,6 +81,8 @@ def how_it_ended(exit_code: int | None, *, finished: bool) -> str:
         )
     if exit_code == rundir.EXIT_INTERRUPTED:
         return "the trainer saved a checkpoint and stopped"
+    if exit_code == rundir.EXIT_FENCED:
+        return "the trainer's lease ran out: it stopped without saving"
     if exit_code is not None and exit_code < 0:
         return f"the trainer was killed by signal {-exit_code} without saving"
     return f"the trainer exited with code {exit_code}"

@@ -60,10 +60,12 @@ def test_run_finished_under_a_stalled_worker_is_recorded_by_the_next_claim_witho
         index = finish_under_a_stalled_worker(chaos, job_id)
         stalled = chaos.stack.workers[index]
         try:
-            # After the lease the other worker's reaper requeues the job; that worker claims attempt 2, finds the
-            # run complete and records it: succeeded, no trainer started, no attempt after it.
+            # After the lease the other worker's reaper requeues the job, giving its attempt back (the run is
+            # complete on disk); that worker claims it as attempt 1 again, finds the run complete and records it:
+            # succeeded, no trainer started, no attempt spent on the finished work.
             chaos.wait_finished(job_id, timeout=lease * 4)
-            job = chaos.assert_ran_once(job_id, status="succeeded", attempt=2, steps=STEPS)
+            job = chaos.assert_ran_once(job_id, status="succeeded", attempt=1, steps=STEPS)
+            assert chaos.worker_logs().count(f"job {job_id}: claimed, attempt 1 of 3") == 2
             assert job["resumed_from_step"] == STEPS and job["step"] == STEPS
             assert len(chaos.sampler.pids[job_id]) == 1, f"a trainer was started again: {chaos.sampler.pids}"
             train_log = (chaos.settings.run_dir(job_id) / rundir.LOG_FILE).read_text()

@@ -119,7 +119,16 @@ def test_database_outage_shorter_than_half_the_lease_costs_no_attempt_whatever_t
             back = datetime.now(UTC)
             outage = time.monotonic() - down_at
             assert outage < lease * 0.5, f"the outage took {outage:.1f} s: not the fault under test"
-            if not killed:
+            if killed:
+                # Stopped until the supervisor kills it: a SIGCONT before the fence would let it obey in time.
+                wait_until(
+                    lambda: worker_said(
+                        chaos, f"job {job_id}: the database was unreachable too long; the trainer"
+                    ),
+                    lease,
+                    "the supervisor to give the trainer up at the fence",
+                )
+            else:
                 wait_until(lambda: api_answers(chaos, job_id), 30, "the API to recover")
                 chaos.stack.wait_for(
                     job_id,
