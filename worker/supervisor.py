@@ -338,22 +338,32 @@ class Run:
         steps = self.claim.spec.train.steps
         log_path = self.run_dir / rundir.LOG_FILE
         self._write_log_header(log_path)
-        with log_path.open("a") as log_file:
-            log_file.write(
-                f"the run is already complete at step {steps}: recorded as succeeded, nothing trained\n"
+        deadline = self.renewed_at + self.settings.lease_seconds * FENCE_FRACTION
+        # Its last trainer may still be exiting, or be frozen between its last save and the pruning of older
+        # checkpoints: read the directory once that trainer is gone, as a successor trainer would.
+        with rundir.trainer_lock(self.run_dir, keep_waiting=lambda: time.monotonic() < deadline) as locked:
+            if not locked:
+                log.info("job %s: the run is complete but its last trainer still holds it", self.job_id)
+                self._hand_back()
+                return
+            with log_path.open("a") as log_file:
+                log_file.write(
+                    f"the run is already complete at step {steps}: recorded as succeeded, nothing trained\n"
+                )
+            log.info(
+                "job %s: the run is already complete at step %s; recording it, no trainer", self.job_id, steps
             )
-        log.info(
-            "job %s: the run is already complete at step %s; recording it, no trainer", self.job_id, steps
-        )
-        begun = self.database.until(
-            lambda s: fenced_writes.start_history(session=s, claim=self.claim, resumed_from_step=steps),
-            self.renewed_at + self.settings.lease_seconds * FENCE_FRACTION,
-        )
-        if not begun:
-            log.warning("job %s: lost before its complete run could be recorded", self.job_id)
-            return
-        self.history_started = True  # metrics.jsonl holds every step once: its trainers cut it back on resume
-        self._catch_up()
+            begun = self.database.until(
+                lambda s: fenced_writes.start_history(session=s, claim=self.claim, resumed_from_step=steps),
+                deadline,
+            )
+            if not begun:
+                log.warning("job %s: lost before its complete run could be recorded", self.job_id)
+                return
+            self.history_started = (
+                True  # metrics.jsonl holds every step once: its trainers cut it back on resume
+            )
+            self._catch_up()
         self._finish(JobStatus.succeeded)
 
     def _trainer_spec(self) -> JobSpec:

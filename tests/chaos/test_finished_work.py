@@ -65,7 +65,7 @@ def test_run_finished_under_a_stalled_worker_is_recorded_by_the_next_claim_witho
             # succeeded, no trainer started, no attempt spent on the finished work.
             chaos.wait_finished(job_id, timeout=lease * 4)
             job = chaos.assert_ran_once(job_id, status="succeeded", attempt=1, steps=STEPS)
-            assert chaos.worker_logs().count(f"job {job_id}: claimed, attempt 1 of 3") == 2
+            assert sum(f"job {job_id}: claimed, attempt 1 of 3" in line for line in chaos.worker_lines()) == 2
             assert job["resumed_from_step"] == STEPS and job["step"] == STEPS
             assert len(chaos.sampler.pids[job_id]) == 1, f"a trainer was started again: {chaos.sampler.pids}"
             train_log = (chaos.settings.run_dir(job_id) / rundir.LOG_FILE).read_text()
@@ -110,7 +110,5 @@ def test_cancel_after_the_last_step_lets_the_job_succeed(tmp_path: Path) -> None
         assert job["error"] is None
         listed, on_disk = checkpoint_names(chaos, job_id)
         assert listed == on_disk and on_disk[-1] == rundir.checkpoint_name(STEPS)
-        ended = next(
-            line for line in chaos.worker_logs().splitlines() if f"job {job_id}: a cancel was" in line
-        )
+        ended = next(line for line in chaos.worker_lines() if f"job {job_id}: a cancel was" in line)
         assert "finished every step" in ended and "without saving" not in ended, ended
