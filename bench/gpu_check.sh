@@ -19,6 +19,10 @@
 #      target regularized / plain >= 0.9 (`bash bench/gpu_check.sh 5`, about 5 min, not yet run on a GPU)
 #   6. (issue 21, separate: `bash bench/gpu_check.sh 6`, about 1 min) JPEG decoding of shard-sized photos with
 #      nvJPEG, batched (torchvision.io.decode_jpeg on the device), against PIL: img/s and pixel agreement
+#   7. (issue 21, separate: `bash bench/gpu_check.sh 7`, about 2 min) the training data path with data.decode:
+#      device (workers read bytes, nvJPEG + crops on the GPU) against data.decode: loader (CPU workers), img/s
+#   Both: `run(command="bash bench/gpu_check.sh 6 7", carry=[".whl"], timeout_s=300)`; vit.config now also
+#   imports braceexpand (pure Python): add its wheel to .whl/ (`pip download braceexpand --no-deps -d .whl`).
 set -uo pipefail
 OUT=${OUT:-gpu-check}
 mkdir -p "$OUT"
@@ -88,5 +92,9 @@ if wants 6; then
   for batch in 64 256; do
     timeout 120 python3 bench/jpeg_decode.py --device cuda --images 1024 --batch-size "$batch"
   done
+fi
+if wants 7; then
+  echo "== 7. training batches: data.decode device (nvJPEG, crops on the GPU) vs loader (CPU workers)"
+  timeout 200 python3 bench/gpu_decode.py --images 2048 --batch-size 256
 fi
 echo "== done"

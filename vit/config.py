@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from braceexpand import braceexpand
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vit.recipes import RECIPES, apply_recipe
@@ -32,8 +33,36 @@ DATASETS = ("synthetic", "digits", "cifar10", "cifar100", "pets", "flowers102", 
 DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "pets": 37, "flowers102": 102}
 # Datasets that read files: they need `data.root` (the embedded ones are built in memory).
 FILE_DATASETS = ("cifar10", "cifar100", "pets", "flowers102", "imagefolder", "shards")
+# The datasets whose training images can be decoded on the training device (`data.decode`): the encoded files.
+DEVICE_DECODE_DATASETS = ("imagefolder", "shards")
 # Where `vitq data pack` shards can be read from: a local or shared-filesystem directory, or over HTTP(S).
 SHARD_URL_SCHEMES = ("http://", "https://")
+
+
+def shard_pattern(root: str) -> tuple[str, list[str]] | None:
+    """A brace pattern's (base directory or URL, shard file names), as WebDataset expands it:
+    `https://host/ds/train-{000000..001023}.tar` -> ("https://host/ds", ["train-000000.tar", ...]). None: `root`
+    holds no brace (a pack output's directory). ValueError naming the pattern when it is malformed."""
+    if "{" not in root and "}" not in root:
+        return None
+    base, _, name = root.rpartition("/")
+    if "{" in base or "}" in base:
+        raise ValueError(
+            f"data.root {root!r}: a shard pattern's braces may only be in the file name, not in its directory"
+        )
+    try:
+        names = list(braceexpand(name))
+    except ValueError:  # braceexpand.UnbalancedBracesError
+        names = [name]
+    if any("{" in n or "}" in n for n in names):
+        raise ValueError(
+            f"data.root {root!r} is a malformed shard pattern: write a range as {{000000..001023}} or a list as {{a,b}}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"data.root {root!r}: the shard pattern names a shard twice")
+    return base or ".", names
+
+
 # The numeric options of timm's rand_augment_transform (timm.data.auto_augment).
 RAND_AUGMENT_PATTERN = re.compile(r"^rand(-(m|n|mstd|mmax|p)[0-9]+(\.[0-9]+)?|-inc[01])*$")
 # A job's (and a sweep's) name: shown in lists and used in file names of exports.
@@ -145,7 +174,8 @@ class DataSpec(_Strict):
     root: str | None = Field(
         None,
         description="Directory of the dataset's files (required for file datasets); for shards, the directory "
-        "or http(s):// URL holding the index.json that `vitq data pack` wrote.",
+        "or http(s):// URL holding the index.json that `vitq data pack` wrote, or a brace pattern of WebDataset "
+        "shards (`/data/ds/train-{0000..0099}.tar`, `https://host/ds/train-{000000..001023}.tar`).",
     )
     download: bool = Field(False, description="Let torchvision download the dataset into root when missing.")
     val_fraction: float = Field(
@@ -163,6 +193,13 @@ class DataSpec(_Strict):
         le=64,
         description="Loader processes per trainer for file datasets; none: from the CPU count (in-memory "
         "datasets are batched on the training device and use none).",
+    )
+    # The default stays loader until the device path has been measured on a GPU (bench/gpu_check.sh 7).
+    decode: Literal["auto", "loader", "device"] = Field(
+        "loader",
+        description="Where training images are decoded (imagefolder, shards): loader = CPU loader workers; device "
+        "= batched on the training device (nvJPEG on a GPU), the workers only read bytes; auto = device when "
+        "training on CUDA without rand_augment, else loader.",
     )
     # Batch regularization, with timm's names and meanings (timm.data.Mixup, RandomErasing, RandAugment).
     rand_augment: str | None = Field(
@@ -232,6 +269,15 @@ class DataSpec(_Strict):
                 )
             if self.download:
                 raise ValueError("data.download is for the torchvision datasets; shards are made by pack")
+            shard_pattern(self.root)  # a malformed pattern is refused at submit
+        if self.decode == "device" and self.dataset not in DEVICE_DECODE_DATASETS:
+            raise ValueError(
+                f"decode: device reads encoded images of {' or '.join(DEVICE_DECODE_DATASETS)}, not {self.dataset}"
+            )
+        if self.decode == "device" and self.rand_augment is not None:
+            raise ValueError(
+                "decode: device cannot run rand_augment (timm's works on PIL images): use loader"
+            )
         if isinstance(self.subset, float) and not 0.0 < self.subset <= 1.0:
             raise ValueError("subset as a fraction must be in (0, 1]")
         if isinstance(self.subset, int) and self.subset < 1:
@@ -259,7 +305,12 @@ class OptimSpec(_Strict):
 
 
 class TrainSpec(_Strict):
-    steps: PositiveInt = Field(1000, le=10_000_000)
+    steps: int = Field(
+        1000,
+        ge=0,
+        le=10_000_000,
+        description="0: train nothing, only evaluate the initial weights (a fine-tune's probe: frozen features).",
+    )
     batch_size: PositiveInt = Field(128, le=1_000_000, description="Global batch across all processes.")
     micro_batch_size: PositiveInt | None = Field(
         None, description="Per-process batch per forward pass; accumulation reaches the global batch."
@@ -368,6 +419,10 @@ class JobSpec(_Strict):
     def _check(self) -> JobSpec:
         if self.init is not None and self.kind != "finetune":
             raise ValueError("init is for finetune jobs; a pretrain job starts from random weights")
+        if self.train.steps == 0 and self.init is None:
+            raise ValueError(
+                "train.steps 0 only evaluates the initial weights: it needs init (from_job or weights)"
+            )
         if self.train.precision == "fp8" and self.resources.device == "cpu":
             raise ValueError(
                 "train.precision fp8 needs a GPU with float8 matmuls (Hopper or newer), not the CPU"

@@ -108,7 +108,8 @@ class Trainer:
         self.model.to(ctx.device)
         self._set_precision()
         self.optimizer = build_optimizer(self.model, self.spec.optim, ctx.device)
-        self.scheduler = build_scheduler(self.optimizer, self.spec.optim, self.total_steps)
+        # A probe (train.steps 0) steps no optimizer; the schedule still needs a length.
+        self.scheduler = build_scheduler(self.optimizer, self.spec.optim, max(self.total_steps, 1))
         self.regularizer = BatchRegularizer(
             self.spec.data, self.spec.train.label_smoothing, self.num_classes, ctx.device
         )
@@ -160,7 +161,8 @@ class Trainer:
         # In-memory datasets are batched and augmented on the training device; file datasets by CPU workers.
         self.train_loader = build_train_batches(
             datasets.train,
-            batch_size=self.per_rank_batch,
+            # A probe (train.steps 0) reads no batch: a few-shot dataset smaller than one batch is fine there.
+            batch_size=self.per_rank_batch if self.total_steps else 1,
             image_size=self.spec.model.image_size,
             augmentation=training_augmentation(self.spec.data),
             seed=train_spec.seed,
@@ -169,6 +171,7 @@ class Trainer:
             world_size=self.ctx.world_size,
             device=self.ctx.device,
             per_image=self.spec.data.rand_augment is not None,
+            decode=self.spec.data.decode,
         )
         set_epoch(self.train_loader, 0)
         self.batches_per_epoch = len(self.train_loader)
@@ -256,6 +259,10 @@ class Trainer:
         if not self.restored:
             raise RuntimeError("Trainer.restore() must run before train()")
         spec = self.spec.train
+        if self.total_steps == 0:
+            # A probe: evaluate the initial weights as they are (frozen features for few-shot), train nothing.
+            self.evaluate()
+            return True
         if self.step >= self.total_steps:
             self._say(f"already complete at step {self.step}")
             return True

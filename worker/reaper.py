@@ -58,8 +58,7 @@ class Reaper:
 
     def run_once(self) -> None:
         with self.sessions() as session:
-            usage = self.host_usage() if self.host_usage is not None else None
-            workers.beat(session=session, name=self.name, usage=usage)
+            workers.beat(session=session, name=self.name, usage=self._host_figures())
             stale = state_machine.requeue_stale(
                 session=session, lease_seconds=self.settings.lease_seconds, complete_on_disk=self._complete
             )
@@ -76,6 +75,17 @@ class Reaper:
         """Whether a lost job's trainer finished every step (run directories are on storage every worker sees)."""
         return rundir.run_complete(self.settings.run_dir(job_id), total_steps)
 
+    def _host_figures(self) -> dict[str, Any] | None:
+        """The host's figures for this beat; None (the last ones stand) when they cannot be read: a measurement
+        must never cost the heartbeat, or the worker would look dead and this pass's duties go undone."""
+        if self.host_usage is None:
+            return None
+        try:
+            return self.host_usage()
+        except Exception:
+            log.warning("could not read the host's figures; the heartbeat goes without them", exc_info=True)
+            return None
+
     def _top_up_searches(self, *, session: Session) -> None:
         """Searching sweeps: tell their studies about children that ended and ask for the next ones. A child
         ended by this reaper, a cancel or a worker that died before it asked is made good here."""
@@ -86,6 +96,7 @@ class Reaper:
                     url=self.settings.resolved_database_url,
                     sweep_id=sweep_id,
                     max_attempts=self.settings.max_attempts,
+                    settings=self.settings,
                 )
             except Exception:  # one broken study must not stop the others, nor the rest of the pass
                 log.exception("sweep %s: topping up failed; trying again next pass", sweep_id)

@@ -600,6 +600,7 @@ class Run:
                 url=self.settings.resolved_database_url,
                 sweep_id=sweep_id,
                 max_attempts=self.settings.max_attempts,
+                settings=self.settings,
             )
         except Exception as error:
             log.warning(

@@ -18,13 +18,15 @@ NO_LIMIT = "none"
 
 def limit_value(text: str) -> int | None:
     """A limit's value: a positive count, optionally with k, M or G (thousands, millions, billions), or "none"."""
+    from api.core.models import MAX_ID  # owner_limits.value is a BIGINT
+
     if text == NO_LIMIT:
         return None
     match = VALUE.match(text)
     value = int(match.group(1)) * SUFFIXES[match.group(2) or ""] if match else 0
-    if value < 1:
+    if not 1 <= value <= MAX_ID:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: a limit is a positive count (100M, 384, 50k) or {NO_LIMIT}"
+            f"{text!r}: a limit is a positive count (100M, 384, 50k) up to {MAX_ID:,}, or {NO_LIMIT}"
         )
     return value
 

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from api.cli import transfer_table
 from api.cli.exit_codes import (
     EXIT_BROKEN_PIPE,
     EXIT_BY_STATUS,
@@ -176,6 +177,43 @@ def cmd_sweep(args: argparse.Namespace, client: VitqClient) -> int:
     ]
     print_table(["ID", "NAME", *(field.upper() for field in sweep["fields"])], rows)
     return EXIT_OK
+
+
+def cmd_transfer(args: argparse.Namespace, client: VitqClient) -> int:
+    """`vitq transfer SPEC [--follow]` submits; `vitq transfer show ID [--csv]` prints the table."""
+    if args.target[0] == "show":
+        if len(args.target) != 2 or not args.target[1].isdigit():
+            raise UsageError("usage: vitq transfer show ID [--csv]")
+        transfer_id = int(args.target[1])
+        if args.csv:
+            sys.stdout.write(client.transfer_csv(transfer_id))
+            return EXIT_OK
+        transfer = client.transfer_status(transfer_id)
+        print(f"transfer {transfer['id']} ({transfer['name']}): {transfer_table.counts(transfer)}")
+        print(transfer_table.render(transfer))
+        return EXIT_OK
+    if len(args.target) != 1:
+        raise UsageError("usage: vitq transfer SPEC [--follow] | vitq transfer show ID [--csv]")
+    text = read_spec(args.target[0])
+    body: str | dict[str, Any] = text
+    if args.from_job is not None:
+        body = {**yaml.safe_load(text), "source": {"from_job": args.from_job}}
+    try:
+        transfer = client.transfer(body)
+    except VitqError as exc:
+        if exc.status_code == 422:
+            raise UsageError(f"{args.target[0]}: {exc}") from exc
+        raise
+    rows = transfer["table"]["rows"]
+    print(
+        f"submitted transfer {transfer['id']} ({transfer['name']}): {len(rows)} datasets, "
+        f"{transfer['job_count']} jobs: {client.url}/#/transfers/{transfer['id']}"
+    )
+    if not args.follow:
+        return EXIT_OK
+    done = transfer_table.wait(lambda: client.transfer_status(int(transfer["id"])), sys.stdout)
+    print(transfer_table.render(done))
+    return transfer_table.exit_code(done)
 
 
 def _cell(value: Any) -> str:
@@ -397,6 +435,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML/JSON: name, base, and grid, random or method + space (examples/*-sweep.yaml, *-search.yaml)",
     )
     sweep.set_defaults(call=cmd_sweep)
+    transfer = commands.add_parser(
+        "transfer",
+        help="evaluate a pretrained checkpoint on datasets (few-shot probes, fine-tunes): the transfer table",
+    )
+    transfer.add_argument(
+        "target",
+        nargs="+",
+        metavar="SPEC | show ID",
+        help="YAML/JSON: source, datasets, few_shot, finetune (examples/digits-transfer.yaml); or show ID",
+    )
+    transfer.add_argument(
+        "-f", "--follow", action="store_true", help="wait for the children, print the table"
+    )
+    transfer.add_argument("--csv", action="store_true", help="show: the table as CSV")
+    transfer.add_argument(
+        "--from-job",
+        type=int,
+        metavar="ID",
+        help="the source: this job's checkpoint (source becomes {from_job: ID})",
+    )
+    transfer.set_defaults(call=cmd_transfer)
     ls = commands.add_parser("ls", help="list jobs, newest first")
     ls.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled", "pruned"])
     ls.add_argument("--kind", choices=["pretrain", "finetune"])

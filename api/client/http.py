@@ -149,6 +149,25 @@ class VitqClient:
         )
         return dict(response.json())
 
+    def transfer(self, spec: str | dict[str, Any]) -> dict[str, Any]:
+        """Post a transfer (a source checkpoint and datasets): the transfer with its table and children."""
+        if isinstance(spec, dict):
+            content, content_type = json.dumps(spec), "application/json"
+        else:
+            content, content_type = spec, "application/yaml"
+        response = self._request(
+            "POST", "/transfers", content=content.encode(), headers={"content-type": content_type}
+        )
+        return dict(response.json())
+
+    def transfer_status(self, transfer_id: int) -> dict[str, Any]:
+        """The transfer with its table and children (GET /transfers/ID)."""
+        return dict(self._request("GET", f"/transfers/{transfer_id}").json())
+
+    def transfer_csv(self, transfer_id: int) -> str:
+        """The table as CSV (GET /transfers/ID/table.csv)."""
+        return self._request("GET", f"/transfers/{transfer_id}/table.csv").text
+
     def sweep_status(self, sweep_id: int) -> dict[str, Any]:
         """The sweep with its children (GET /sweeps/ID)."""
         return dict(self._request("GET", f"/sweeps/{sweep_id}").json())

@@ -24,6 +24,11 @@ class SweepNotFoundError(NotFoundError):
         super().__init__(f"sweep {sweep_id} not found")
 
 
+class TransferNotFoundError(NotFoundError):
+    def __init__(self, transfer_id: int) -> None:
+        super().__init__(f"transfer {transfer_id} not found")
+
+
 class JobStateError(DomainError):
     """The job's state forbids the action."""
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from api.core.errors import InvalidInputError
 from api.core.models import Job, OwnerLimit
 from api.core.settings import Settings
+from api.core.state_machine import Principal
 from vit.config import JobSpec
 from vit.model_size import known_classes, model_parameters
 
@@ -50,7 +51,18 @@ _OWNERS_OWN = select(OwnerLimit.name, OwnerLimit.value).where(OwnerLimit.owner =
 def for_owner(*, session: Session, owner: str, settings: Settings) -> JobLimits:
     """The limits that hold for `owner`: the owner's own where an admin set one, else the settings'."""
     rows = session.connection().execute(_OWNERS_OWN, {"owner": owner}).all()
-    own = {row.name: row.value for row in rows if row.name in LIMITS}
+    return _holding([(row.name, row.value) for row in rows], settings)
+
+
+def for_principal(*, session: Session, principal: Principal, settings: Settings) -> JobLimits:
+    """The limits that hold for the principal's owner: read with its token when it had one."""
+    if principal.own_limits is None:
+        return for_owner(session=session, owner=principal.owner, settings=settings)
+    return _holding(principal.own_limits, settings)
+
+
+def _holding(own_rows: Iterable[tuple[str, int | None]], settings: Settings) -> JobLimits:
+    own = {name: value for name, value in own_rows if name in LIMITS}
     values = {name: own[name] if name in own else getattr(settings, name) for name in LIMITS}
     return JobLimits(values=values, own=frozenset(own))
 

@@ -247,6 +247,24 @@ class Sweep(Base):
     notified: Mapped[bool] = mapped_column(default=False, server_default=false())  # as jobs.notified
 
 
+class Transfer(Base):
+    """A pretrained checkpoint evaluated on a list of datasets (api/core/transfers.py): its probe and fine-tune
+    children, and the table they fill."""
+
+    __tablename__ = "transfers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # as validated (api/core/transfer_spec.TransferSpec)
+    # One entry per dataset, in the spec's order: {"dataset": row label, "probe": job id, "finetune": job id}
+    # (either id null when that child was not asked for).
+    layout: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    owner: Mapped[str] = mapped_column(String(64), server_default=LOCAL_OWNER)  # owns every child, too
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_transfers_owner_created", "owner", "created_at"),)
+
+
 class Webhook(Base):
     """Where to tell an owner that a job or sweep ended (api/core/notify.py): one job's end, one sweep's, or
     (neither set) the end of every job of the owner."""

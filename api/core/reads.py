@@ -251,7 +251,9 @@ def job_out(job: Job, summary: MetricSummary | None = None, queue: QueueView | N
         max_attempts=job.max_attempts,
         step=job.step,
         total_steps=job.total_steps,
-        progress=min(job.step / job.total_steps, 1.0) if job.total_steps else 0.0,
+        progress=min(job.step / job.total_steps, 1.0)
+        if job.total_steps
+        else float(job.status == JobStatus.succeeded),  # a probe (train.steps 0) has nothing to count
         resumed_from_step=job.resumed_from_step,
         wait_reason=queue.reason(job) if queue is not None else job.wait_reason or _executor_note(job),
         queue_position=queue.places.get(job.id) if queue is not None else None,

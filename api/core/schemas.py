@@ -239,3 +239,49 @@ class WorkerOut(BaseModel):
 
 class WorkerList(BaseModel):
     items: list[WorkerOut]
+
+
+class TransferColumn(BaseModel):
+    key: str = Field(description="The child metric it shows: few_shot_N (a probe) or val_top1 (a fine-tune).")
+    label: str = Field(description='"5-shot", "fine-tune", ...')
+    role: str = Field(description='"probe" or "finetune": the child that fills it.')
+
+
+class TransferRow(BaseModel):
+    dataset: str = Field(description="The row's label: the dataset's name (an image folder's: the folder's).")
+    data: dict[str, Any] = Field(description="Its data spec, as submitted.")
+    values: dict[str, float | None] = Field(
+        description="Column key -> the child's final value (null until that child has succeeded)."
+    )
+    probe: int | None = Field(description="The probe job's id (null: no few-shot columns).")
+    finetune: int | None = Field(description="The fine-tune job's id (null: none asked for).")
+    status: dict[str, str] = Field(description='"probe" / "finetune" -> that child\'s status.')
+
+
+class TransferTable(BaseModel):
+    columns: list[TransferColumn]
+    rows: list[TransferRow] = Field(description="One per dataset, in the order submitted.")
+    mean: dict[str, float | None] = Field(
+        description="Column key -> the mean over the datasets (null until every row has a value)."
+    )
+
+
+class TransferSummary(BaseModel):
+    id: int
+    name: str
+    created_at: UtcDatetime
+    owner: str
+    spec: dict[str, Any] = Field(description="The transfer as submitted: source, datasets, few_shot, ...")
+    job_count: int
+    status_counts: dict[str, int] = Field(description="Children by status.")
+    finished: bool = Field(description="Every child has finished.")
+    table: TransferTable
+
+
+class TransferOut(TransferSummary):
+    jobs: list[JobOut] = Field(description="The children: per dataset, its probe then its fine-tune.")
+
+
+class TransferList(BaseModel):
+    items: list[TransferSummary]
+    total: int

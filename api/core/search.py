@@ -43,9 +43,10 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.core import state_machine
+from api.core import limits, state_machine
 from api.core.errors import InvalidInputError
 from api.core.models import Job, JobStatus, MetricPoint, Sweep
+from api.core.settings import Settings
 from api.core.spec_input import check_spec
 from api.core.state_machine import now
 from api.core.sweep_spec import (
@@ -188,15 +189,25 @@ def _max_steps(spec: SweepSpec) -> int | str:
 
 
 # ------------------------------------------------------------------------------------------------ asking
-def top_up(*, sessions: sessionmaker[Session], url: str, sweep_id: int, max_attempts: int) -> Enqueue:
+def top_up(
+    *, sessions: sessionmaker[Session], url: str, sweep_id: int, max_attempts: int, settings: Settings
+) -> Enqueue:
     """Tell the study how ended children did, give orphaned trials their jobs, and ask for new children while
     the sweep has room. Returns the jobs made, to enqueue (after this returns: they are committed). Does
-    nothing while another process holds the sweep's asking lease."""
+    nothing while another process holds the sweep's asking lease. Each child is held to its owner's job-size
+    limits as they are now (`settings` gives the defaults): a combination of values past one fails its trial."""
     token = uuid.uuid4().hex
     if not _lease(sessions, sweep_id, token):
         return []
     try:
-        return _top_up(sessions=sessions, url=url, sweep_id=sweep_id, max_attempts=max_attempts, token=token)
+        return _top_up(
+            sessions=sessions,
+            url=url,
+            sweep_id=sweep_id,
+            max_attempts=max_attempts,
+            settings=settings,
+            token=token,
+        )
     finally:
         with sessions() as session:
             session.execute(
@@ -224,13 +235,20 @@ def _lease(sessions: sessionmaker[Session], sweep_id: int, token: str) -> bool:
 
 
 def _top_up(
-    *, sessions: sessionmaker[Session], url: str, sweep_id: int, max_attempts: int, token: str
+    *,
+    sessions: sessionmaker[Session],
+    url: str,
+    sweep_id: int,
+    max_attempts: int,
+    settings: Settings,
+    token: str,
 ) -> Enqueue:
     with sessions() as session:
         sweep = session.get(Sweep, sweep_id)
         assert sweep is not None
         spec = SweepSpec.model_validate(sweep.spec)
         cancelled, owner = sweep.cancelled_at is not None, sweep.owner
+        allowed = limits.for_owner(session=session, owner=owner, settings=settings)
         children = {
             job.trial: JobStatus(job.status)
             for job in session.scalars(select(Job).where(Job.sweep_id == sweep_id))
@@ -251,7 +269,7 @@ def _top_up(
                 tell(study, trial.number, TrialState.FAIL)
                 continue
             made += _make_child(
-                sessions, study, trial.number, trial.params, spec, sweep_id, owner, max_attempts
+                sessions, study, trial.number, trial.params, spec, sweep_id, owner, max_attempts, allowed
             )
             unfinished += 1
     asked = len(trials)
@@ -261,7 +279,9 @@ def _top_up(
         study.sampler = sampler(spec, spec.seed + asked)
         new = study.ask(distributions(spec))
         asked += 1
-        made += _make_child(sessions, study, new.number, new.params, spec, sweep_id, owner, max_attempts)
+        made += _make_child(
+            sessions, study, new.number, new.params, spec, sweep_id, owner, max_attempts, allowed
+        )
         unfinished += 1
     if (cancelled or asked >= spec.budget) and not unfinished and _all_told(study):
         with sessions() as session:
@@ -283,12 +303,15 @@ def _make_child(
     sweep_id: int,
     owner: str,
     max_attempts: int,
+    allowed: limits.JobLimits,
 ) -> Enqueue:
     """The trial's job, queued; [] when another process stored it first, or when its spec is refused (the
-    trial then fails: the space's edges passed at submit, so only a combination can be refused here)."""
+    trial then fails: the space's edges passed at submit, so only a combination can be refused here, or a
+    limit an admin lowered since)."""
     point = point_of(spec, params)
     try:
         job_spec = check_spec(child_spec(spec, point))
+        limits.check(job_spec, allowed)
     except (InvalidInputError, SweepSpecError) as error:
         log.warning("sweep %s: trial %s (%s) refused: %s", sweep_id, number, point, error)
         tell(study, number, TrialState.FAIL)

@@ -7,6 +7,7 @@ VITQ_DATABASE_URL / VITQ_BROKER_URL to PostgreSQL and Redis.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -51,6 +52,12 @@ class Settings(BaseSettings):
     # rewrites Host): api/server/request_guard.py.
     allowed_hosts: str = "localhost,127.0.0.1,::1"
     allowed_origins: str = ""
+    # URL prefixes a shard dataset's data.root may start with (comma-separated, e.g. "https://data.example/ds/"):
+    # the workers fetch from there, so by default no job may make them fetch anything.
+    data_urls: str = ""
+    # Submits (POST /jobs, /sweeps, /transfers) the API runs at once (api/server/writes.py); more wait their turn.
+    # The default is Python's own for a thread pool: the cores plus 4, at most 32.
+    api_writers: int = Field(default_factory=lambda: min(32, (os.cpu_count() or 1) + 4), ge=1, le=256)
     # Stored (hashed) at API start if absent: docker compose's first admin token.
     bootstrap_admin_token: SecretStr | None = None
     # Quotas per owner (api/core/quotas.py); None: no limit. Only max_running_jobs delays (a job waits), the rest refuse
@@ -113,6 +120,12 @@ class Settings(BaseSettings):
     @property
     def allowed_host_names(self) -> frozenset[str]:
         return frozenset(h.strip().lower().strip("[]") for h in self.allowed_hosts.split(",") if h.strip())
+
+    @property
+    def data_url_prefixes(self) -> tuple[str, ...]:
+        """Each prefix ends at a path separator: "https://data.example" must not admit "https://data.example.evil"."""
+        prefixes = (p.strip() for p in self.data_urls.split(",") if p.strip())
+        return tuple(p if p.endswith("/") else p + "/" for p in prefixes)
 
     @property
     def allowed_origin_list(self) -> frozenset[str]:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from api.core.errors import InvalidInputError, invalid
 from api.core.settings import Settings
-from vit.config import JobSpec
+from vit.config import SHARD_URL_SCHEMES, JobSpec
 
 JSON_TYPES = ("application/json",)
 # Documented; any other non-JSON type is read as YAML too, except the form types (api/server/request_guard.py).
@@ -179,7 +179,9 @@ def confine_paths(
     With `may_read_job` (a non-admin's submit), weights under storage must lie in the run directory of a job
     it allows; any other is answered as missing, so another owner's run does not even show it exists."""
     updates: dict[str, Any] = {}
-    if spec.data.root is not None:
+    if spec.data.dataset == "shards" and (spec.data.root or "").startswith(SHARD_URL_SCHEMES):
+        _check_data_url(spec.data.root or "", settings)  # no path: the trainer fetches it as it is
+    elif spec.data.root is not None:
         root = _confined(spec.data.root, settings, ("data", "root"), storage_too=False)
         updates["data"] = spec.data.model_copy(update={"root": root})
     if spec.init is not None and spec.init.weights is not None:
@@ -195,6 +197,19 @@ def confine_paths(
             )
         updates["init"] = spec.init.model_copy(update={"weights": weights})
     return spec.model_copy(update=updates) if updates else spec
+
+
+def _check_data_url(url: str, settings: Settings) -> None:
+    """Shards over HTTP(S) only from a prefix the operator allowed (VITQ_DATA_URLS): a job must not make the
+    workers fetch from anywhere they can reach (an internal service, a cloud metadata address)."""
+    allowed = settings.data_url_prefixes
+    if not any(url.startswith(prefix) for prefix in allowed):
+        where = f"one of {', '.join(allowed)}" if allowed else "none is allowed on this service"
+        raise invalid(
+            ("data", "root"),
+            f"shards may be read from URLs under the prefixes in VITQ_DATA_URLS ({where})",
+            "url_not_allowed",
+        )
 
 
 def _in_readable_run(path: str, settings: Settings, may_read_job: Callable[[int], bool] | None) -> bool:

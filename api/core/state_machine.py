@@ -83,6 +83,9 @@ class Principal:
 
     owner: str
     is_admin: bool = False
+    # The limits an admin set for this owner, (name, value) pairs read with the token (api/core/limits.py);
+    # None: not read (authentication off), so a submit reads them itself.
+    own_limits: tuple[tuple[str, int | None], ...] | None = None
 
 
 OWNER_LOCKS = 0x76697471  # "vitq": the advisory lock space of lock_owner
@@ -108,6 +111,16 @@ def visible_to(principal: Principal) -> tuple[Any, ...]:
 def owned_by(owner: Any) -> tuple[Any, ...]:
     """The WHERE clause of one owner's jobs: `owner` a name, or a bound parameter in a statement built once."""
     return (Job.owner == owner,)
+
+
+def visible_rows(principal: Principal, owner_column: Any) -> tuple[Any, ...]:
+    """visible_to's rule for the rows of another owned table (sweeps, transfers, webhooks): its owner column."""
+    return () if principal.is_admin else (owner_column == principal.owner,)
+
+
+def may_see(principal: Principal, owner: str) -> bool:
+    """visible_to's rule for one row already read (its `owner`): False answers as "not found", never 403."""
+    return principal.is_admin or owner == principal.owner
 
 
 @dataclass(frozen=True)

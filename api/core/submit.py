@@ -1,22 +1,25 @@
-"""Submitting work, the one use case POST /jobs and POST /sweeps share: check each spec as the service will run
-it (within the owner's job-size limits, paths confined, parent usable, a worker that fits, quotas), store the jobs in one transaction, commit, and
+"""Submitting work, the one use case POST /jobs, POST /sweeps and POST /transfers share: check each spec as the
+service will run it (within the owner's job-size limits, paths confined, parent usable, a worker that fits,
+quotas), store the jobs in one transaction, commit, and
 only then wake the executors (a worker must find the job it is handed)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.core import idempotency, limits, quotas, reads, search, state_machine, sweeps, workers
+from api.core import idempotency, limits, quotas, reads, search, state_machine, sweeps, transfers, workers
 from api.core.broker import JobQueue
 from api.core.errors import InvalidInputError, invalid
-from api.core.models import Job, JobStatus, Sweep
+from api.core.models import Job, JobStatus, Sweep, Transfer
 from api.core.settings import Settings
 from api.core.spec_input import check_spec, confine_paths
 from api.core.state_machine import Principal
 from api.core.sweep_spec import Point, SweepSpec, SweepSpecError, child_spec, points, probe_points
+from api.core.transfer_spec import Child, TransferSpec, TransferSpecError, children, labels
 from vit.config import JobSpec
 
 
@@ -37,7 +40,7 @@ def submit_job(
         )
         if first is not None:
             return first, False
-    own = limits.for_owner(session=session, owner=principal.owner, settings=settings)
+    own = limits.for_principal(session=session, principal=principal, settings=settings)
     spec, parent = checked(spec, session=session, settings=settings, principal=principal, allowed=own)
     # The quota check takes the owner's lock, held until this transaction commits: nothing rolls back before.
     quotas.check(session=session, owner=principal.owner, specs=[spec], settings=settings)
@@ -89,6 +92,7 @@ def submit_sweep(
             url=settings.resolved_database_url,
             sweep_id=row.id,
             max_attempts=settings.max_attempts,
+            settings=settings,
         )
         for job_id, pool in asked:
             queue.enqueue(job_id, pool)
@@ -107,6 +111,91 @@ def submit_sweep(
     session.commit()
     _wake(session=session, queue=queue, jobs=made)
     return row
+
+
+def submit_transfer(
+    *, session: Session, queue: JobQueue, settings: Settings, principal: Principal, transfer: TransferSpec
+) -> Transfer:
+    """The transfer and its children (a probe and/or a fine-tune per dataset), all stored or none: the first bad
+    child is a 422 placed on the part of the request that made it (a dataset, the source, base or finetune)."""
+    made = []
+    own = limits.for_principal(session=session, principal=principal, settings=settings)
+    for child in _transfer_children(transfer, session=session, principal=principal):
+        try:
+            spec, parent = checked(
+                check_spec(child.spec), session=session, settings=settings, principal=principal, allowed=own
+            )
+        except InvalidInputError as error:
+            raise _blame_transfer_child(error, transfer, child) from None
+        made.append((child, spec, parent))
+    quotas.check(
+        session=session, owner=principal.owner, specs=[spec for _, spec, _ in made], settings=settings
+    )
+    jobs = [
+        (
+            child,
+            state_machine.submit(
+                session=session,
+                spec=spec,
+                max_attempts=settings.max_attempts,
+                parent=parent,
+                owner=principal.owner,
+            ),
+        )
+        for child, spec, parent in made
+    ]
+    row = transfers.create_transfer(session=session, transfer=transfer, children=jobs, owner=principal.owner)
+    session.commit()
+    _wake(session=session, queue=queue, jobs=[job for _, job in jobs])
+    return row
+
+
+def _transfer_children(transfer: TransferSpec, *, session: Session, principal: Principal) -> list[Child]:
+    """The children's specs; with from_job, each takes the source job's model (base.model goes over it)."""
+    source_model = None
+    if transfer.source.from_job is not None:
+        source = reads.find_job(session=session, job_id=transfer.source.from_job, principal=principal)
+        if source is None:  # another owner's job "does not exist" either
+            raise invalid(
+                ("source", "from_job"), f"job {transfer.source.from_job} does not exist", "job_not_found"
+            )
+        source_model = source.spec.get("model")
+    try:
+        return children(transfer, source_model)
+    except TransferSpecError as error:
+        raise invalid(error.loc, str(error), "transfer_invalid") from None
+
+
+def _blame_transfer_child(
+    error: InvalidInputError, transfer: TransferSpec, child: Child
+) -> InvalidInputError:
+    """A child's 422 on the request's part that set the failing field: its dataset (data), the source (init),
+    finetune (a fine-tune's field finetune sets) or base (anything else)."""
+    label = labels(transfer)[child.row]
+    details = []
+    for detail in error.details:
+        loc = tuple(detail["loc"])[1:]  # without "body"
+        head = loc[0] if loc else None
+        if head == "data":
+            where: tuple[str | int, ...] = ("datasets", child.row, *loc[1:])
+        elif head == "init":
+            where = ("source", *loc[1:])
+        elif child.role == "finetune" and _sets(transfer.finetune or {}, loc):
+            where = ("finetune", *loc)
+        else:
+            where = ("base", *loc)
+        details.append({**detail, "loc": ("body", *where), "msg": f"{label} {child.role}: {detail['msg']}"})
+    return InvalidInputError(details)
+
+
+def _sets(fields: dict[str, Any], loc: tuple[Any, ...]) -> bool:
+    """Whether `fields` sets the value at `loc` (or a section holding it)."""
+    node: Any = fields
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return bool(loc)
 
 
 def checked(
@@ -133,7 +222,7 @@ def _children(
         grid = probe_points(sweep) if sweep.searching else points(sweep)
     except SweepSpecError as error:
         raise invalid(error.loc, str(error), "sweep_invalid") from None
-    own = limits.for_owner(session=session, owner=principal.owner, settings=settings)
+    own = limits.for_principal(session=session, principal=principal, settings=settings)
     children = []
     for index, point in enumerate(grid):
         try:

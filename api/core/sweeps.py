@@ -51,7 +51,7 @@ def create_sweep(
 def get_sweep(*, session: Session, sweep_id: int, principal: Principal) -> Sweep:
     """The sweep, if `principal` may see it (the owner rule of api.core.state_machine.visible_to); 404 otherwise."""
     row = session.get(Sweep, sweep_id)
-    if row is None or not (principal.is_admin or row.owner == principal.owner):
+    if row is None or not state_machine.may_see(principal, row.owner):
         raise SweepNotFoundError(sweep_id)
     return row
 
@@ -64,7 +64,7 @@ def list_sweeps(
     *, session: Session, principal: Principal, limit: int, offset: int
 ) -> tuple[list[Sweep], int]:
     """Newest first, and how many there are (those `principal` may see)."""
-    mine = () if principal.is_admin else (Sweep.owner == principal.owner,)
+    mine = state_machine.visible_rows(principal, Sweep.owner)
     total = session.scalar(select(func.count()).select_from(Sweep).where(*mine)) or 0
     rows = session.scalars(
         select(Sweep)

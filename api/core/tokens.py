@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
-from api.core.models import ApiToken
+from api.core.models import ApiToken, OwnerLimit
 from api.core.state_machine import Principal
 
 PREFIX = "vitq_"  # recognisable in a leaked file or a secret scanner
@@ -68,10 +68,21 @@ def revoke(*, session: Session, token_id: int) -> bool:
     return bool(getattr(result, "rowcount", 0))
 
 
-# Built once: every authenticated request runs it.
-_LIVE_TOKEN = select(
-    ApiToken.id, ApiToken.owner, ApiToken.is_admin, ApiToken.token_hash, ApiToken.last_used_at
-).where(ApiToken.token_hash == bindparam("digest"), ApiToken.revoked_at.is_(None))
+# Built once: every authenticated request runs it. The owner's limits come along (one row per limit an admin
+# set, or one row of NULLs), so a submit reads nothing more about its owner.
+_LIVE_TOKEN = (
+    select(
+        ApiToken.id,
+        ApiToken.owner,
+        ApiToken.is_admin,
+        ApiToken.token_hash,
+        ApiToken.last_used_at,
+        OwnerLimit.name.label("limit_name"),
+        OwnerLimit.value.label("limit_value"),
+    )
+    .outerjoin(OwnerLimit, OwnerLimit.owner == ApiToken.owner)
+    .where(ApiToken.token_hash == bindparam("digest"), ApiToken.revoked_at.is_(None))
+)
 
 
 def authenticate(*, session: Session, token: str) -> Principal | None:
@@ -79,13 +90,15 @@ def authenticate(*, session: Session, token: str) -> Principal | None:
     digest = hash_token(token)
     # On the session's connection, past the ORM: a plain row is all it needs, and ORM execution cost more CPU
     # than the lookup itself.
-    row = session.connection().execute(_LIVE_TOKEN, {"digest": digest}).one_or_none()
+    rows = session.connection().execute(_LIVE_TOKEN, {"digest": digest}).all()
     # The index compared hashes; compare again in constant time so no timing ever depends on a secret's bytes.
-    if row is None or not hmac.compare_digest(row.token_hash, digest):
+    if not rows or not hmac.compare_digest(rows[0].token_hash, digest):
         return None
+    row = rows[0]
+    own_limits = tuple((r.limit_name, r.limit_value) for r in rows if r.limit_name is not None)
     now = datetime.now(UTC)
     last = row.last_used_at
     if last is None or (last if last.tzinfo else last.replace(tzinfo=UTC)) < now - LAST_USED_RESOLUTION:
         session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
         session.commit()
-    return Principal(owner=row.owner, is_admin=row.is_admin)
+    return Principal(owner=row.owner, is_admin=row.is_admin, own_limits=own_limits)

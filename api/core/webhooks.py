@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.core import reads, sweeps
+from api.core import reads, state_machine, sweeps
 from api.core.errors import SweepNotFoundError, WebhookNotFoundError, invalid
 from api.core.models import Webhook, WebhookDelivery
 from api.core.notify import AddressRefused, allowed_networks, check_url
@@ -42,13 +42,13 @@ def register(*, session: Session, principal: Principal, hook: WebhookIn, setting
 
 def get(*, session: Session, principal: Principal, webhook_id: int) -> Webhook:
     row = session.get(Webhook, webhook_id)
-    if row is None or not (principal.is_admin or row.owner == principal.owner):
+    if row is None or not state_machine.may_see(principal, row.owner):
         raise WebhookNotFoundError(webhook_id)
     return row
 
 
 def list_mine(*, session: Session, principal: Principal) -> list[Webhook]:
-    mine = () if principal.is_admin else (Webhook.owner == principal.owner,)
+    mine = state_machine.visible_rows(principal, Webhook.owner)
     return list(session.scalars(select(Webhook).where(*mine).order_by(Webhook.id)).all())
 
 

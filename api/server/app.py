@@ -14,7 +14,7 @@ from sqlalchemy.orm import sessionmaker
 from api.core.broker import JobQueue
 from api.core.db import make_engine
 from api.core.settings import Settings, get_settings
-from api.server import errors, openapi
+from api.server import errors, openapi, writes
 from api.server.auth import store_bootstrap_token
 from api.server.prometheus import JobCollector, LatencyMiddleware, request_latency
 from api.server.request_guard import RequestGuard
@@ -28,6 +28,7 @@ from api.server.routes import (
     metrics,
     prometheus,
     sweeps,
+    transfers,
     webhooks,
     workers,
 )
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
     )
     app.state.queue = queue
+    app.state.writers = writes.writers(settings.api_writers)
     app.state.prometheus = CollectorRegistry()
     app.state.prometheus.register(JobCollector(app.state.sessions, settings.lease_seconds))
     app.add_middleware(LatencyMiddleware, histogram=request_latency(app.state.prometheus))
@@ -83,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs,
         events,
         sweeps,
+        transfers,
         webhooks,
         workers,
         metrics,

@@ -1,5 +1,5 @@
 """The OpenAPI document, so that a client generated from /openapi.json (any language's generator) can submit,
-read and authenticate: the bodies read by hand (a spec, a sweep) are declared as components, every operation is
+read and authenticate: the bodies read by hand (a spec, a sweep, a transfer) are declared as components, every operation is
 named after its route function, and the bearer scheme is declared for every route that needs a token."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
 from api.core.sweep_spec import SweepSpec
+from api.core.transfer_spec import TransferSpec
 from vit.config import JobSpec
 
 BEARER = "bearer"
@@ -27,7 +28,7 @@ def document(app: FastAPI) -> dict[str, Any]:
         schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
         components = schema.setdefault("components", {})
         schemas = components.setdefault("schemas", {})
-        for model in (JobSpec, SweepSpec):
+        for model in (JobSpec, SweepSpec, TransferSpec):
             body = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(body.pop("$defs", {}))
             schemas[model.__name__] = body

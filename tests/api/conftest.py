@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from api.core.db import make_engine, scratch_database
 from api.core.migrate import upgrade
-from api.core.models import Job, Sweep, Webhook, Worker
+from api.core.models import Job, Sweep, Transfer, Webhook, Worker
 from api.core.settings import Settings
 from api.server.app import create_app
 from tests.conftest import PG_ADMIN_URL
@@ -100,6 +100,7 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
             session.execute(delete(Webhook))
             session.execute(delete(Job))  # cascades to metric points and checkpoints
             session.execute(delete(Sweep))
+            session.execute(delete(Transfer))
             session.execute(delete(Worker))
             session.commit()
         engine.dispose()

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.vit.shard_helpers import packed_folder
 from tests.vit.test_data import _write_fake_pets, _write_images
 from vit.config import DataSpec
 from vit.data import DataError, build_datasets
+from vit.data.shard_scan import CACHE_ENV
 from vit.data_roots import DATA_ROOTS_ENV
 from worker.launch import trainer_env
 
@@ -77,3 +79,29 @@ def test_without_the_variable_nothing_is_confined(data: Path, monkeypatch: pytes
 def test_the_worker_names_the_data_roots_to_the_trainer(tmp_path: Path) -> None:
     env = trainer_env(1, data_roots=[tmp_path / "a", tmp_path / "b"])
     assert env[DATA_ROOTS_ENV] == os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")])
+
+
+def test_a_shard_or_member_table_linking_outside_is_refused(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(data.parent / "cache"))
+    shards = packed_folder(data, train=3, val=0)  # data/shards: several train shards
+    first, second = sorted(shards.glob("train-*.tar"))[:2]
+    (data.parent / "copies").mkdir()
+    for path in (first, Path(f"{second}.idx")):  # the same bytes, moved out and linked back
+        path.rename(data.parent / "copies" / path.name)
+        path.symlink_to(data.parent / "copies" / path.name)
+    with pytest.raises(DataError, match=rf"{first.name} links to .*copies/{first.name}, outside the data"):
+        _build(dataset="shards", root=str(shards))  # at start: each shard's size is checked, so is its place
+    pattern = f"{shards}/train-{{000000..{len(list(shards.glob('train-*.tar'))) - 1:06d}}}.tar"
+    with pytest.raises(DataError, match=rf"{first.name} links to .*copies/{first.name}, outside the data"):
+        _build(dataset="shards", root=pattern)  # before its index is scanned
+    first.unlink()
+    (data / "kept.tar").write_bytes((data.parent / "copies" / first.name).read_bytes())
+    first.symlink_to(data / "kept.tar")  # a link that stays inside is fine
+    train = build_datasets(DataSpec(dataset="shards", root=str(shards)), image_size=16, seed=0).train
+    train[0]  # from the first shard
+    member_table = f"{second.name}.idx links to .*copies/{second.name}.idx, outside the data directory"
+    with pytest.raises(DataError, match=member_table):  # a member table is read when its shard is first read
+        for index in range(len(train)):
+            train[index]

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from tests.vit.tiny_specs import SYNTHETIC, TINY_MODEL
 from vit.config import load_spec
 from vit.distributed import setup
+from vit.evaluate import few_shot_eval
 from vit.train import EXIT_BAD_INPUT, main
 from vit.trainer import StopRequest, Trainer
 
@@ -226,3 +227,52 @@ def test_resuming_with_more_steps_follows_the_new_schedule(tmp_path: Path) -> No
         "optimizer"
     ]
     assert [group["weight_decay"] for group in optimizer["param_groups"]] == [0.05, 0.0]
+
+
+def test_zero_steps_probes_the_initial_weights_and_trains_nothing(tmp_path: Path) -> None:
+    # A transfer table's probe (docs/transfer.md): train.steps 0 evaluates the pretrained representation as it
+    # is, so the few-shot figures are those of the frozen pretrained features.
+    pretrain: dict[str, Any] = {
+        "kind": "pretrain",
+        "model": TINY_MODEL,
+        "data": SYNTHETIC,
+        "train": {"steps": 3, "batch_size": 32},
+        "resources": {"device": "cpu"},
+    }
+    assert main([str(write_spec(tmp_path / "pre.yaml", pretrain)), "--out", str(tmp_path / "pre")]) == 0
+    pretrained = final_weights(tmp_path / "pre")
+    probe = {
+        **pretrain,
+        "kind": "finetune",
+        "train": {"steps": 0, "batch_size": 32},
+        "eval": {"few_shot": [1, 5]},
+        "init": {"weights": str(tmp_path / "pre")},
+    }
+    (tmp_path / "probe").mkdir()
+    trainer = Trainer(load_spec(write_spec(tmp_path / "probe.yaml", probe)), tmp_path / "probe", setup("cpu"))
+    assert trainer.restore() is None
+    assert trainer.train()
+    trainer.close()
+
+    weights = trainer.model.state_dict()
+    for key, value in pretrained.items():
+        if not key.startswith("head."):  # the paper's new zero head; the probe does not use it
+            assert torch.equal(weights[key], value), key
+    lines = [json.loads(line) for line in (tmp_path / "probe" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [0] and "loss" not in lines[0]
+    expected = few_shot_eval(
+        trainer.model,
+        trainer.few_shot_loader,
+        trainer.val_loader,
+        [1, 5],
+        trainer.num_classes,
+        1e-3,
+        torch.device("cpu"),
+    )
+    assert {k: lines[0][k] for k in expected} == expected
+    assert not (tmp_path / "probe" / "checkpoints").exists()
+
+
+def test_zero_steps_needs_initial_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = "kind: finetune\ntrain: {steps: 0}\nresources: {device: cpu}\n"
+    assert "train.steps 0" in _bad_input(tmp_path, capsys, text)

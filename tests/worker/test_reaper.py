@@ -14,10 +14,10 @@ from kombu import Queue
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from api.core import state_machine
+from api.core import state_machine, workers
 from api.core.db import make_engine
 from api.core.migrate import upgrade
-from api.core.models import Job, JobStatus
+from api.core.models import Job, JobStatus, Worker
 from api.core.settings import Settings
 from vit.config import JobSpec
 from worker.reaper import Reaper
@@ -111,4 +111,31 @@ def test_reaper_survives_a_broker_it_cannot_reach(tmp_path: Path) -> None:
     with Session(engine) as session:
         job_after = session.get(Job, job_id)
         assert job_after is not None and job_after.status == JobStatus.queued  # the resend will retry it
+    engine.dispose()
+
+
+def test_a_host_figure_that_cannot_be_read_does_not_stop_the_heartbeat(tmp_path: Path) -> None:
+    """The host's figures ride on the registry heartbeat: a measurement that fails (a driver gone odd) sends
+    the beat without them; the worker must not look dead, nor the reaper's other duties stop."""
+    settings = Settings(home=tmp_path)
+    upgrade(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    with Session(engine) as session:
+        workers.announce(session=session, name="w-test", host="here", pid=1)
+        old = datetime.now(UTC) - timedelta(hours=1)
+        session.execute(update(Worker).values(heartbeat_at=old, usage={"cpu_percent": 1.0}))
+        session.commit()
+
+    def broken() -> dict[str, object]:
+        raise RuntimeError("NVML went away")
+
+    reaper = Reaper(
+        settings=settings, name="w-test", enqueue=lambda *_: None, queue_size=lambda: 0, host_usage=broken
+    )
+    reaper.run_once()
+    with Session(engine) as session:
+        [row] = session.query(Worker).all()
+        beat = row.heartbeat_at if row.heartbeat_at.tzinfo else row.heartbeat_at.replace(tzinfo=UTC)
+        assert beat > old + timedelta(minutes=59)
+        assert row.usage == {"cpu_percent": 1.0}  # the last figures stand: none were measured
     engine.dispose()

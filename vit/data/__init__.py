@@ -102,7 +102,6 @@ def build_datasets(data: DataSpec, *, image_size: int, seed: int) -> Datasets:
     elif data.dataset == "imagefolder":
         assert data.root is not None  # DataSpec requires it for file datasets
         root = existing_root(data.root)
-        check_confined(root)
         train_files, val_files, class_names = folder_with_split(root)
         train = ImageFiles(train_files.paths, train_files.labels, train_tf)
         if val_files is None:

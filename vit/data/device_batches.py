@@ -21,10 +21,12 @@ from torchvision import datasets as tv_datasets
 
 from vit.config import AugmentSpec
 from vit.data.batch_augment import CropDraw, draw_crops, resized_crops
+from vit.data.device_decode import DeviceDecodedBatches, EncodedImages, collate_encoded
 from vit.data.errors import DataError
-from vit.data.files import Selection
+from vit.data.files import ImageFiles, Selection
 from vit.data.loader import ShardedSampler, build_loader
 from vit.data.memory import TensorImages
+from vit.data.shards import TarShards
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -80,6 +82,13 @@ class DeviceBatches:
         return resized_crops(images, draw, self.image_size)
 
 
+def decode_on_device(dataset: object, decode: str, device: torch.device, per_image: bool) -> bool:
+    """Whether `data.decode` puts decoding on the training device for this dataset (vit.config.DataSpec.decode)."""
+    if per_image or not isinstance(dataset, ImageFiles | TarShards):
+        return False
+    return decode == "device" or (decode == "auto" and device.type == "cuda")
+
+
 def in_memory(dataset: Dataset[tuple[torch.Tensor, int]], image_size: int) -> TensorImages | None:
     """The dataset as one uint8 tensor when it is held in memory already: the embedded datasets, and CIFAR
     (torchvision keeps its pixels in one array) when the model's size does not shrink it (shrinking wants the
@@ -106,9 +115,27 @@ def build_train_batches(
     world_size: int,
     device: torch.device,
     per_image: bool = False,
-) -> DeviceBatches | DataLoader[tuple[torch.Tensor, int]]:
-    """DeviceBatches for an in-memory dataset, else (or with per_image: the dataset's own per-image transform
-    is wanted) a DataLoader over CPU workers (module docstring)."""
+    decode: str = "loader",
+) -> DeviceBatches | DeviceDecodedBatches | DataLoader[tuple[torch.Tensor, int]]:
+    """DeviceBatches for an in-memory dataset; for image files with decode "device" (or "auto" on CUDA), their
+    bytes read by CPU workers and decoded on the device (vit.data.device_decode); else (or with per_image: the
+    dataset's own per-image transform is wanted) a DataLoader over CPU workers (module docstring)."""
+    if decode_on_device(dataset, decode, device, per_image):
+        assert isinstance(dataset, ImageFiles | TarShards)
+        loader = build_loader(
+            EncodedImages(dataset),
+            batch_size=batch_size,
+            shuffle=True,
+            seed=seed,
+            num_workers=num_workers,
+            drop_last=True,
+            rank=rank,
+            world_size=world_size,
+            collate_fn=collate_encoded,
+        )
+        return DeviceDecodedBatches(
+            loader, image_size=image_size, augmentation=augmentation, seed=seed, rank=rank, device=device
+        )
     images = None if per_image else in_memory(dataset, image_size)
     if images is not None:
         return DeviceBatches(

@@ -6,6 +6,7 @@ dataset is built, an undecodable image when it is read (naming the file).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from torchvision import datasets as tv_datasets
 
 from vit.data.errors import DataError
 from vit.data.transforms import Transform
+from vit.data_roots import check_link, check_root
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -44,6 +46,14 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(load_rgb(self.paths[index])), int(self.labels[index])
+
+    def encoded(self, index: int) -> tuple[bytes, str]:
+        """The image file's bytes as stored, and its path for messages (decoding on the device)."""
+        path = self.paths[index]
+        try:
+            return path.read_bytes(), str(path)
+        except OSError as err:
+            raise DataError(f"cannot read image {path}: {err}") from err
 
     def select(self, indices: torch.Tensor) -> ImageFiles:
         return ImageFiles([self.paths[i] for i in indices.tolist()], self.labels[indices], self.transform)
@@ -77,42 +87,58 @@ def class_folders(folder: Path) -> list[str]:
     return names
 
 
-def list_images(folder: Path, class_names: list[str]) -> FileList:
-    """Every image file of each class folder, checked to exist and be non-empty (decoding is checked on read)."""
+def list_images(folder: Path, class_names: list[str], roots: list[Path] | None = None) -> FileList:
+    """Every image file of each class folder, checked to exist and be non-empty (decoding is checked on read) and,
+    with `roots`, to resolve inside them: a link is checked as the listing meets it (vit.data_roots), so the
+    confinement costs no second walk over the files."""
     paths: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(class_names):
-        class_dir = folder / name
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        class_dir = _confined(folder / name, roots)
+        with os.scandir(class_dir) as entries:  # an entry knows whether it is a link without another call
+            files = sorted(
+                (entry for entry in entries if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES),
+                key=lambda entry: entry.name,
+            )
         if not files:
             raise DataError(
                 f"class folder {class_dir} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
             )
-        for file in files:
-            if not file.is_file() or file.stat().st_size == 0:
-                raise DataError(f"image file {file} is empty or not a regular file")
-        paths.extend(files)
+        for entry in files:
+            if entry.is_symlink():
+                check_link(Path(entry.path), roots)
+            if not entry.is_file() or entry.stat().st_size == 0:
+                raise DataError(f"image file {entry.path} is empty or not a regular file")
+        paths.extend(Path(entry.path) for entry in files)
         labels.extend([label] * len(files))
     return FileList(paths, torch.tensor(labels, dtype=torch.int64))
 
 
 def folder_with_split(root: Path) -> tuple[FileList, FileList | None, list[str]]:
-    """root/train/<class>/ (+ root/val/<class>/ when present) or root/<class>/ alone; val None: no split given."""
-    train_dir, val_dir = root / "train", root / "val"
+    """root/train/<class>/ (+ root/val/<class>/ when present) or root/<class>/ alone; val None: no split given.
+    Every folder and image listed resolves inside the allowed data roots (vit.data_roots), or DataError."""
+    roots = check_root(root)
+    train_dir, val_dir = _confined(root / "train", roots), _confined(root / "val", roots)
     if not train_dir.is_dir():
         names = class_folders(root)
-        return list_images(root, names), None, names
+        return list_images(root, names, roots), None, names
     names = class_folders(train_dir)
     if not val_dir.is_dir():
-        return list_images(train_dir, names), None, names
+        return list_images(train_dir, names, roots), None, names
     unknown = sorted(set(class_folders(val_dir)) - set(names))
     if unknown:
         raise DataError(f"{val_dir} has classes that {train_dir} lacks: {', '.join(unknown)}")
     val_names = [n for n in names if (val_dir / n).is_dir()]
-    val = list_images(val_dir, val_names)
+    val = list_images(val_dir, val_names, roots)
     # Labels follow the training folder's class order, whichever classes val has.
     remap = torch.tensor([names.index(n) for n in val_names], dtype=torch.int64)
-    return list_images(train_dir, names), FileList(val.paths, remap[val.labels]), names
+    return list_images(train_dir, names, roots), FileList(val.paths, remap[val.labels]), names
+
+
+def _confined(path: Path, roots: list[Path] | None) -> Path:
+    if roots is not None and path.is_symlink():
+        check_link(path, roots)
+    return path
 
 
 class Selection(Dataset[tuple[torch.Tensor, int]]):

@@ -17,14 +17,13 @@ worker processes seeded from (seed, rank); it is not replayed on resume (the ord
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sized
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Iterator, Sized
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vit.data.errors import DataError
-from vit.data.shards import TarShards
 
 Item = TypeVar("Item")
 # Shards read at once by a shuffled epoch: 16 ImageNet shards of ~1,250 images mix like a 20,000-image shuffle
@@ -113,6 +112,7 @@ def build_loader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> DataLoader[Item]:
     """A loader over this rank's share (see the module docstring); batch_size is per rank.
 
@@ -130,7 +130,7 @@ def build_loader(
         rank=rank,
         world_size=world_size,
         even=drop_last,
-        groups=dataset.shard_of if isinstance(dataset, TarShards) else None,
+        groups=getattr(dataset, "shard_of", None),  # shards (vit.data.shards): a few at a time
     )
     if drop_last and len(sampler) < batch_size:
         raise DataError(
@@ -145,6 +145,7 @@ def build_loader(
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0,
+        collate_fn=collate_fn,
         # Seeds the worker processes (and so their augmentation): distinct per rank, fixed per seed.
         generator=torch.Generator().manual_seed(seed * 1009 + rank),
     )

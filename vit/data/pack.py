@@ -1,5 +1,5 @@
-"""The `data pack` and `data check` commands (`python -m vit.data.pack pack|check ...`; `vitq data` adds them
-with `add_commands`). Exit codes: 0 done, 1 check found damage, 2 bad input (the message says what)."""
+"""The `data pack`, `data check` and `data index` commands (`python -m vit.data.pack pack|check|index ...`;
+`vitq data` adds them with `add_commands`). Exit codes: 0 done, 1 check found damage, 2 bad input (the message says what)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from vit.config import shard_pattern
 from vit.data.errors import DataError
 from vit.data.shard_check import CheckReport, check
+from vit.data.shard_index import read_index
+from vit.data.shard_io import LocalLocation
 from vit.data.shard_pack import SOURCES, Progress, pack
+from vit.data.shard_scan import pattern_index
 
 EXIT_OK, EXIT_DAMAGED, EXIT_BAD_INPUT = 0, 1, 2
 UNITS = {"": 1, "B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
@@ -43,6 +47,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--no-decode", action="store_true", help="skip decoding every image (sizes, checksums, members only)"
     )
     check_parser.set_defaults(run=run_check)
+    index_parser = commands.add_parser(
+        "index", help="scan WebDataset shards named by a brace pattern once, for jobs to train on the pattern"
+    )
+    index_parser.add_argument(
+        "pattern", help="e.g. /data/ds/train-{0000..0099}.tar or an http(s) URL pattern"
+    )
+    index_parser.set_defaults(run=run_index)
 
 
 def run_pack(args: argparse.Namespace) -> int:
@@ -94,6 +105,21 @@ def run_check(args: argparse.Namespace) -> int:
     verdict = "ok" if report.ok else f"{len(report.problems)} problems"
     print(f"{report.shards} shards, {report.images:,} images, {report.bytes / 1e6:,.1f} MB: {verdict}")
     return EXIT_OK if report.ok else EXIT_DAMAGED
+
+
+def run_index(args: argparse.Namespace) -> int:
+    try:
+        shard_pattern(args.pattern)
+        _, cached = pattern_index(args.pattern)
+        index = read_index(LocalLocation(cached))
+    except (ValueError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    shards = index.splits["train"]
+    images = sum(shard.count for shard in shards)
+    print(f"{args.pattern}: {images:,} images of {len(index.class_names)} classes in {len(shards)} shards")
+    print(f"index cached in {cached}; train with  data: {{dataset: shards, root: '{args.pattern}'}}")
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m vit.data.pack") -> int:

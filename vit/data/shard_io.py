@@ -3,19 +3,26 @@
 Training reads one tar member at a time by (offset, size), so a file is opened once per process and read with
 pread, and a URL is read with Range requests over one kept-alive connection per process. Open files and
 connections belong to the process that made them: a forked loader worker opens its own.
+
+A local file is checked to resolve inside the allowed data roots (vit.data_roots) each time it is opened: the
+index at start, each shard when its size is checked at start and when a process opens it, each member table when
+it is first read. No directory is listed.
 """
 
 from __future__ import annotations
 
 import http.client
 import os
+import urllib.error
+import urllib.request
 from collections import OrderedDict
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 from urllib.parse import quote, urlsplit
 
 from vit.config import SHARD_URL_SCHEMES
 from vit.data.errors import DataError
+from vit.data_roots import check_link, check_root
 
 # Open shard files kept per process: the sampler's shuffle window touches a few shards at a time, so this many
 # covers it with room to spare while staying far below the usual 1,024-descriptor limit.
@@ -36,6 +43,10 @@ class Location(Protocol):
         """The file's size when a stat costs nothing (a local file), else None."""
         ...
 
+    def stream(self, name: str) -> BinaryIO:
+        """The whole file to read from its start (seekable when it is local)."""
+        ...
+
 
 def open_location(root: str) -> Location:
     if root.startswith(SHARD_URL_SCHEMES):
@@ -43,31 +54,44 @@ def open_location(root: str) -> Location:
     path = Path(root).expanduser()
     if not path.is_dir():
         raise DataError(f"data.root {path} is not a directory (or does not exist)")
-    return LocalLocation(path)
+    return LocalLocation(path, check_root(path))
 
 
 class LocalLocation:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, roots: list[Path] | None = None) -> None:
         self.root = root
+        self.roots = roots  # the allowed data roots; None: not confined
         self._pid = -1
         self._files: OrderedDict[str, int] = OrderedDict()
 
     def __getstate__(self) -> dict[str, object]:
-        return {"root": self.root, "_pid": -1, "_files": OrderedDict()}
+        return {"root": self.root, "roots": self.roots, "_pid": -1, "_files": OrderedDict()}
 
     def describe(self, name: str) -> str:
         return str(self.root / name)
 
+    def path(self, name: str) -> Path:
+        """The file `name`, refused (DataError) when it resolves outside the allowed data roots."""
+        path = self.root / name
+        check_link(path, self.roots)
+        return path
+
     def size(self, name: str) -> int | None:
         try:
-            return (self.root / name).stat().st_size
+            return self.path(name).stat().st_size
+        except FileNotFoundError:
+            raise DataError(f"shard file {self.root / name} is missing") from None
+
+    def stream(self, name: str) -> BinaryIO:
+        try:
+            return open(self.path(name), "rb")
         except FileNotFoundError:
             raise DataError(f"shard file {self.root / name} is missing") from None
 
     def read(self, name: str, offset: int = 0, size: int | None = None) -> bytes:
         if size is None:
             try:
-                with open(self.root / name, "rb") as file:
+                with open(self.path(name), "rb") as file:
                     file.seek(offset)
                     return file.read()
             except FileNotFoundError:
@@ -81,7 +105,7 @@ class LocalLocation:
         fd = self._files.get(name)
         if fd is None:
             try:
-                fd = os.open(self.root / name, os.O_RDONLY)
+                fd = os.open(self.path(name), os.O_RDONLY)
             except FileNotFoundError:
                 raise DataError(f"shard file {self.root / name} is missing") from None
             self._files[name] = fd
@@ -109,6 +133,16 @@ class HttpLocation:
 
     def size(self, name: str) -> int | None:
         return None
+
+    def stream(self, name: str) -> BinaryIO:
+        url = self.describe(name)
+        try:
+            response: BinaryIO = urllib.request.urlopen(self.base + quote(name), timeout=HTTP_TIMEOUT_S)
+        except urllib.error.HTTPError as err:
+            raise DataError(f"cannot read {url}: HTTP {err.code} {err.reason}") from None
+        except (urllib.error.URLError, OSError) as err:
+            raise DataError(f"cannot read {url}: {getattr(err, 'reason', err)}") from None
+        return response
 
     def read(self, name: str, offset: int = 0, size: int | None = None) -> bytes:
         headers = {"Range": f"bytes={offset}-{offset + size - 1}"} if size is not None else {}

@@ -19,9 +19,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from vit.config import shard_pattern
 from vit.data.errors import DataError
 from vit.data.shard_index import ShardEntry, read_index, read_members
-from vit.data.shard_io import Location, open_location
+from vit.data.shard_io import LocalLocation, Location, open_location
+from vit.data.shard_scan import pattern_index
 from vit.data.transforms import Transform
 
 # Member tables kept per process; as MAX_OPEN_FILES, more than a shuffle window touches.
@@ -41,8 +43,13 @@ class ShardSplit:
     """One split's shards (shared by every selection of it): where they are, their counts and labels, and the
     member tables this process has read."""
 
-    def __init__(self, location: Location, root: str, shards: list[ShardEntry]) -> None:
+    def __init__(
+        self, location: Location, root: str, shards: list[ShardEntry], tables: Location | None = None
+    ) -> None:
         self.location = location
+        self.tables = (
+            tables or location
+        )  # where the shards' member tables (.idx) are: beside them, or a cache
         self.root = root
         self.shards = shards
         # Item i of the split is in the shard n with starts[n] <= i < starts[n + 1].
@@ -88,7 +95,7 @@ class ShardSplit:
         members = self._members.get(number)
         if members is None:
             shard = self.shards[number]
-            members = read_members(self.location, shard.name)
+            members = read_members(self.tables, shard.name)
             if len(members) != shard.count:
                 raise DataError(
                     f"{self.location.describe(shard.name)}: its member table lists {len(members)} images, "
@@ -117,6 +124,10 @@ class TarShards(Dataset[tuple[torch.Tensor, int]]):
         data, where = self.split.read(int(self.indices[index]))
         return self.transform(decode_rgb(data, where)), int(self.labels[index])
 
+    def encoded(self, index: int) -> tuple[bytes, str]:
+        """The image's bytes as packed, and its shard/member for messages (decoding on the device)."""
+        return self.split.read(int(self.indices[index]))
+
     @property
     def shard_of(self) -> torch.Tensor:
         """Each item's shard number: the sampler reads a few shards at a time."""
@@ -137,10 +148,17 @@ class PackedSplits:
 
 
 def open_packed(root: str) -> PackedSplits:
-    """The splits under data.root (a directory or an http(s) URL): index.json read, local shard sizes checked."""
-    location = open_location(root)
-    index = read_index(location)
-    splits = {name: ShardSplit(location, root, shards) for name, shards in index.splits.items()}
+    """The splits under data.root (a directory or an http(s) URL holding index.json, or a brace pattern of shards:
+    vit.data.shard_scan): the index read, local shard sizes checked."""
+    tables: Location | None = None
+    if shard_pattern(root) is None:
+        location = open_location(root)
+        index = read_index(location)
+    else:
+        location, cached = pattern_index(root)
+        tables = LocalLocation(cached)
+        index = read_index(tables)
+    splits = {name: ShardSplit(location, root, shards, tables) for name, shards in index.splits.items()}
     for split in splits.values():
         split.check_sizes()
     val = splits.get("val")

@@ -19,6 +19,7 @@ from api.server.auth import PrincipalDep, bearer_token, principal_of
 from api.server.body import read_body
 from api.server.deps import NO_NUL, JobId, SessionDep, SettingsDep
 from api.server.responses import json_response
+from api.server.writes import run_write
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -56,7 +57,8 @@ async def submit_job(request: Request) -> Response:
     key = idempotency.check_key(request.headers.get(idempotency.HEADER))
     body = await read_body(request, limit=state.settings.max_spec_bytes)
     content_type = request.headers.get("content-type", "application/json")
-    job, created = await run_in_threadpool(
+    job, created = await run_write(
+        request,
         _store_and_enqueue,
         body,
         content_type,

@@ -1,5 +1,6 @@
 """A job's train.log (the launcher's stdout and stderr, written by the worker): its tail, any page of it, a search,
-and the whole file. Owner-checked like every job route; a job without a log yet reads as an empty one."""
+and the whole file. Owner-checked like every job route; a job without a log yet reads as an empty one (its
+download is a 404: there is no file to send)."""
 
 from __future__ import annotations
 

@@ -6,23 +6,21 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
 from api.core import submit, sweeps
 from api.core.broker import JobQueue
-from api.core.errors import InvalidInputError
 from api.core.models import MAX_ID, MAX_JOB_ID
 from api.core.schemas import SweepImportance, SweepList, SweepOut
 from api.core.settings import Settings
-from api.core.spec_input import YAML_TYPES, load_document
+from api.core.spec_input import YAML_TYPES
 from api.core.state_machine import Principal
 from api.core.sweep_importance import importance
 from api.core.sweep_spec import METRIC_NAME, SweepSpec
 from api.server.auth import PrincipalDep
-from api.server.body import read_body
+from api.server.body import read_document
 from api.server.deps import SessionDep
+from api.server.writes import run_write
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
@@ -48,16 +46,9 @@ async def submit_sweep(request: Request, principal: PrincipalDep) -> SweepOut:
     (`method`) stores the sweep and asks for its first `parallel` children; the space's edges are checked as
     children first."""
     state = request.app.state
-    body = await read_body(request, limit=state.settings.max_spec_bytes)
-    data = load_document(body, request.headers.get("content-type", "application/json"))
-    try:
-        sweep = SweepSpec.model_validate(data)
-    except ValidationError as error:
-        raise InvalidInputError(
-            [{**e, "loc": ("body", *e["loc"]), "ctx": None} for e in error.errors(include_url=False)]
-        ) from None
-    return await run_in_threadpool(
-        _store_and_enqueue, sweep, principal, state.settings, state.sessions, state.queue
+    sweep = await read_document(request, SweepSpec)
+    return await run_write(
+        request, _store_and_enqueue, sweep, principal, state.settings, state.sessions, state.queue
     )
 
 

@@ -243,6 +243,39 @@ def test_sweep_submits_every_child_and_refuses_an_unknown_field(service: Service
     assert row.split()[-1] == "0.002"
 
 
+def test_transfer_follows_to_the_table_and_shows_it_again(service: Service, tmp_path: Path) -> None:
+    pretrain = VitqClient(service.url).submit(yaml.safe_load(tiny_spec("cli-transfer-source", steps=4)))
+    transfer = {
+        "name": "cli",
+        "source": {"from_job": 999999},  # replaced by --from-job
+        "base": {"train": {"batch_size": 32}, "resources": {"device": "cpu"}},
+        "datasets": [{"dataset": "digits"}],
+        "few_shot": [1, 5],
+    }
+    spec = write(tmp_path / "transfer.yaml", yaml.safe_dump(transfer))
+    result = service.cli("transfer", spec, "--from-job", str(pretrain["id"]), "--follow", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    first, *progress, header, rule, row, _rule, mean = result.stdout.splitlines()
+    transfer_id = int(first.split()[2])
+    assert first.startswith(f"submitted transfer {transfer_id} (cli): 1 datasets, 1 jobs: ")
+    assert progress[-1] == f"transfer {transfer_id}: 1 succeeded"
+    assert header.split() == ["dataset", "1-shot", "5-shot"] and set(rule) == {"-", " "}
+    values = VitqClient(service.url).transfer_status(transfer_id)["table"]["rows"][0]["values"]
+    assert row.split() == ["digits", f"{values['few_shot_1'] * 100:.1f}", f"{values['few_shot_5'] * 100:.1f}"]
+    assert mean.split()[1:] == row.split()[1:]  # one dataset: the mean is its row
+
+    shown = service.cli("transfer", "show", str(transfer_id))
+    assert shown.returncode == 0 and shown.stdout.splitlines() == [
+        f"transfer {transfer_id} (cli): 1 succeeded",
+        *(header, rule, row, _rule, mean),
+    ]
+    as_csv = service.cli("transfer", "show", str(transfer_id), "--csv").stdout
+    assert as_csv == VitqClient(service.url).transfer_csv(transfer_id)
+    assert as_csv.splitlines()[1] == f"digits,{values['few_shot_1']!r},{values['few_shot_5']!r}"
+    assert "source.from_job" in one_line_error(service.cli("transfer", spec))  # job 999999 does not exist
+    assert "usage: vitq transfer show ID" in one_line_error(service.cli("transfer", "show", "x"))
+
+
 def test_vitq_data_packs_an_image_folder_and_checks_the_shards(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

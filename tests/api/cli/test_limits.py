@@ -38,6 +38,7 @@ def test_bad_names_and_values_are_usage_errors(env: dict[str, str], tmp_path: Pa
         (["set", "alice", "max_gpus=2"], "NAME one of max_job_params"),
         (["set", "alice", "max_job_params=0"], "a limit is a positive count"),
         (["set", "alice", "max_job_params=lots"], "a limit is a positive count"),
+        (["set", "alice", "max_log_bytes=9999999999G"], "a limit is a positive count"),  # past BIGINT
         (["unset", "alice", "max_jobs"], "the limits are max_job_params"),
     ]:
         refused = vitq(env, "limits", *args)

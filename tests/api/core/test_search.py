@@ -12,8 +12,9 @@ from optuna.trial import TrialState
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.core import search, sweeps
-from api.core.models import Job, JobStatus, MetricPoint, Sweep
+from api.core import limits, search, sweeps
+from api.core.models import LOCAL_OWNER, Job, JobStatus, MetricPoint, Sweep
+from api.core.settings import Settings
 from api.core.sweep_spec import SweepSpec
 from tests.api.conftest import TINY_SPEC
 
@@ -50,7 +51,13 @@ def new_search(engine: Engine, spec: SweepSpec) -> int:
 
 
 def top_up(engine: Engine, sweep_id: int) -> list[int]:
-    made = search.top_up(sessions=sessionmaker(engine), url=url_of(engine), sweep_id=sweep_id, max_attempts=3)
+    made = search.top_up(
+        sessions=sessionmaker(engine),
+        url=url_of(engine),
+        sweep_id=sweep_id,
+        max_attempts=3,
+        settings=Settings(),
+    )
     return [job_id for job_id, _pool in made]
 
 
@@ -171,6 +178,29 @@ def test_a_cancelled_search_asks_no_more_and_fails_its_open_trials(engine: Engin
     assert top_up(engine, sweep_id) == []
     assert [t.state for t in trials(engine, sweep_id, spec)] == [TrialState.FAIL] * 2
     assert search.open_searches(session=Session(engine)) == []
+
+
+def test_a_child_past_its_owners_job_size_limit_fails_its_trial_and_makes_no_job(engine: Engine) -> None:
+    """Submit checks a space's edges only, one field at a time: a combination past a limit (or a limit an admin
+    lowered since) is found when the child is asked for."""
+    space = {"train.steps": [10, 40], "train.batch_size": [8, 32]}
+    spec = search_spec(space=space, method="random", max_jobs=12)
+    sweep_id = new_search(engine, spec)
+    with Session(engine) as session:  # 40 x 32 = 1,280 images: over; every other combination passes
+        limits.set_own(session=session, owner=LOCAL_OWNER, values={"max_job_images": 1000})
+    made = []
+    for _ in range(spec.budget):
+        made += top_up(engine, sweep_id)
+        for job in children(engine, sweep_id):
+            if not JobStatus(job.status).finished:
+                end(engine, job.id, JobStatus.succeeded, top1=0.5)
+    told = trials(engine, sweep_id, spec)
+    points = [search.point_of(spec, t.params) for t in told]
+    over = [t for t, p in zip(told, points, strict=True) if p["train.steps"] * p["train.batch_size"] > 1000]
+    assert over and all(t.state == TrialState.FAIL for t in over)
+    jobs = children(engine, sweep_id)
+    assert jobs and all(j.spec["train"]["steps"] * j.spec["train"]["batch_size"] <= 1000 for j in jobs)
+    assert len(jobs) == len(told) - len(over)
 
 
 def test_asha_stops_a_child_that_falls_behind_at_a_rung(engine: Engine) -> None:

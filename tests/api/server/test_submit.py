@@ -175,6 +175,24 @@ def test_dataset_root_escaping_the_data_dir_is_rejected(api: Api) -> None:
     _assert_nothing_stored(api)
 
 
+def test_shards_over_http_only_from_a_prefix_the_operator_allowed(api: Api) -> None:
+    url = "https://data.example/ds/train-{0000..0003}.tar"
+    spec = {**TINY_SPEC, "data": {"dataset": "shards", "root": url}}
+    refused = _post(api, json.dumps(spec))
+    assert refused.status_code == 422
+    (error,) = refused.json()["detail"]
+    assert error["loc"] == ["body", "data", "root"] and "VITQ_DATA_URLS" in error["msg"], error
+    _assert_nothing_stored(api)
+    settings = api.settings.model_copy(update={"data_urls": "https://data.example/ds"})
+    api.client.app.state.settings = settings  # type: ignore[attr-defined]
+    # Another host that merely begins with the allowed one's name is not under the prefix.
+    evil = {**spec, "data": {"dataset": "shards", "root": "https://data.example/dsx/a.tar"}}
+    assert _post(api, json.dumps(evil)).status_code == 422
+    stored = _post(api, json.dumps(spec))
+    assert stored.status_code == 201, stored.text
+    assert stored.json()["spec"]["data"]["root"] == url  # a URL, not a path under the data directory
+
+
 def test_symlink_out_of_the_data_dir_is_rejected(api: Api) -> None:
     outside = api.settings.home / "outside"
     outside.mkdir()

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from sqlalchemy import insert, update
 
-from api.core.models import Job, JobStatus, MetricPoint, Sweep
+from api.core.models import Job, JobStatus, MetricPoint, Sweep, utcnow
 from api.core.sweep_spec import MAX_SWEEP_JOBS
 from tests.api.conftest import TINY_SPEC, Api
 
@@ -218,6 +218,12 @@ def test_show_reports_each_childs_metrics_and_the_best(api: Api) -> None:
         (second, "few_shot_5", 0.5),
     ]
     with api.session() as session:
+        # Metrics come from a started attempt (a job that never started shows none).
+        session.execute(
+            update(Job)
+            .where(Job.id.in_([first, second]))
+            .values(status=JobStatus.running, started_at=utcnow())
+        )
         session.execute(
             insert(MetricPoint),
             [
@@ -368,7 +374,7 @@ def test_importance_names_the_field_that_mattered(api: Api) -> None:
         )
     with api.session() as session:
         session.execute(insert(MetricPoint), rows)
-        session.execute(update(Job).values(status=JobStatus.succeeded))
+        session.execute(update(Job).values(status=JobStatus.succeeded, started_at=utcnow()))
         session.commit()
     found = api.client.get(f"/sweeps/{sweep['id']}/importance", params={"metric": "val_top1"}).json()
     assert (found["metric"], found["jobs"]) == ("val_top1", 9)

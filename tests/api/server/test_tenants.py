@@ -27,7 +27,7 @@ from starlette.routing import Mount
 
 from api.core import state_machine, tokens
 from api.core.db import make_engine
-from api.core.models import ApiToken, Checkpoint, Job, JobStatus, MetricPoint, Sweep, Webhook
+from api.core.models import ApiToken, Checkpoint, Job, JobStatus, MetricPoint, Sweep, Transfer, Webhook
 from api.core.settings import Settings
 from api.server.app import create_app
 from tests.api.conftest import TINY_SPEC
@@ -107,6 +107,7 @@ def tenants(api_pg_url: str, redis_url: str, unique_queue: str, tmp_path: Path) 
         session.execute(delete(Webhook))
         session.execute(delete(Job))
         session.execute(delete(Sweep))
+        session.execute(delete(Transfer))
         session.execute(delete(ApiToken))
         session.commit()
         session.close()
@@ -143,6 +144,10 @@ def test_every_route_for_every_principal(tenants: Tenants) -> None:
     checkpoint = tenants.fill(tenants.bob, bob_job)
     sweep = {"base": {**TINY_SPEC, "name": f"sweep-{tenants.bob.marker}"}, "grid": {"train.steps": [10, 20]}}
     bob_sweep = tenants.client.post("/sweeps", json=sweep, headers=tenants.bob.headers).json()["id"]
+    (tenants.settings.resolved_data_dir / "weights.npz").write_bytes(b"")  # a source any principal may name
+    transfer = {"name": f"transfer-{tenants.bob.marker}", "source": {"weights": "weights.npz"}}
+    transfer |= {"base": {"model": TINY_SPEC["model"]}, "datasets": [{"dataset": "digits"}], "few_shot": [1]}
+    bob_transfer = tenants.client.post("/transfers", json=transfer, headers=tenants.bob.headers).json()["id"]
     # POST bodies that would be accepted: a refusal is then the principal's, not the body's.
     tenants.settings.webhook_allow = "127.0.0.1/32"
     hook = {"url": "http://127.0.0.1:9/hook"}
@@ -153,12 +158,14 @@ def test_every_route_for_every_principal(tenants: Tenants) -> None:
     bodies = {
         ("POST", "/jobs"): {**TINY_SPEC, "name": "matrix"},
         ("POST", "/sweeps"): {**sweep, "base": TINY_SPEC},
+        ("POST", "/transfers"): {**transfer, "name": "matrix"},
         ("PATCH", "/jobs/{job_id}"): {"notes": "seen"},
         ("POST", "/webhooks"): hook,
     }
     queries = {("GET", "/jobs/{job_id}/logs/search"): {"q": "step"}}  # required query parameters
     bob_hook = bob_webhook()
     values = {"job_id": str(bob_job), "name": checkpoint, "sweep_id": str(bob_sweep), "webhook_id": bob_hook}
+    values["transfer_id"] = str(bob_transfer)
     seen: set[str] = set()
     for method, template, path in _calls(tenants, values):
         seen.add(template)
@@ -180,7 +187,7 @@ def test_every_route_for_every_principal(tenants: Tenants) -> None:
                 assert response.headers["www-authenticate"] == "Bearer", label
             elif (
                 who is tenants.alice
-                and any(k in template for k in ("{job_id}", "{sweep_id}", "{webhook_id}"))
+                and any(k in template for k in ("{job_id}", "{sweep_id}", "{webhook_id}", "{transfer_id}"))
             ) or (
                 who is tenants.admin and method == "PATCH"  # notes are their owner's alone
             ):
@@ -206,11 +213,7 @@ def test_every_route_for_every_principal(tenants: Tenants) -> None:
         "/sweeps/{sweep_id}/importance",
     } <= seen
     assert {"/webhooks", "/webhooks/{webhook_id}", "/webhooks/{webhook_id}/deliveries"} <= seen
-    assert {
-        "/jobs/{job_id}/metrics",
-        "/jobs/{job_id}/checkpoints",
-        "/jobs/{job_id}/checkpoints/{name}",
-    } <= seen
+    assert {"/transfers", "/transfers/{transfer_id}", "/transfers/{transfer_id}/table.csv"} <= seen
 
 
 def test_lists_and_counts_hold_only_the_owners_jobs(tenants: Tenants) -> None:
@@ -259,6 +262,26 @@ def test_another_owners_run_is_no_source_for_a_fine_tune(tenants: Tenants) -> No
     missing = {**finetune, "init": {"weights": f"{tenants.settings.resolved_storage}/jobs/999999"}}
     answer = tenants.client.post("/jobs", json=missing, headers=tenants.alice.headers).json()
     assert answer["detail"][0]["type"] == "weights_not_found"
+
+
+def test_another_owners_run_is_no_source_for_a_transfer(tenants: Tenants) -> None:
+    bob_job = tenants.submit(tenants.bob)["id"]
+    tenants.fill(tenants.bob, bob_job)
+    run_dir = f"{tenants.settings.resolved_storage}/jobs/{bob_job}"
+    for source, loc in (({"from_job": bob_job}, "from_job"), ({"weights": run_dir}, "weights")):
+        transfer = {"source": source, "datasets": [{"dataset": "digits"}], "few_shot": [1]}
+        as_alice = tenants.client.post("/transfers", json=transfer, headers=tenants.alice.headers)
+        assert as_alice.status_code == 422, (source, as_alice.text)
+        assert as_alice.json()["detail"][0]["loc"] == ["body", "source", loc]
+        assert tenants.bob.marker not in as_alice.text
+        as_bob = tenants.client.post("/transfers", json=transfer, headers=tenants.bob.headers)
+        assert as_bob.status_code == 201, as_bob.text
+    listed = {
+        who.name: tenants.client.get("/transfers", headers=who.headers).json()["total"]
+        for who in (tenants.alice, tenants.bob, tenants.admin)
+    }
+    assert listed == {"alice": 0, "bob": 2, "root": 2}
+    assert tenants.session.query(Job).filter(Job.owner == "alice").count() == 0
 
 
 def test_idempotency_key_replays_the_first_job(tenants: Tenants) -> None:

@@ -1,5 +1,5 @@
 // Hash routes (GET /jobs/{id} is the JSON API, so pages live under #/): #/ list, #/jobs/ID, #/submit,
-// #/compare?ids=1,2,3, #/sweeps, #/sweeps/ID, #/jobs/ID/log?line=N.
+// #/compare?ids=1,2,3, #/sweeps, #/sweeps/ID, #/transfers, #/transfers/ID, #/jobs/ID/log?line=N.
 
 import { mountCompare } from "./compare.js";
 import { mountJob } from "./job.js";
@@ -7,6 +7,7 @@ import { mountList } from "./list.js";
 import { mountLog } from "./log.js";
 import { mountSubmit } from "./submit.js";
 import { mountSweep, mountSweepList } from "./sweep.js";
+import { mountTransfer, mountTransferList } from "./transfer.js";
 import { mountWorkers } from "./workers.js";
 import { watchWorkers } from "./workers_banner.js";
 
@@ -32,6 +33,12 @@ function route() {
   } else if (path === "/sweeps") {
     view.className = "sweeps-view";
     current = mountSweepList(view);
+  } else if (path.match(/^\/transfers\/(\d+)$/)) {
+    view.className = "transfer-view";
+    current = mountTransfer(view, Number(path.split("/")[2]));
+  } else if (path === "/transfers") {
+    view.className = "transfers-view";
+    current = mountTransferList(view);
   } else if (path === "/workers") {
     view.className = "workers-view";
     current = mountWorkers(view);
