@@ -102,7 +102,8 @@ def test_cancel_after_the_last_step_lets_the_job_succeed(tmp_path: Path) -> None
         index = finish_under_a_stalled_worker(chaos, job_id)
         stalled = chaos.stack.workers[index]
         try:
-            assert chaos.stack.client.post(f"/jobs/{job_id}/cancel").status_code == 202
+            cancelled = chaos.stack.client.post(f"/jobs/{job_id}/cancel")
+            assert cancelled.status_code == 202, cancelled.text
         finally:
             thaw(stalled, with_descendants=False)
         chaos.wait_finished(job_id, timeout=60)
