@@ -343,6 +343,18 @@ class EvalSpec(_Strict):
     batch_size: PositiveInt = Field(256, le=65536)
 
 
+SIZE_PATTERN = r"^(\d+)([KMGTkmgt]?)[Bb]?$"  # a Slurm memory size: "8G", "512M", "1024" (megabytes)
+
+
+def megabytes(size: str) -> int:
+    """A Slurm size ("4G", "512M", "1024"; M without a unit) in megabytes."""
+    match = re.match(SIZE_PATTERN, size.strip())
+    if match is None:
+        raise ValueError(f"{size!r} is not a size such as 4G or 512M")
+    scale = {"": 1, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[match[2].upper()]
+    return max(1, int(int(match[1]) * scale))
+
+
 class SlurmSpec(_Strict):
     """For pools a Slurm dispatcher serves (`vitq slurm`; other executors ignore it): these win over the pool's."""
 
@@ -354,6 +366,17 @@ class SlurmSpec(_Strict):
     )
     account: str | None = Field(None, pattern=r"^[\w.\-]{1,64}$", description="sbatch --account")
     qos: str | None = Field(None, pattern=r"^[\w.\-]{1,64}$", description="sbatch --qos")
+    cpus_per_task: int | None = Field(None, ge=1, le=1024, description="CPUs per training process")
+    mem_per_task: str | None = Field(
+        None,
+        pattern=SIZE_PATTERN,
+        description="Memory per training process, e.g. 8G (sbatch --mem: that times procs_per_node)",
+    )
+
+    def per_task(self, *, cpus: int | None, memory_mb: int | None) -> tuple[int | None, int | None]:
+        """(CPUs, megabytes) per training process: this spec's, else the pool's (None: Slurm's default)."""
+        mem = megabytes(self.mem_per_task) if self.mem_per_task else memory_mb
+        return self.cpus_per_task or cpus, mem
 
 
 class ResourcesSpec(_Strict):

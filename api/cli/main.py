@@ -298,6 +298,17 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
+def metric_text(name: str, value: float) -> str:
+    """A metric as `vitq show` prints it: the worker's byte samples (sys/rss_bytes) in binary units, as the
+    dashboard writes them ("1.1 GiB", not "1.18049e+09")."""
+    if name.endswith("_bytes"):
+        for power, unit in ((3, "GiB"), (2, "MiB"), (1, "KiB")):
+            if abs(value) >= 1024**power:
+                return f"{value / 1024**power:.1f} {unit}"
+        return f"{value:.0f} B"
+    return f"{value:.6g}"
+
+
 def cmd_show(args: argparse.Namespace, client: VitqClient) -> int:
     job = client.get(args.id)
     print(progress_line(job))
@@ -307,9 +318,9 @@ def cmd_show(args: argparse.Namespace, client: VitqClient) -> int:
         if job.get(field) is not None:
             print(f"  {field}: {job[field]}")
     for name, value in sorted((job.get("latest_metrics") or {}).items()):
-        print(f"  {name}: {value:.6g}")
-    if job.get("error"):
-        print(f"  error: {job['error']}")
+        print(f"  {name}: {metric_text(name, value)}")
+    if job.get("error"):  # the trainer's own lines follow the first: indented under it, not at the margin
+        print("  error: " + job["error"].rstrip().replace("\n", "\n    "))
     print("spec:")
     print(yaml.safe_dump(job["spec"], sort_keys=False).rstrip().replace("\n", "\n  ").join(["  ", ""]))
     return EXIT_OK

@@ -1,8 +1,9 @@
 """What an executor that launches jobs into another scheduler (Slurm today) records about them, beside their
-status: the launch a queued job was handed to (`executor_ref`, "slurm:1234": the fence of that launch's claim),
-the executor's word on it while it waits (`executor_note`, Slurm's reason), and the nodes of a running attempt
-(`placement`). Status changes go through api.core.state_machine; every write here is conditional on the state
-its caller saw, so a dispatcher that raced the API or a batch script loses cleanly.
+status: the launch a queued job was handed to (`executor_ref`, "slurm:1234": the fence of that launch's claim)
+and the executor's word on it while it waits (`executor_note`, Slurm's reason); a launch's claim
+(`state_machine.claim_job`) records its nodes (`placement`). Status changes go through api.core.state_machine;
+every write here is conditional on the state its caller saw, so a dispatcher that raced the API or a batch
+script loses cleanly.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from api.core.models import Job, JobStatus
-from api.core.state_machine import FINISHED, Claim, hold, owners_at_running_limit, queue_order, runnable, won
+from api.core.state_machine import FINISHED, Claim, owners_at_running_limit, queue_order, runnable, won
 from vit.config import JobSpec
 
 
@@ -29,6 +30,7 @@ class Launch:
     executor_ref: str
     cancel_requested: bool
     executor_note: str | None
+    nodes: tuple[str, ...]  # the running (or last) attempt's nodes
 
 
 def unlaunched(
@@ -100,10 +102,16 @@ def launches(*, session: Session, pool: str, prefix: str) -> list[Launch]:
             Job.executor_ref,
             Job.cancel_requested,
             Job.executor_note,
+            Job.placement,
         ).where(Job.pool == pool, Job.status.not_in(FINISHED), Job.executor_ref.startswith(prefix))
     ).all()
     session.rollback()
-    return [Launch(r[0], JobStatus(r[1]), r[2], r[3], r[4] or "", bool(r[5]), r[6]) for r in rows]
+    return [
+        Launch(
+            r[0], JobStatus(r[1]), r[2], r[3], r[4] or "", bool(r[5]), r[6], tuple((r[7] or "").split(","))
+        )
+        for r in rows
+    ]
 
 
 def statuses(*, session: Session, job_ids: Sequence[int]) -> dict[int, tuple[JobStatus, str | None]]:
@@ -113,17 +121,6 @@ def statuses(*, session: Session, job_ids: Sequence[int]) -> dict[int, tuple[Job
     rows = session.execute(select(Job.id, Job.status, Job.executor_ref).where(Job.id.in_(job_ids))).all()
     session.rollback()
     return {int(r[0]): (JobStatus(r[1]), r[2]) for r in rows}
-
-
-def record_placement(*, session: Session, claim: Claim, nodes: Sequence[str]) -> bool:
-    """The nodes the claimed attempt runs on, in node-rank order, and no pending note. Fenced; committed."""
-    if not hold(session=session, claim=claim):
-        return False
-    session.execute(
-        update(Job).where(Job.id == claim.job_id).values(placement=",".join(nodes), executor_note=None)
-    )
-    session.commit()
-    return True
 
 
 def running_claim(*, session: Session, job_id: int, executor_ref: str) -> Claim | None:

@@ -202,6 +202,10 @@ class Worker(Base):
     partition: Mapped[str | None] = mapped_column(String(64), default=None)
     # The host's CPU, memory and GPUs at the last heartbeat (schemas.HostUsageOut's shape; worker/usage.py).
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    memory_mb: Mapped[int | None] = mapped_column(Integer, default=None)  # what a job may ask of it (Slurm's)
+    # A Slurm pool's CPUs and memory per training process (a job's resources.slurm wins); None: Slurm's default.
+    cpus_per_task: Mapped[int | None] = mapped_column(Integer, default=None)
+    memory_per_task_mb: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class JobNode(Base):

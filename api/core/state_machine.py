@@ -305,6 +305,7 @@ def _claim_one(
     allowed: tuple[Any, ...],
     free_devices: Sequence[int] | None,
     limited: bool,
+    placement: dict[str, Any] | None = None,
 ) -> Claim | None:
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.status != JobStatus.queued or job.wait_reason or job.cancel_requested:
@@ -323,6 +324,7 @@ def _claim_one(
             heartbeat_at=started,
             started_at=job.started_at or started,
             devices=",".join(map(str, devices)) or None,
+            **(placement or {}),
         )
     )
     session.commit()
@@ -356,14 +358,23 @@ def start_gang(*, session: Session, job_id: int, attempt: int, members: Sequence
     return won(result)
 
 
-def claim_job(*, session: Session, job_id: int, worker: str, executor_ref: str) -> Claim | None:
+def claim_job(
+    *, session: Session, job_id: int, worker: str, executor_ref: str, nodes: Sequence[str]
+) -> Claim | None:
     """An executor's launch claims the one job it was made for (a Slurm batch script: `executor_ref` is
     "slurm:<its job id>"): queued -> running, attempt + 1, only while the job is runnable and still names that
     launch. A stale launch (Slurm requeued it after vitq moved the job to another launch, or it starts after the
-    job was cancelled or finished) finds nothing to claim."""
+    job was cancelled or finished) finds nothing to claim. The launch's `nodes` (in node-rank order) are recorded
+    as the attempt's placement in the same UPDATE, and the launch's pending note is cleared."""
     allowed = (*runnable(), Job.executor_ref == executor_ref)
     return _claim_one(
-        session=session, job_id=job_id, worker=worker, allowed=allowed, free_devices=None, limited=False
+        session=session,
+        job_id=job_id,
+        worker=worker,
+        allowed=allowed,
+        free_devices=None,
+        limited=False,
+        placement={"placement": ",".join(nodes), "executor_note": None},
     )
 
 
@@ -569,7 +580,7 @@ def requeue_stale(
             max_attempts=max_attempts,
             where=where,
             lost=lost,
-            give_back=complete,
+            charge=not complete,
         ):
             requeued.append(job_id)
     session.commit()
@@ -584,16 +595,17 @@ def requeue(
     max_attempts: int,
     where: tuple[Any, ...],
     lost: str,
-    give_back: bool = False,
+    charge: bool = True,
 ) -> bool:
     """A lost running job (`where` still true) back to queued, failed once it used every attempt, cancelled
-    if a cancel was requested; `give_back`: queued with its attempt given back, never failed. True when it was
-    queued again. Not committed: the caller commits."""
+    if a cancel was requested. True when it was queued again. `charge=False` gives the attempt back, as a
+    hand-back does (its cluster took the run away, e.g. a preemption: nothing failed). Not committed: the
+    caller commits."""
     if _cancel_instead(session=session, where=where):
         return False
-    final = attempt >= max_attempts and not give_back
+    final = charge and attempt >= max_attempts
     values: dict[str, Any] = {"error": lost, "finished_at": now()} if final else {"error": lost}
-    if give_back:
+    if not charge:
         values["attempt"] = attempt - 1
     result = session.execute(
         move("fail" if final else "requeue", *where).values(

@@ -14,13 +14,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.core import idempotency, limits, quotas, reads, search, state_machine, sweeps, transfers, workers
 from api.core.broker import JobQueue
 from api.core.errors import InvalidInputError, invalid
-from api.core.models import Job, JobStatus, Sweep, Transfer
+from api.core.models import Job, JobStatus, Sweep, Transfer, Worker
 from api.core.settings import Settings
 from api.core.spec_input import check_spec, confine_paths
 from api.core.state_machine import Principal
 from api.core.sweep_spec import Point, SweepSpec, SweepSpecError, child_spec, points, probe_points
 from api.core.transfer_spec import Child, TransferSpec, TransferSpecError, children, labels
-from vit.config import JobSpec
+from vit.config import JobSpec, ResourcesSpec, SlurmSpec
 
 
 def submit_job(
@@ -254,9 +254,10 @@ def _check_fits(spec: JobSpec, *, session: Session, settings: Settings) -> None:
     """A job that no live worker of its pool could ever run is a 422 naming the largest fit. With no worker of
     the pool alive yet, it is accepted and waits (its wait_reason says so)."""
     resources = spec.resources
-    if resources.gpus_per_node == 0 and resources.nodes == 1:
-        return  # a one-node CPU job fits any worker of its pool
-    fit = workers.largest_fit(session=session, pool=resources.pool, lease_seconds=settings.lease_seconds)
+    in_pool = workers.live_in_pool(session=session, pool=resources.pool, lease_seconds=settings.lease_seconds)
+    if not in_pool:
+        return
+    fit = workers.largest_fit(in_pool)
     if fit is not None and resources.gpus_per_node > fit:
         raise invalid(
             ("resources", "procs_per_node"),
@@ -264,20 +265,63 @@ def _check_fits(spec: JobSpec, *, session: Session, settings: Settings) -> None:
             f"{fit}: at most procs_per_node {fit}",
             "does_not_fit",
         )
-    if resources.nodes > 1:
-        nodes = workers.nodes_that_fit(
-            session=session,
-            pool=resources.pool,
-            gpus=resources.gpus_per_node,
-            lease_seconds=settings.lease_seconds,
+    nodes = workers.nodes_that_fit(in_pool, resources.gpus_per_node)
+    if resources.nodes > nodes:
+        raise invalid(
+            ("resources", "nodes"),
+            f"needs {resources.nodes} nodes (one worker each); pool {resources.pool!r} has {nodes} live "
+            f"workers that fit a node of it: at most nodes {nodes}",
+            "does_not_fit",
         )
-        if nodes is not None and resources.nodes > nodes:
-            raise invalid(
-                ("resources", "nodes"),
-                f"needs {resources.nodes} nodes (one worker each); pool {resources.pool!r} has {nodes} live "
-                f"workers that fit a node of it: at most nodes {nodes}",
-                "does_not_fit",
-            )
+    slurm_nodes = [w for w in in_pool if w.partition is not None]
+    if slurm_nodes:
+        _check_slurm_fits(resources, slurm_nodes)
+
+
+def _check_slurm_fits(resources: ResourcesSpec, nodes: Sequence[Worker]) -> None:
+    """A Slurm pool's job needs, on each node, its processes times the CPUs and memory per process (its
+    resources.slurm's, else the pool's): a 422 when no node of the partition has that many (on the field that
+    asked for them), or fewer such nodes than the job has."""
+    slurm, procs = resources.slurm or SlurmSpec(), resources.procs_per_node
+    partition = f"partition {nodes[0].partition!r} (pool {resources.pool!r})"
+
+    def need(node: Worker) -> tuple[int, int | None]:
+        cpus, memory = slurm.per_task(cpus=node.cpus_per_task, memory_mb=node.memory_per_task_mb)
+        return procs * (cpus or 1), procs * memory if memory else None
+
+    def has_cpus(node: Worker) -> bool:
+        return node.cpus >= need(node)[0]
+
+    def has_memory(node: Worker) -> bool:
+        memory = need(node)[1]
+        return memory is None or node.memory_mb is None or node.memory_mb >= memory
+
+    if not any(has_cpus(node) for node in nodes):
+        largest = max(nodes, key=lambda node: node.cpus)
+        field = "cpus_per_task" if slurm.cpus_per_task else "procs_per_node"
+        raise invalid(
+            ("resources", "slurm", field) if slurm.cpus_per_task else ("resources", field),
+            f"needs {need(largest)[0]} CPUs on one node ({procs} processes x {need(largest)[0] // procs} CPUs); "
+            f"the largest node of {partition} has {largest.cpus}",
+            "does_not_fit",
+        )
+    if not any(has_memory(node) for node in nodes):
+        largest = max(nodes, key=lambda node: node.memory_mb or 0)
+        field = "mem_per_task" if slurm.mem_per_task else "procs_per_node"
+        raise invalid(
+            ("resources", "slurm", field) if slurm.mem_per_task else ("resources", field),
+            f"needs {need(largest)[1]} MB of memory on one node ({procs} processes x "
+            f"{(need(largest)[1] or 0) // procs} MB); the largest node of {partition} has {largest.memory_mb} MB",
+            "does_not_fit",
+        )
+    room = sum(1 for node in nodes if has_cpus(node) and has_memory(node))
+    if resources.nodes > room:
+        raise invalid(
+            ("resources", "nodes"),
+            f"needs {resources.nodes} nodes; {partition} has {room} with room for one node of it: at most "
+            f"nodes {room}",
+            "does_not_fit",
+        )
 
 
 def _may_read_job(session: Session, principal: Principal) -> Callable[[int], bool] | None:

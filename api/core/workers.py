@@ -30,9 +30,13 @@ def announce(
     devices: Sequence[dict[str, Any]] = (),
     concurrency: int = 1,
     partition: str | None = None,
+    memory_mb: int | None = None,
+    cpus_per_task: int | None = None,
+    memory_per_task_mb: int | None = None,
 ) -> None:
     """Register (or re-register) a worker: where it runs, where other nodes reach it, its pool and its GPUs (a
-    Slurm node of a pool's partition is registered the same way, with its partition)."""
+    Slurm node of a pool's partition is registered the same way, with its partition, its memory and the pool's
+    CPUs and memory per training process)."""
     session.execute(delete(Worker).where(Worker.name == name))
     session.add(
         Worker(
@@ -45,6 +49,9 @@ def announce(
             devices=list(devices),
             concurrency=concurrency,
             partition=partition,
+            memory_mb=memory_mb,
+            cpus_per_task=cpus_per_task,
+            memory_per_task_mb=memory_per_task_mb,
             started_at=now(),
             heartbeat_at=now(),
         )
@@ -123,28 +130,29 @@ def forget_dead(*, session: Session, older_than_seconds: float) -> None:
     session.commit()
 
 
-# The devices of each live worker of pool `:pool` (a submit's fit check: built once, only the one column read).
-_POOL_DEVICES = select(Worker.devices).where(
+# The live workers of pool `:pool` (a submit's fit checks: one statement, built once).
+_LIVE_IN_POOL = select(Worker).where(
     Worker.pool == bindparam("pool"),
     Worker.heartbeat_at >= bindparam("cutoff", type_=Worker.heartbeat_at.type),
     Worker.stopped_at.is_(None),
 )
 
 
-def largest_fit(*, session: Session, pool: str, lease_seconds: float) -> int | None:
-    """The most devices one live worker of `pool` has; None when none is alive or one is a CPU worker (a CPU
-    worker runs any job of its pool, so no GPU count is too large for the pool)."""
+def live_in_pool(*, session: Session, pool: str, lease_seconds: float) -> Sequence[Worker]:
+    """The live workers of `pool`: Celery workers, or the Slurm nodes `vitq slurm` published for it."""
     params = {"pool": pool, "cutoff": alive_cutoff(lease_seconds)}
-    in_pool = session.connection().execute(_POOL_DEVICES, params).scalars().all()
-    if not in_pool or any(not devices for devices in in_pool):
-        return None
-    return max(len(devices) for devices in in_pool)
+    return session.scalars(_LIVE_IN_POOL, params).all()
 
 
-def nodes_that_fit(*, session: Session, pool: str, gpus: int, lease_seconds: float) -> int | None:
-    """How many live workers of `pool` could each run a node needing `gpus` GPUs (a CPU worker runs any);
-    None when none of the pool is alive yet. One worker is one node of a multi-node job."""
-    in_pool = [w for w in live(session=session, lease_seconds=lease_seconds) if w.pool == pool]
-    if not in_pool:
+def largest_fit(in_pool: Sequence[Worker]) -> int | None:
+    """The most devices one of these workers has; None when there is none or one is a CPU worker (a CPU worker
+    runs any job of its pool, so no GPU count is too large for the pool)."""
+    if not in_pool or any(not w.devices for w in in_pool):
         return None
+    return max(len(w.devices) for w in in_pool)
+
+
+def nodes_that_fit(in_pool: Sequence[Worker], gpus: int) -> int:
+    """How many of these workers could each run a node needing `gpus` GPUs (a CPU worker runs any). One worker
+    is one node of a multi-node job."""
     return sum(1 for w in in_pool if not w.devices or len(w.devices) >= gpus)

@@ -153,10 +153,18 @@ def test_job_charts_read_well_move_together_and_have_log_scale_and_smoothing(
         """async () => {
           const f = await import("/static/js/format.js");
           return [f.tick(0.925, 0.025, { asPercent: true }), f.tick(0.9, 0.05, { asPercent: true }),
-                  f.significant(1.0036273002624512), f.tick(0.00025, 0.00025), f.tick(0.5, 0.25)];
+                  f.significant(1.0036273002624512), f.tick(0.00025, 0.00025), f.tick(0.5, 0.25),
+                  f.bytes(25276194816), f.bytes(1782579), f.bytes(512),
+                  f.bytesTick(1088 * 2 ** 20, 64 * 2 ** 20), f.bytesTick(1152 * 2 ** 20, 64 * 2 ** 20),
+                  f.bytesTick(1.25 * 2 ** 30, 2 ** 28)];
         }"""
     )
-    assert readings == ["92.5%", "90%", "1.0036", "2.5e-4", "0.50"]
+    # Sizes are powers of 1024 and named so (a 25.3e9-byte host read "23.5 GB" beside a GPU's "80 GiB").
+    # Ticks 64 MiB apart are written in MiB: in GiB both would read "1.1 GiB".
+    assert readings == [
+        *["92.5%", "90%", "1.0036", "2.5e-4", "0.50"],
+        *["23.5 GiB", "1.7 MiB", "512 B", "1088 MiB", "1152 MiB", "1.25 GiB"],
+    ]
 
     canvas = page.locator('[data-chart="Loss"] canvas')
     linear = canvas.evaluate("c => c.toDataURL()")
@@ -224,6 +232,8 @@ def test_every_screen_fits_the_window(
         page.wait_for_timeout(300)  # the charts' resize observers settle
         page.screenshot(path=str(ARTIFACTS / f"{name}-{width}.png"), full_page=True)
         assert horizontal_overflow(page) == 0, f"{name} scrolls sideways at {width} px"
+        broken = page.locator(".badge").evaluate_all("bs => bs.filter((b) => b.offsetHeight > 24).length")
+        assert broken == 0, f"{name}: a status badge wraps onto two lines at {width} px"
         if name in ("job", "compare"):
             columns = page.locator(".charts").first.evaluate(
                 "g => getComputedStyle(g).gridTemplateColumns.split(' ').length"

@@ -223,6 +223,18 @@ def test_chart_appends_new_steps_and_asks_for_a_reload_when_history_rewinds(
         }"""
     )
     assert result == {"answers": [True, True, False, True], "steps": [1, 2, 3, 4, 5], "after": [1, 2]}
+    # A job that ended before its first evaluation keeps an empty validation chart: "yet" would be untrue.
+    empty = page.evaluate(
+        """async () => {
+          const { Board } = await import("/static/js/charts.js");
+          const board = new Board(document.body.appendChild(document.createElement("div")));
+          const text = () => board.panels.get("val_top1").empty.textContent;
+          const running = text();
+          board.setEnded(true);
+          return [running, text()];
+        }"""
+    )
+    assert empty == ["no points yet", "no points: the job ended before logging any"]
 
 
 def test_system_charts_and_worker_figures_come_from_the_real_worker(
@@ -252,7 +264,7 @@ def test_system_charts_and_worker_figures_come_from_the_real_worker(
 
     page.goto(f"{service.url}/#/workers")
     figures = page.locator(f"tr[data-worker='{worker['name']}'] [data-host-usage]")
-    expect(figures).to_contain_text(re.compile(r"CPU \d+% · RAM [\d.]+ [KMG]B of [\d.]+ GB"))
+    expect(figures).to_contain_text(re.compile(r"CPU \d+% · RAM [\d.]+ [KMG]iB of [\d.]+ GiB"))
 
 
 def test_full_log_pages_searches_and_downloads(
@@ -342,6 +354,9 @@ def test_job_list_groups_by_sweep_and_by_lineage(
         ]
         assert "group=lineage" in page.url
         assert horizontal_overflow(page) == 0
+        # These jobs wait with a long reason ("no worker of pool idle is running: ..."): it wraps in its cell
+        # instead of widening the table past its box (at 1920 px it pushed the last columns out of sight).
+        assert page.locator("#view .table-scroll").evaluate("b => b.scrollWidth - b.clientWidth") <= 0
         page.screenshot(path=str(ARTIFACTS / f"list_grouped_by_lineage_{width}.png"), full_page=True)
 
         page.get_by_label("group by").select_option("sweep")
@@ -365,3 +380,16 @@ def test_job_list_groups_by_sweep_and_by_lineage(
         assert f"lineage_of={root}" in page.url
     finally:
         context.close()
+
+
+def test_log_page_of_a_job_without_a_log_offers_no_download(
+    page: Page, service: Service, families: dict[str, Any]
+) -> None:
+    # A queued job has no train.log yet: Download was offered, its 404 replaced the page with "Job N not found".
+    job_id = families["root"]
+    page.goto(f"{service.url}/#/jobs/{job_id}/log")
+    expect(page.get_by_test_id("log-lines")).to_have_text("No log yet.")
+    download = page.get_by_role("button", name="Download")
+    expect(download).to_be_disabled()
+    expect(download).to_have_attribute("title", re.compile("no log yet"))
+    expect(page.get_by_role("heading", name=f"Log of job {job_id}")).to_be_visible()

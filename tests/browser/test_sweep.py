@@ -3,6 +3,7 @@ metric plotted against the swept field, its comparison link, and cancelling a sw
 
 from __future__ import annotations
 
+import re
 from functools import partial
 from typing import Any
 
@@ -57,6 +58,9 @@ def test_sweep_ranks_its_jobs_by_the_chosen_metric_and_plots_it(
     expect(page.locator("table.ranking tbody tr").first.locator("td[data-col=metric]")).to_have_text(
         f"{by_top1[0]['best_val_top1'] * 100:.2f}%"
     )
+    # The parallel coordinates' metric axis in percent too (it read 0.291 beside the table's 29.05%).
+    metric_ticks = page.locator("svg.parallel-coords .axis").last.locator(".tick:not(.muted)")
+    expect(metric_ticks.first).to_have_text(re.compile(r"^\d+(\.\d+)?%$"))
     page.get_by_label("metric").select_option(label="final train loss")  # lower is better
     by_loss = sorted(jobs, key=lambda j: j["latest_metrics"]["loss"])
     expect(page.locator("table.ranking thead")).to_contain_text("final train loss")

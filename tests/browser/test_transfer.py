@@ -45,9 +45,14 @@ def test_the_table_shows_the_childrens_values_and_the_mean(
     page.set_viewport_size({"width": 1920, "height": 1080})
     page.goto(f"{service.url}/#/transfers")
     page.get_by_role("link", name="Transfers").first.click()
-    page.locator(f"tr[data-transfer-id='{transfer_id}'] a").click()
+    source_job = finished_transfer["spec"]["source"]["from_job"]
+    row = page.locator(f"tr[data-transfer-id='{transfer_id}']")
+    expect(row.locator("td[data-label=Source] a")).to_have_attribute("href", f"#/jobs/{source_job}")
+    row.locator("td[data-col=name] a").click()
     page.wait_for_url(f"**/#/transfers/{transfer_id}")
     page.locator("#view[data-loaded=true]").wait_for()
+    # The source is a link to the pretrain it evaluates (it was plain text).
+    expect(page.locator(".transfer-source a")).to_have_attribute("href", f"#/jobs/{source_job}")
 
     table = finished_transfer["table"]
     labels = page.locator("table.transfer-table thead th").all_inner_texts()

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from api.core.db import session_scope
     from api.core.logging_setup import configure_logging
     from api.core.settings import get_settings
-    from worker.slurm.batch import PoolConfig, megabytes
+    from vit.config import megabytes
+    from worker.slurm.batch import PoolConfig
     from worker.slurm.dispatcher import Dispatcher
 
     configure_logging(args.loglevel)

@@ -3,17 +3,16 @@ script, which starts one supervisor per node with srun and waits for them throug
 
 from __future__ import annotations
 
-import re
 import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vit.config import JobSpec
+from vit.config import JobSpec, SlurmSpec, megabytes
+from worker.slurm.commands import RUN_MARK
 
 NAME_PREFIX = "vitq-"  # Slurm job names: vitq-<job id>; the dispatcher recognises its jobs by it
 SIGNAL_SECONDS = 120  # --signal=USR1@N: the trainer's time to checkpoint before a wall-time limit
-_SIZE = re.compile(r"^(\d+)([KMGT]?)B?$", re.IGNORECASE)
 
 
 def job_name(job_id: int) -> str:
@@ -23,15 +22,6 @@ def job_name(job_id: int) -> str:
 def job_of(name: str) -> int | None:
     rest = name.removeprefix(NAME_PREFIX)
     return int(rest) if name.startswith(NAME_PREFIX) and rest.isdigit() else None
-
-
-def megabytes(size: str) -> int:
-    """A Slurm size ("4G", "512M", "1024"; M without a unit) in megabytes."""
-    match = _SIZE.match(size.strip())
-    if match is None:
-        raise ValueError(f"{size!r} is not a size such as 4G or 512M")
-    scale = {"": 1, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[match[2].upper()]
-    return max(1, int(int(match[1]) * scale))
 
 
 @dataclass(frozen=True)
@@ -48,6 +38,11 @@ class PoolConfig:
     signal_seconds: int = SIGNAL_SECONDS
     gpus: bool = False  # the partition has GPUs (from scontrol): `device: auto` jobs ask for them
     extra: tuple[str, ...] = field(default_factory=tuple)  # further sbatch options, passed as given
+
+    def per_task(self, spec: JobSpec) -> tuple[int | None, int | None]:
+        """(CPUs, megabytes) per training process of this job: its resources.slurm's, else the pool's."""
+        memory = megabytes(self.mem_per_task) if self.mem_per_task else None
+        return (spec.resources.slurm or SlurmSpec()).per_task(cpus=self.cpus_per_task, memory_mb=memory)
 
 
 def sbatch_options(job_id: int, spec: JobSpec, config: PoolConfig, run_dir: Path) -> list[str]:
@@ -68,10 +63,11 @@ def sbatch_options(job_id: int, spec: JobSpec, config: PoolConfig, run_dir: Path
     wants_gpus = resources.device == "cuda" or (resources.device == "auto" and config.gpus)
     if wants_gpus:
         options.append(f"--gpus-per-node={procs}")
-    if config.cpus_per_task:
-        options.append(f"--cpus-per-task={config.cpus_per_task}")
-    if config.mem_per_task:
-        options.append(f"--mem={megabytes(config.mem_per_task) * procs}M")
+    cpus, memory = config.per_task(spec)
+    if cpus:
+        options.append(f"--cpus-per-task={cpus}")
+    if memory:
+        options.append(f"--mem={memory * procs}M")
     time = (slurm.time if slurm else None) or config.time
     account = (slurm.account if slurm else None) or config.account
     qos = (slurm.qos if slurm else None) or config.qos
@@ -83,12 +79,15 @@ def sbatch_options(job_id: int, spec: JobSpec, config: PoolConfig, run_dir: Path
 
 def batch_script(job_id: int, spec: JobSpec, config: PoolConfig, code_root: Path) -> str:
     """One supervisor per node (srun), under this interpreter and this checkout of vitq (a shared filesystem)."""
-    cpus = spec.resources.procs_per_node * (config.cpus_per_task or 1)
+    cpus = spec.resources.procs_per_node * (config.per_task(spec)[0] or 1)
     python = shlex.quote(sys.executable)
     return f"""#!/bin/bash
 # vitq job {job_id} (pool {config.pool}), submitted by `vitq slurm`. Slurm runs it once per allocation, and again
 # after it requeues the job (a preemption, a node failure); the supervisors decide whether there is work to do.
 export PYTHONPATH={shlex.quote(str(code_root))}${{PYTHONPATH:+:$PYTHONPATH}}
+# Each run starts its part of the output file: Slurm's own words after it (a preemption, a node failure, a memory
+# limit) are this run's, and the dispatcher reads them when the run ends without its supervisor.
+echo "{RUN_MARK} $SLURM_JOB_ID run ${{SLURM_RESTART_COUNT:-0}} on $(hostname)"
 # The supervisors get Slurm's signals themselves (they checkpoint the trainer); this shell only waits for them.
 trap 'true' TERM USR1
 srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 \\

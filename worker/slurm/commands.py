@@ -9,8 +9,15 @@ import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 TIMEOUT_S = 30.0
+RUN_MARK = (
+    "vitq: Slurm job"  # the batch script's first line in its output file, once per run of the Slurm job
+)
+PREEMPTION = "DUE TO PREEMPTION"  # slurmstepd's words in the output file when Slurm preempts the job
+# Nodes in these states (sinfo %T) are not the reason a job was lost; any other state of its node may be.
+HEALTHY = frozenset({"idle", "mixed", "allocated", "completing", "planned", "reserved"})
 # A job in one of these states is over: nothing of it runs, and Slurm will not run it again.
 TERMINAL = frozenset(
     {
@@ -69,7 +76,7 @@ class SlurmNode:
     address: str
     cpus: int
     gpus: int
-    memory_mb: int
+    memory_mb: int  # what a job may ask for (RealMemory); 0: not configured
 
 
 def _run(command: Sequence[str], *, stdin: str | None = None) -> str:
@@ -132,7 +139,8 @@ def nodes(partition: str | None = None, names: Sequence[str] = ()) -> list[Slurm
                 address=fields.get("NodeAddr") or name,
                 cpus=int(fields.get("CPUTot") or 0),
                 gpus=gpu_count(fields.get("Gres", "")),
-                memory_mb=int(fields.get("RealMemory") or 0),
+                # RealMemory=1 is Slurm's default for a node whose memory is not configured: unknown, not 1 MB.
+                memory_mb=memory if (memory := int(fields.get("RealMemory") or 0)) > 1 else 0,
             )
         )
     return found
@@ -146,3 +154,32 @@ def gpu_count(gres: str) -> int:
         if fields[0] == "gpu" and len(fields) >= 2 and fields[-1].isdigit():
             total += int(fields[-1])
     return total
+
+
+def node_problems(names: Sequence[str]) -> list[str]:
+    """These nodes' troubles as Slurm states them: "n2 down (vitq-test)"; healthy nodes say nothing."""
+    if not names:
+        return []
+    out = _run(["sinfo", "-h", "-N", "-n", ",".join(names), "-o", "%N|%T|%E"])
+    found: dict[str, str] = {}
+    for line in out.splitlines():
+        name, state, reason = [*line.split("|", 2), "", ""][:3]
+        if state.rstrip("*~#!%$@^-") not in HEALTHY or state.endswith("*"):
+            found[name] = f"{name} {state}" + (f" ({reason})" if reason and reason != "none" else "")
+    return [found[name] for name in names if name in found]
+
+
+def run_messages(output_file: Path) -> list[str]:
+    """Slurm's own lines (slurmstepd's and srun's errors) in the last run's part of a batch job's output file:
+    why that run ended, in Slurm's words ("... exceeded memory limit ...", "... DUE TO PREEMPTION ***")."""
+    try:
+        text = output_file.read_text(errors="replace")
+    except OSError:
+        return []
+    lines = text.splitlines()
+    start = max((i for i, line in enumerate(lines) if line.startswith(RUN_MARK)), default=-1)
+    found: list[str] = []
+    for line in lines[start + 1 :]:
+        if (line.startswith("slurmstepd") or line.startswith("srun: error")) and line not in found:
+            found.append(line.strip())
+    return found

@@ -8,11 +8,13 @@ vitq's order still decides among the rest).
 
 What Slurm says, and what it does to the job (docs/slurm.md):
 - pending: the job stays queued; its wait_reason is Slurm's reason with the Slurm job id.
-- ended (COMPLETED, TIMEOUT, CANCELLED, ...) while vitq has the job queued (its supervisor handed it back: a
-  wall-time limit, a stop): the launch is forgotten and the job is submitted again, resuming from its checkpoint.
-- ended, or back to pending (Slurm requeued it after a node failure), while vitq has the job running: the
-  supervisor died with the attempt. The job is requeued (failed with Slurm's state and reason once out of
-  attempts); a Slurm job that Slurm itself requeued is kept as the job's launch.
+- ended (COMPLETED, TIMEOUT, CANCELLED, ...) or requeued by Slurm while vitq has the job queued (its supervisor
+  handed it back: a wall-time limit, a stop, a preemption): the launch is forgotten and the job is submitted
+  again, resuming from its checkpoint. CANCELLED from outside vitq, FAILED and the like cost an attempt.
+- ended, or back to pending (Slurm requeued it: a node failure, a preemption), while vitq has the job running:
+  the supervisor died with the attempt. The job is requeued with Slurm's words (its reason, the run's lines in
+  the output file, the nodes' state) in `error`, at no cost after a preemption, else for an attempt (failed once
+  out of attempts), and submitted again as a new Slurm job.
 - alive while vitq has finished the job, cancelled it, or moved it to another launch: scancel.
 """
 
@@ -33,7 +35,7 @@ from api.core.broker import JobQueue
 from api.core.db import session_factory
 from api.core.models import Job, JobStatus, Worker
 from api.core.settings import Settings
-from vit.config import JobSpec
+from vit.config import JobSpec, megabytes
 from worker.slurm import batch, commands
 from worker.slurm.batch import PoolConfig
 
@@ -43,6 +45,9 @@ PREFIX = "slurm:"
 NODES_EVERY_S = 30.0  # how often the partition's nodes are read again
 LINGER_S = 20.0  # how long a finished job's running Slurm job may take to end before it is scancelled
 CODE_ROOT = Path(__file__).resolve().parents[2]  # the checkout the batch script imports vitq from
+# How a Slurm job of a queued vitq job may end that costs the job an attempt (a hand-back ends COMPLETED, or
+# TIMEOUT when the wall-time limit came first; nothing of those failed).
+CHARGED_WHILE_QUEUED = frozenset({"CANCELLED", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"})
 
 
 class Dispatcher:
@@ -88,42 +93,20 @@ class Dispatcher:
     def _reconcile(self, session: Session, launch: launches.Launch, slurm: commands.SlurmJob | None) -> None:
         ref, slurm_id = launch.executor_ref, launch.executor_ref.removeprefix(PREFIX)
         if launch.status == JobStatus.queued:
-            if slurm is not None and slurm.state == "CANCELLED" and slurm_id not in self.cancelled:
-                # Its supervisor handed the job back at no cost; an scancel from outside vitq costs an attempt.
-                error = f"Slurm job {slurm_id} was cancelled outside vitq (scancel)"
-                total = f"{launch.attempt + 1} of {launch.max_attempts}"
-                if not state_machine.charge_attempt(
-                    session=session,
-                    job_id=launch.job_id,
-                    attempt=launch.attempt,
-                    executor_ref=ref,
-                    error=error,
-                ):
-                    log.warning("job %s: %s (attempt %s): failed", launch.job_id, error, total)
-                    return
-                log.warning("job %s: %s (attempt %s); launching it again", launch.job_id, error, total)
-            if slurm is None or slurm.over:
-                if launches.forget_launch(session=session, job_id=launch.job_id, executor_ref=ref):
-                    state = slurm.state if slurm else "gone"
-                    log.info(
-                        "job %s: Slurm job %s ended (%s); launching it again", launch.job_id, slurm_id, state
-                    )
-                return
-            text = f"Slurm job {slurm_id} {slurm.state.lower()}: {slurm.reason}"
-            if slurm.state != "PENDING":
-                text = f"Slurm job {slurm_id} {slurm.state.lower()} on {slurm.nodes or '?'}: starting"
-            if text != launch.executor_note:
-                launches.note(session=session, job_id=launch.job_id, executor_ref=ref, text=text)
+            self._reconcile_queued(session, launch, slurm)
             return
         # Running in vitq.
         if launch.cancel_requested and slurm is not None and not slurm.over:
             self._scancel(slurm_id, f"job {launch.job_id} was cancelled")
         if slurm is not None and not slurm.over and slurm.state != "PENDING":
             return
+        # The run ended (or Slurm requeued it) without its supervisor: the attempt is lost. A preemption costs
+        # nothing, whether or not the supervisor had time to hand the job back; anything else costs an attempt.
         how = (
             "is gone" if slurm is None else f"ended {slurm.state}" if slurm.over else "was requeued by Slurm"
         )
-        reason = f" ({slurm.reason})" if slurm is not None and slurm.reason not in ("None", "") else ""
+        words, preempted = self._slurms_words(launch, slurm)
+        reason = f" ({'; '.join(words)})" if words else ""
         lost = (
             f"Slurm job {slurm_id} {how}{reason} while attempt {launch.attempt} of {launch.max_attempts} ran"
         )
@@ -140,9 +123,90 @@ class Dispatcher:
             max_attempts=launch.max_attempts,
             where=where,
             lost=lost,
+            charge=not preempted,
         )
         session.commit()
-        log.warning("job %s: %s; %s", launch.job_id, lost, "queued again" if queued else "not requeued")
+        cost = "at no cost (preempted)" if preempted else "an attempt"
+        log.warning(
+            "job %s: %s; %s", launch.job_id, lost, f"queued again, {cost}" if queued else "not requeued"
+        )
+        if queued:  # a new Slurm job, in vitq's queue order; the old one, if Slurm requeued it, is scancelled
+            launches.forget_launch(session=session, job_id=launch.job_id, executor_ref=ref)
+
+    def _reconcile_queued(
+        self, session: Session, launch: launches.Launch, slurm: commands.SlurmJob | None
+    ) -> None:
+        ref, slurm_id = launch.executor_ref, launch.executor_ref.removeprefix(PREFIX)
+        if slurm is not None and slurm_id not in self.cancelled and slurm.state in CHARGED_WHILE_QUEUED:
+            # Its run handed the job back at no cost, or never claimed it; Slurm's word on how the Slurm job
+            # ended decides: an scancel from outside vitq, or a run that failed around the supervisor (the node
+            # could not start it, a memory limit below the supervisor's own), costs an attempt, so a job that can
+            # never start fails once out of attempts instead of being launched again forever. A preemption
+            # Slurm reports as a cancel costs nothing.
+            words, preempted = self._slurms_words(launch, slurm)
+            if not preempted:
+                how = (
+                    "was cancelled outside vitq (scancel)"
+                    if slurm.state == "CANCELLED"
+                    else f"ended {slurm.state}"
+                )
+                reason = f" ({'; '.join(words)})" if words and slurm.state != "CANCELLED" else ""
+                self._charge(session, launch, f"Slurm job {slurm_id} {how}{reason}")
+        if slurm is None or slurm.over or self._requeued_by_slurm(launch, slurm):
+            # Ended, or requeued by Slurm after its run handed the job back (a preemption without GraceTime):
+            # a new Slurm job, in vitq's queue order, rather than the old one after Slurm's requeue hold.
+            if launches.forget_launch(session=session, job_id=launch.job_id, executor_ref=ref):
+                state = "gone" if slurm is None else slurm.state if slurm.over else "requeued by Slurm"
+                log.info(
+                    "job %s: Slurm job %s ended (%s); launching it again", launch.job_id, slurm_id, state
+                )
+            return
+        text = f"Slurm job {slurm_id} {slurm.state.lower()}: {slurm.reason}"
+        if slurm.state != "PENDING":
+            text = f"Slurm job {slurm_id} {slurm.state.lower()} on {slurm.nodes or '?'}: starting"
+        if text != launch.executor_note:
+            launches.note(session=session, job_id=launch.job_id, executor_ref=ref, text=text)
+
+    def _charge(self, session: Session, launch: launches.Launch, error: str) -> None:
+        """The attempt a queued job's last run gave back counts after all (failed once it was the last)."""
+        total = f"{launch.attempt + 1} of {launch.max_attempts}"
+        if state_machine.charge_attempt(
+            session=session,
+            job_id=launch.job_id,
+            attempt=launch.attempt,
+            executor_ref=launch.executor_ref,
+            error=error,
+        ):
+            log.warning("job %s: %s (attempt %s); launching it again", launch.job_id, error, total)
+        else:
+            log.warning("job %s: %s (attempt %s): failed", launch.job_id, error, total)
+
+    def _requeued_by_slurm(self, launch: launches.Launch, slurm: commands.SlurmJob) -> bool:
+        """A pending Slurm job that already ran: Slurm requeued it (it holds such a job a while: BeginTime)."""
+        if slurm.state != "PENDING" or slurm.reason != "BeginTime":
+            return False
+        return self._output_file(launch).exists()
+
+    def _output_file(self, launch: launches.Launch) -> Path:
+        slurm_id = launch.executor_ref.removeprefix(PREFIX)
+        return self.settings.run_dir(launch.job_id) / f"slurm-{slurm_id}.out"
+
+    def _slurms_words(
+        self, launch: launches.Launch, slurm: commands.SlurmJob | None
+    ) -> tuple[list[str], bool]:
+        """Why Slurm ended or requeued the job's run, in its words (its reason, its messages in the output
+        file, the state of the run's nodes), and whether it was a preemption."""
+        words = [slurm.reason] if slurm is not None and slurm.reason not in ("None", "", "BeginTime") else []
+        messages = commands.run_messages(self._output_file(launch))
+        try:
+            words += commands.node_problems([n for n in launch.nodes if n])
+        except commands.SlurmError as error:
+            log.warning("could not read the state of nodes %s (%s)", ",".join(launch.nodes), error)
+        words += messages
+        preempted = (slurm is not None and slurm.state == "PREEMPTED") or any(
+            commands.PREEMPTION in m for m in messages
+        )
+        return words, preempted
 
     def _cancel_unwanted(self, session: Session, slurm_jobs: dict[str, commands.SlurmJob]) -> None:
         alive = {sid: j for sid, j in slurm_jobs.items() if not j.over and sid not in self.cancelled}
@@ -245,6 +309,9 @@ class Dispatcher:
                 devices=[{"index": i, "name": "gpu", "memory_mb": 0} for i in range(node.gpus)],
                 concurrency=1,
                 partition=partition,
+                memory_mb=node.memory_mb or None,
+                cpus_per_task=self.config.cpus_per_task,
+                memory_per_task_mb=megabytes(self.config.mem_per_task) if self.config.mem_per_task else None,
             )
 
     def retire(self) -> None:

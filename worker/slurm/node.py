@@ -59,14 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         won = database.until(
             lambda s: (
-                state_machine.claim_job(session=s, job_id=job_id, worker=worker, executor_ref=ref) or False
+                state_machine.claim_job(
+                    session=s, job_id=job_id, worker=worker, executor_ref=ref, nodes=hosts
+                )
+                or False
             ),
             deadline,
         )
         claim = won if isinstance(won, Claim) else None
-        if claim is not None:
-            held = claim
-            database.until(lambda s: launches.record_placement(session=s, claim=held, nodes=hosts), deadline)
     else:
         claim = _wait_for_claim(database, job_id, ref, deadline)
     if claim is None:

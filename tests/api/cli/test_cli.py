@@ -52,6 +52,8 @@ def test_submit_follow_succeeds_then_inspect_and_download(service: Service, tmp_
         re.search(r"MFU \d+\.\d% of [\d.e+-]+ TFLOP/s", shown.stdout.splitlines()[0])
         and "  mfu: " in shown.stdout
     )
+    # The worker's memory sample in binary units, as the dashboard shows it (it read "1.18049e+09").
+    assert re.search(r"^  sys/rss_bytes: [\d.]+ [KMG]iB$", shown.stdout, re.M), shown.stdout
     # `vitq show 1 | head`: a reader that stops early ends the command quietly, without a traceback.
     piped = subprocess.Popen(
         [VITQ, "show", str(job_id)], env=service.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE

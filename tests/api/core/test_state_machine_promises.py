@@ -445,6 +445,39 @@ def test_a_requeue_that_lost_the_race_fails_nothing(engine: Engine) -> None:
     assert get_job(engine, child).status == JobStatus.queued
 
 
+def test_an_uncharged_requeue_gives_the_attempt_back_even_on_the_last_one(engine: Engine) -> None:
+    # A preempted run (its cluster took it away): nothing failed, so even a last attempt is not used up.
+    job_id = add_job(engine, max_attempts=1)
+    with Session(engine) as session:
+        claim(session, "w1")
+        running = (Job.id == job_id, Job.status == JobStatus.running, Job.attempt == 1)
+        assert sm.requeue(
+            session=session, job_id=job_id, attempt=1, max_attempts=1, where=running, lost="preempted",
+            charge=False,
+        )  # fmt: skip
+        session.commit()
+    job = get_job(engine, job_id)
+    assert (job.status, job.attempt, job.error, job.worker, job.finished_at) == (
+        JobStatus.queued, 0, "preempted", None, None,
+    )  # fmt: skip
+
+
+def test_a_launch_claim_records_its_nodes_and_clears_the_launch_note(engine: Engine) -> None:
+    job_id = add_job(engine)
+    set_status(engine, job_id, JobStatus.queued, executor_ref="slurm:7", executor_note="Slurm job 7 pending")
+    with Session(engine) as session:
+        # Another launch's claim finds nothing: the job names launch 7.
+        assert not sm.claim_job(
+            session=session, job_id=job_id, worker="n1:slurm-8", executor_ref="slurm:8", nodes=()
+        )
+        won = sm.claim_job(
+            session=session, job_id=job_id, worker="n1:slurm-7", executor_ref="slurm:7", nodes=("n2", "n1")
+        )
+    assert won is not None and won.attempt == 1
+    job = get_job(engine, job_id)
+    assert (job.status, job.placement, job.executor_note) == (JobStatus.running, "n2,n1", None)
+
+
 def test_releasing_one_parents_children_leaves_the_others_waiting(engine: Engine) -> None:
     done, also_done = add_job(engine, status=JobStatus.succeeded), add_job(engine, status=JobStatus.succeeded)
     mine = add_job(engine, parent_job_id=done, wait_reason="w")

@@ -147,3 +147,48 @@ def test_a_worker_keeps_the_best_peak_its_host_has_shown_and_lists_it(api: Api) 
     listed = {w["name"]: w for w in api.client.get("/workers").json()["items"]}
     assert (listed["cpu-a:1"]["peak_flops"], listed["cpu-a:1"]["peak_source"]) == (9.6e10, source)
     assert listed["cpu-b:3"]["peak_flops"] == 3e10
+
+
+def test_a_slurm_pools_job_needs_a_node_with_its_cpus_and_memory(api: Api) -> None:
+    # Two nodes of partition `cpu` as `vitq slurm --cpus-per-task 3 --mem-per-task 4G` publishes them.
+    for name, cpus, memory in (("n1", 8, 32000), ("n2", 4, 64000)):
+        with api.session() as session:
+            workers.announce(
+                session=session,
+                name=f"slurm:hpc:{name}",
+                host=name,
+                pid=0,
+                pool="hpc",
+                cpus=cpus,
+                partition="cpu",
+                memory_mb=memory,
+                cpus_per_task=3,
+                memory_per_task_mb=4096,
+            )
+
+    def refused(resources: dict[str, object]) -> dict[str, object]:
+        response = api.client.post("/jobs", json={**TINY_SPEC, "resources": {"pool": "hpc", **resources}})
+        assert response.status_code == 422, response.text
+        [error] = response.json()["detail"]
+        return dict(error)
+
+    # 4 processes x the pool's 3 CPUs: 12 CPUs, and n1 has 8.
+    error = refused({"procs_per_node": 4, "device": "cpu"})
+    assert error["loc"] == ["body", "resources", "procs_per_node"]
+    assert error["msg"] == (
+        "needs 12 CPUs on one node (4 processes x 3 CPUs); the largest node of partition 'cpu' (pool 'hpc') has 8"
+    )
+    error = refused({"procs_per_node": 2, "device": "cpu", "slurm": {"cpus_per_task": 6}})
+    assert error["loc"] == ["body", "resources", "slurm", "cpus_per_task"]
+    # The job's own memory per process wins over the pool's: 2 x 40G is more than n2's 64000 MB.
+    error = refused({"procs_per_node": 2, "device": "cpu", "slurm": {"mem_per_task": "40G"}})
+    assert error["loc"] == ["body", "resources", "slurm", "mem_per_task"]
+    assert "needs 81920 MB of memory on one node" in str(error["msg"])
+    # 2 x 3 CPUs fit n1 only: one node of it, not two.
+    error = refused({"nodes": 2, "procs_per_node": 2, "device": "cpu"})
+    assert error["loc"] == ["body", "resources", "nodes"]
+    assert "has 1 with room for one node of it: at most nodes 1" in str(error["msg"])
+    with api.session() as session:
+        assert session.query(Job).filter(Job.pool == "hpc").count() == 0  # nothing refused was stored
+    fits = {"nodes": 2, "procs_per_node": 1, "device": "cpu", "slurm": {"mem_per_task": "16G"}}
+    assert submit(api, {**TINY_SPEC, "resources": {"pool": "hpc", **fits}})["status"] == "queued"

@@ -2,12 +2,17 @@
 port with NodeAddr 127.0.0.1, from a slurm.conf written into a temporary directory. Nothing of the machine's own
 Slurm or munge configuration is read or touched: SLURM_CONF and `AuthInfo=socket=...` point every command here.
 
-Three partitions over both nodes: `batch` (the default), `urgent` (a higher PriorityTier: its jobs preempt
-`batch` jobs, which Slurm requeues, PreemptMode=REQUEUE) and `short` (a one-minute MaxTime).
+Four partitions over both nodes: `batch` (the default), `urgent` (a higher PriorityTier: its jobs preempt the
+others' jobs, which Slurm requeues, PreemptMode=REQUEUE), `nograce` (as `batch`, but preempted without GraceTime:
+SIGTERM and KillWait later SIGKILL) and `short` (a one-minute MaxTime). Memory is a consumable resource and
+jobacct_gather/linux with OverMemoryKill kills a step that uses more than its job's memory, as Slurm's task/cgroup
+would (cgroups are not Slurm's to manage in this container): Slurm ends the job FAILED and says so in its output.
+Every daemon and command runs in the cluster's directory, so nothing Slurm writes lands in the checkout.
 """
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -21,6 +26,8 @@ from pathlib import Path
 
 NODES = ("n1", "n2")
 CPUS_PER_NODE = 4  # declared, not real: config_overrides lets two 2-core "nodes" share one machine
+MEMORY_MB = 16000  # declared too; a job's memory limit (--mem, else DEF_MEM_PER_CPU) is enforced, though
+DEF_MEM_PER_CPU = 2000
 
 
 def installed() -> bool:
@@ -41,7 +48,7 @@ def _free_ports(count: int) -> list[int]:
 def slurm_conf(root: Path, ctld_port: int, node_ports: dict[str, int]) -> str:
     nodes = "\n".join(
         f"NodeName={name} NodeHostname={socket.gethostname()} NodeAddr=127.0.0.1 Port={port} "
-        f"CPUs={CPUS_PER_NODE} RealMemory=2000 State=UNKNOWN"
+        f"CPUs={CPUS_PER_NODE} RealMemory={MEMORY_MB} State=UNKNOWN"
         for name, port in node_ports.items()
     )
     all_nodes = ",".join(node_ports)
@@ -63,11 +70,15 @@ SlurmdLogFile={root}/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
+SelectTypeParameters=CR_CPU_Memory
+DefMemPerCPU={DEF_MEM_PER_CPU}
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2
 SlurmdParameters=config_overrides
 MpiDefault=none
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
 ReturnToService=2
@@ -81,6 +92,7 @@ PreemptMode=REQUEUE
 PartitionName=batch Nodes={all_nodes} Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=30
 PartitionName=urgent Nodes={all_nodes} MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
 PartitionName=short Nodes={all_nodes} MaxTime=1 State=UP PriorityTier=1 GraceTime=30
+PartitionName=nograce Nodes={all_nodes} MaxTime=INFINITE State=UP PriorityTier=1
 """
 
 
@@ -90,10 +102,34 @@ class Cluster:
     env: dict[str, str]  # SLURM_CONF for every Slurm command
 
     def run(self, *command: str, check: bool = True) -> str:
-        done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            command, env=self.env, cwd=self.root, capture_output=True, text=True, timeout=60
+        )
         if check and done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)}: {done.stderr.strip()}")
         return done.stdout
+
+    def fail_node(self, name: str, reason: str) -> None:
+        """A node that stops answering, as a crashed machine does: its slurmd is killed (SIGKILL, so its jobs'
+        processes get no signal from Slurm and live on, unsupervised by it) and Slurm is told it is down."""
+        os.kill(int((self.root / f"slurmd-{name}.pid").read_text().split()[0]), signal.SIGKILL)
+        self.run("scontrol", "update", f"nodename={name}", "state=down", f"reason={reason}")
+
+    def restore_node(self, name: str) -> None:
+        """The failed node back: its slurmd started again and returned to service."""
+        conf = self.env["SLURM_CONF"]
+        subprocess.run(
+            ["slurmd", "-f", conf, "-N", name], env=self.env, check=True, timeout=30, cwd=self.root
+        )
+        self.run("scontrol", "update", f"nodename={name}", "state=resume", check=False)
+
+    def cancel_all(self, timeout: float = 30.0) -> None:
+        """scancel every job and wait for them to end: stopping the daemons under running jobs would leave their
+        batch scripts and sruns behind, waiting for a controller that is gone."""
+        self.run("scancel", "--user", getpass.getuser(), check=False)
+        deadline = time.monotonic() + timeout
+        while self.run("squeue", "-h", "-o", "%i", check=False).strip() and time.monotonic() < deadline:
+            time.sleep(0.5)
 
     def wait_nodes_idle(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -151,13 +187,17 @@ def running_cluster(root: Path) -> Iterator[Cluster]:
             ],
             check=True,
             timeout=30,
+            cwd=root,
         )
-        subprocess.run(["slurmctld", "-f", str(conf)], env=env, check=True, timeout=30)
+        subprocess.run(["slurmctld", "-f", str(conf)], env=env, check=True, timeout=30, cwd=root)
         for name in NODES:
-            subprocess.run(["slurmd", "-f", str(conf), "-N", name], env=env, check=True, timeout=30)
+            subprocess.run(["slurmd", "-f", str(conf), "-N", name], env=env, check=True, timeout=30, cwd=root)
         cluster = Cluster(root, env)
         cluster.wait_nodes_idle()
-        yield cluster
+        try:
+            yield cluster
+        finally:
+            cluster.cancel_all()
     finally:
         for pid_file in reversed(pid_files):
             _stop(pid_file)

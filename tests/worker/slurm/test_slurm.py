@@ -1,102 +1,33 @@
 """The Slurm executor against a real Slurm (tests/worker/slurm/cluster.py: munged, slurmctld and two slurmd on
 this host), a real API on PostgreSQL and Redis, and real `vitq slurm` dispatchers: jobs become Slurm jobs,
-Slurm's events (scancel, preemption, wall-time limits) do to them what docs/slurm.md says, and nothing holds
-an allocation while the queue is empty."""
+Slurm's events (scancel, preemption with and without GraceTime, wall-time limits, a failed node, a memory limit,
+a job pending in Slurm) do to them what docs/slurm.md says, and nothing holds an allocation while the queue is
+empty."""
 
+# ruff: noqa: F811 (the fixtures imported below are the test functions' arguments)
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from api.core.db import scratch_database
-from api.core.settings import Settings
-from tests.e2e.stack import Stack, running_stack, tiny_spec
-from tests.worker.slurm.cluster import Cluster, installed, running_cluster
+from tests.e2e.stack import Stack, tiny_spec
+from tests.worker.slurm.cluster import CPUS_PER_NODE, MEMORY_MB, Cluster
+from tests.worker.slurm.fixtures import (  # noqa: F401 (fixtures, module-scoped: one cluster per module)
+    POOL,
+    SKIPS,
+    cluster,
+    dispatcher,
+    dispatching,
+    slurm_id,
+    spec,
+    stack,
+)
+from worker.slurm.dispatcher import CODE_ROOT
 
-pytestmark = [
-    pytest.mark.skipif(
-        not installed(),
-        reason="Slurm is not installed (slurmctld, slurmd, munged, sbatch): .ci/services installs it",
-    ),
-    pytest.mark.skipif(os.geteuid() != 0, reason="slurmd runs jobs as root only here: run the suite as root"),
-]
-POOL = "hpc"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster(tmp_path_factory.mktemp("slurm")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def stack(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("vitq-slurm")
-    with scratch_database(pg_url, "vitq_slurm") as url:
-        settings = Settings(
-            home=home,
-            database_url=url,
-            broker_url=redis_url,
-            queue=f"vitq-slurm-{os.getpid()}",
-            lease_seconds=20,
-            heartbeat_seconds=1,
-            max_attempts=3,
-        )
-        with running_stack(settings) as running:
-            yield running
-
-
-@contextmanager
-def dispatching(stack: Stack, cluster: Cluster, pool: str, partition: str, *options: str) -> Iterator[Path]:
-    """A `vitq slurm` process for `pool`; its log's path. Stopped (SIGTERM, by its pid) on the way out."""
-    log_path = stack.settings.home / f"dispatcher-{pool}.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "api.cli.main",
-                "slurm",
-                "--pool",
-                pool,
-                "--partition",
-                partition,
-                "--poll-seconds",
-                "0.5",
-                *options,
-            ],
-            env={**stack.env(), **cluster.env, "VITQ_LOG_LEVEL": "INFO"},
-            stdout=log,
-            stderr=log,
-        )
-    try:
-        yield log_path
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def dispatcher(stack: Stack, cluster: Cluster) -> Iterator[Path]:
-    with dispatching(stack, cluster, POOL, "batch", "--signal-seconds", "30") as log:
-        yield log
-
-
-def spec(steps: int = 30, checkpoint_every: int = 10, **resources: Any) -> dict[str, Any]:
-    return tiny_spec(steps=steps, checkpoint_every=checkpoint_every, resources={"pool": POOL, **resources})
-
-
-def slurm_id(job: dict[str, Any]) -> str:
-    assert job["executor_ref"] and job["executor_ref"].startswith("slurm:"), job
-    return str(job["executor_ref"]).removeprefix("slurm:")
+pytestmark = SKIPS
 
 
 def test_a_one_node_job_runs_as_a_slurm_job_and_nothing_holds_an_allocation_after(
@@ -114,6 +45,7 @@ def test_a_one_node_job_runs_as_a_slurm_job_and_nothing_holds_an_allocation_afte
     while cluster.run("squeue", "-h", "-o", "%i %T").strip() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert cluster.run("squeue", "-h", "-o", "%i %T").strip() == ""
+    assert not list(CODE_ROOT.glob("slurm-*.out"))  # Slurm wrote nothing into the checkout
 
 
 def losses(stack: Stack, job_id: int) -> list[float]:
@@ -139,9 +71,16 @@ def test_a_job_no_node_of_the_partition_could_run_is_refused(stack: Stack, dispa
         time.sleep(0.2)
     nodes = {w["host"] for w in stack.client.get("/workers").json()["items"] if w["pool"] == POOL}
     assert nodes == {"n1", "n2"}
-    response = stack.client.post("/jobs", json=spec(nodes=4))
-    assert response.status_code == 422, response.text
-    assert response.json()["detail"][0]["loc"] == ["body", "resources", "nodes"]
+    # From scontrol's word on the nodes: 2 nodes, CPUS_PER_NODE CPUs and MEMORY_MB each.
+    for resources, field in (
+        ({"nodes": 4}, ["nodes"]),
+        ({"procs_per_node": 2 * CPUS_PER_NODE}, ["procs_per_node"]),
+        ({"slurm": {"cpus_per_task": CPUS_PER_NODE + 1}}, ["slurm", "cpus_per_task"]),
+        ({"slurm": {"mem_per_task": f"{MEMORY_MB + 1}M"}}, ["slurm", "mem_per_task"]),
+    ):
+        response = stack.client.post("/jobs", json=spec(device="cpu", **resources))
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"] == ["body", "resources", *field]
 
 
 def test_vitq_cancel_scancels_and_the_job_ends_cancelled_with_its_checkpoints(
@@ -216,3 +155,109 @@ def test_a_run_longer_than_the_time_limit_continues_in_a_new_slurm_job(
     assert second["resumed_from_step"] > 0 and done["resumed_from_step"] == second["resumed_from_step"]
     steps = stack.metric_steps(job["id"], "loss")
     assert steps == list(range(5, steps[-1] + 1, 5))  # every step exactly once across the two Slurm jobs
+
+
+def test_a_failed_node_costs_an_attempt_and_the_job_resumes_from_its_latest_checkpoint(
+    stack: Stack, cluster: Cluster, dispatcher: Path
+) -> None:
+    steps = 400
+    job = stack.post(spec(steps=steps, checkpoint_every=20))
+    running = stack.wait_for(job["id"], lambda j: j["step"] >= 30, timeout=60, what="training")
+    [node] = running["nodes"]
+    # The node stops answering: no signal reaches its processes, and Slurm requeues its job. The dispatcher
+    # requeues the vitq job with Slurm's word on the node, and the old run, fenced out, stops by itself.
+    cluster.fail_node(node, "vitq-test-failure")
+    try:
+        lost = stack.wait_for(job["id"], lambda j: j["error"] is not None, timeout=60, what="lost")
+        error = lost["error"]
+        assert error.startswith(f"Slurm job {slurm_id(running)} was requeued by Slurm (")
+        # Slurm's words on the node: its state and reason (sinfo), and srun's, which saw it fail.
+        words = (f"{node} down (vitq-test-failure)", f"srun: error: Node failure on {node}")
+        assert any(word in error for word in words), error
+        assert error.endswith("while attempt 1 of 3 ran") and lost["attempt"] in (1, 2), lost
+        done = stack.wait_status(job["id"], "succeeded", timeout=120)
+    finally:
+        cluster.restore_node(node)
+    assert done["attempt"] == 2 and slurm_id(done) != slurm_id(running)
+    assert done["nodes"] != [node]  # the new Slurm job ran on the other node, the failed one being down
+    # From its latest periodic checkpoint (nothing was saved on the way out), every step stored once.
+    assert done["resumed_from_step"] >= 20 and done["resumed_from_step"] % 20 == 0
+    assert stack.metric_steps(job["id"], "loss") == list(range(5, steps + 1, 5))
+    cluster.wait_nodes_idle()
+
+
+def test_a_trainer_over_its_memory_limit_is_killed_by_slurm_and_the_job_fails_with_slurms_words(
+    stack: Stack, cluster: Cluster
+) -> None:
+    # 300 MB per process: the node's supervisor fits, a trainer with PyTorch loaded does not. Slurm kills the
+    # step (SIGKILL: no checkpoint, no hand-back) and ends the Slurm job FAILED; every attempt ends the same way.
+    with dispatching(stack, cluster, "hpc-small", "batch", "--mem-per-task", "300M"):
+        job = stack.post(tiny_spec(steps=20, resources={"pool": "hpc-small"}))
+        done = stack.wait_status(job["id"], "failed", timeout=180)
+    assert done["attempt"] == 3
+    assert re.match(rf"Slurm job {slurm_id(done)} ended FAILED \(NonZeroExitCode; ", done["error"]), done[
+        "error"
+    ]
+    assert re.search(r"StepId=\d+\.0 exceeded memory limit \(\d+ > 314572800\)", done["error"]), done["error"]
+    assert done["error"].endswith("while attempt 3 of 3 ran")
+
+
+def test_a_job_pending_in_slurm_shows_slurms_reason_and_job_id(
+    stack: Stack, cluster: Cluster, dispatcher: Path
+) -> None:
+    # Another user's job takes every CPU of the partition: ours waits in Slurm for Resources.
+    blocker = cluster.run(
+        "sbatch",
+        "--parsable",
+        "-p",
+        "batch",
+        "-N2",
+        f"-c{CPUS_PER_NODE}",
+        "--mem=100M",
+        "-o",
+        "/dev/null",
+        "--wrap",
+        "sleep 300",
+    ).strip()
+    try:
+        job = stack.post(spec(steps=10))
+        pending = stack.wait_for(
+            job["id"], lambda j: (j["wait_reason"] or "").endswith("Resources"), timeout=60, what="pending"
+        )
+        assert pending["status"] == "queued"
+        assert pending["wait_reason"] == f"Slurm job {slurm_id(pending)} pending: Resources"
+        assert cluster.run("squeue", "-h", "-j", slurm_id(pending), "-o", "%T %r").split() == [
+            "PENDING",
+            "Resources",
+        ]
+    finally:
+        cluster.run("scancel", blocker)
+    done = stack.wait_status(job["id"], "succeeded", timeout=90)
+    assert done["wait_reason"] is None and slurm_id(done) == slurm_id(pending)
+
+
+def test_a_preemption_without_gracetime_costs_no_attempt(stack: Stack, cluster: Cluster) -> None:
+    # Partition `nograce`: Slurm requeues the preempted job at once, SIGTERM and KillWait (10 s) later SIGKILL.
+    steps = 400
+    with dispatching(stack, cluster, "hpc-nograce", "nograce"):
+        job = stack.post(tiny_spec(steps=steps, checkpoint_every=20, resources={"pool": "hpc-nograce"}))
+        running = stack.wait_for(job["id"], lambda j: j["step"] >= 30, timeout=60, what="training")
+        cluster.run(
+            "sbatch",
+            "-p",
+            "urgent",
+            "-N2",
+            f"-c{CPUS_PER_NODE}",
+            "--mem=100M",
+            "-o",
+            "/dev/null",
+            "--wrap",
+            "sleep 2",
+        )
+        stack.wait_for(job["id"], lambda j: j["status"] == "queued", timeout=60, what="queued")
+        done = stack.wait_status(job["id"], "succeeded", timeout=120)
+    assert done["attempt"] == 1 and done["error"] is None  # a preemption costs no attempt
+    # Not the requeued Slurm job after Slurm's requeue hold (BeginTime): a new one, as soon as the nodes free.
+    assert slurm_id(done) != slurm_id(running)
+    assert done["resumed_from_step"] >= 20
+    assert stack.metric_steps(job["id"], "loss") == list(range(5, steps + 1, 5))

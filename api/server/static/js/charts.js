@@ -2,7 +2,7 @@
 // A Board holds each run's points and the view options (x axis, smoothing); a Panel draws some metrics of every
 // run, with a log-scale toggle and PNG/CSV downloads. Cursors move together across a board's panels.
 
-import { bytes, compact, duration, h, significant, tick } from "./format.js";
+import { BYTE_INCREMENTS, bytes, bytesTick, compact, duration, h, significant, tick } from "./format.js";
 
 export const PALETTE = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d",
   "#4b5563", "#ea580c"];
@@ -49,6 +49,8 @@ export const X_AXES = {
 
 let boards = 0;
 
+const emptyText = (ended) => (ended ? "no points: the job ended before logging any" : "no points yet");
+
 export class Board {
   constructor(container, { fileName = "vitq" } = {}) {
     this.runs = []; // {id, name, color, batchSize, points: Map(metric -> {steps, values})}
@@ -57,6 +59,7 @@ export class Board {
     this.fileName = fileName;
     this.syncKey = `vitq-board-${++boards}`;
     this.panels = new Map(); // panel id -> Panel
+    this.ended = false;
     const xSelect = h("select", { "aria-label": "x axis", onchange: (e) => this.setView({ x: e.target.value }) },
       Object.entries(X_AXES).map(([key, axis]) => h("option", { value: key }, axis.label)));
     const smoothingValue = h("output", {}, "0");
@@ -78,6 +81,13 @@ export class Board {
       this.grid, this.system);
     container.append(this.root);
     for (const def of PANELS.filter((p) => p.core)) this.panel(def);
+  }
+
+  // The runs have ended (a finished job's page): an empty chart will stay empty, so "no points yet" is untrue.
+  setEnded(ended) {
+    if (ended === this.ended) return;
+    this.ended = ended;
+    for (const panel of this.panels.values()) panel.empty.textContent = emptyText(ended);
   }
 
   get multiRun() {
@@ -222,7 +232,7 @@ class Panel {
         h("button", { type: "button", class: "mini", title: "download this chart as PNG", onclick: () => this.downloadPng() }, "PNG"),
         h("button", { type: "button", class: "mini", title: "download the raw points as CSV", onclick: () => this.downloadCsv() }, "CSV")));
     this.holder = h("div", { class: "plot" });
-    this.empty = h("div", { class: "chart-empty" }, "no points yet");
+    this.empty = h("div", { class: "chart-empty" }, emptyText(board.ended));
     this.root.append(this.holder, this.empty);
     (def.system ? board.systemGrid : board.grid).append(this.root);
     this.resizer = new ResizeObserver(() => this.fit());
@@ -322,9 +332,10 @@ class Panel {
           labelSize: 18,
           labelFont: AXIS_FONT,
           size: 70,
+          ...(this.def.bytes && !this.log ? { incrs: BYTE_INCREMENTS } : {}),
           values: (u, splits, axis, space, increment) => splits.map((v) => {
             if (v == null) return "";
-            if (this.def.bytes) return bytes(v);
+            if (this.def.bytes) return this.log ? bytes(v) : bytesTick(v, increment);
             if (this.log) return percent ? `${significant(v * 100, 3)}%` : significant(v, 3);
             return tick(v, increment, { asPercent: percent });
           }),

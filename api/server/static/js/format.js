@@ -78,12 +78,30 @@ export function compact(value) {
   return String(Math.round(value * 100) / 100);
 }
 
+// Powers of 1024, so named as such (KiB, MiB, GiB): the workers page shows a GPU's "80 GiB" next to these, and
+// "23.5 GB" for a 25.3e9-byte host was a wrong unit.
+const BYTE_UNITS = ["B", "KiB", "MiB", "GiB", "TiB"];
+
 export function bytes(n) {
   if (n == null) return "";
-  const units = ["B", "KB", "MB", "GB"];
   let i = 0;
-  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+  while (Math.abs(n) >= 1024 && i < BYTE_UNITS.length - 1) { n /= 1024; i++; }
+  return `${i ? Number(n.toFixed(1)) : Math.round(n)} ${BYTE_UNITS[i]}`;
+}
+
+// Tick steps for an axis of bytes: 1, 2, 4 ... 512 of each unit, so that ticks fall on round binary sizes
+// (512 MiB, 1 GiB) instead of uPlot's decimal steps shown in binary units (953.7 MB, 762.9 MB).
+export const BYTE_INCREMENTS = BYTE_UNITS.flatMap((_, power) =>
+  [1, 2, 4, 8, 16, 32, 64, 128, 256, 512].map((m) => m * 1024 ** power));
+
+// A tick on such an axis, in the unit its spacing is written in without repeats: ticks 64 MiB apart read
+// "1088 MiB, 1152 MiB", not "1.1 GiB" twice; 256 MiB apart, "1.25 GiB, 1.5 GiB".
+export function bytesTick(value, increment) {
+  if (value == null) return "";
+  let power = BYTE_UNITS.length - 1;
+  while (power > 0 && increment / 1024 ** power < 0.25) power--;
+  const scaled = value / 1024 ** power;
+  return `${scaled.toFixed(decimalsOf(increment / 1024 ** power))} ${BYTE_UNITS[power]}`;
 }
 
 export function progressText(job) {

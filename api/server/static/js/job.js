@@ -3,7 +3,7 @@
 import { api, download } from "./api.js";
 import { watchJob } from "./events.js";
 import { Board } from "./charts.js";
-import { bytes, duration, h, jobDuration, localTime, number, percent, progressText, setText, significant, statusBadge } from "./format.js";
+import { bytes, duration, h, jobDuration, localTime, number, percent, progressText, scrollHint, setText, significant, statusBadge } from "./format.js";
 import { dumpYaml } from "./yaml.js";
 
 const FINISHED = new Set(["succeeded", "failed", "cancelled", "pruned"]);
@@ -48,7 +48,7 @@ export function mountJob(view, id) {
   const chartGrid = h("div");
   const noCharts = h("p", { class: "empty no-metrics", hidden: true });
   const fewShot = h("div");
-  const checkpoints = h("div");
+  const checkpoints = h("div", { class: "table-scroll", "data-testid": "checkpoints" });
   const children = h("div");
   const childrenPanel = h("section", { class: "panel", hidden: true }, h("h2", {}, "Fine-tunes of this job"), children);
   const logs = h("pre", { class: "logs", "data-testid": "logs" }, "(no log yet)");
@@ -81,6 +81,7 @@ export function mountJob(view, id) {
       logs),
     h("section", { class: "panel" }, h("h2", {}, "Resolved spec"), spec),
   );
+  scrollHint(checkpoints); // on a phone the Created column scrolls: the hint says there is more
   const board = new Board(chartGrid, { fileName: `job${id}` });
   board.addRun({ id, name: `job ${id}`, batchSize: 0 });
 
@@ -130,6 +131,7 @@ export function mountJob(view, id) {
     }
     Object.assign(board.runs[0], { name: job.name, batchSize: job.spec.train.batch_size });
     cancel.hidden = FINISHED.has(job.status) || job.cancel_requested;
+    board.setEnded(FINISHED.has(job.status));
     fill.style.width = `${Math.round((job.progress || 0) * 100)}%`;
     setText(progressLabel, progressText(job));
     errorBox.hidden = !job.error;
@@ -221,17 +223,18 @@ export function mountJob(view, id) {
     checkpoints.replaceChildren(items.length
       ? h("table", { class: "small" },
         h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", { class: "num" }, "Step"),
-          h("th", { class: "num" }, "Size"), h("th", {}, "Created"), h("th", {}))),
+          h("th", { class: "num" }, "Size"), h("th", {}), h("th", {}, "Created"))),
         h("tbody", {}, items.map((c) => h("tr", {},
           h("td", {}, h("code", {}, c.name)), h("td", { class: "num" }, String(c.step)),
-          h("td", { class: "num" }, bytes(c.size_bytes)), h("td", {}, localTime(c.created_at)),
+          h("td", { class: "num" }, bytes(c.size_bytes)),
           h("td", { class: "actions" },
             h("a", { href: c.url, download: `job${id}-${c.name}.safetensors`, onclick: (e) => {
               e.preventDefault(); // through fetch, so that a token goes with it
               download(c.url, `job${id}-${c.name}.safetensors`).catch((err) => alert(err.message));
             } }, "download"),
-            h("a", { href: finetuneFrom(c), "data-checkpoint": c.name }, "fine-tune"))))))
-      : h("p", { class: "muted" }, "None yet."));
+            h("a", { href: finetuneFrom(c), "data-checkpoint": c.name }, "fine-tune")),
+          h("td", {}, localTime(c.created_at))))))
+      : h("p", { class: "muted" }, FINISHED.has(job.status) ? `None: the job ended (${job.status}) without keeping one.` : "None yet."));
   }
 
   async function loadChildren() {

@@ -4,7 +4,7 @@
 // so polling never rebuilds the table. Under 760 px wide the rows are laid out as cards (app.css).
 
 import { api } from "./api.js";
-import { h, jobDuration, localTime, number, percent, poll, progressText, relativeTime, setText, significant, subsetText } from "./format.js";
+import { h, jobDuration, localTime, number, percent, poll, progressText, relativeTime, scrollHint, setText, significant, subsetText } from "./format.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "pruned"];
 const PAGE_SIZE = 50;
@@ -116,6 +116,7 @@ export function mountList(view, params) {
   });
   const tbody = h("tbody");
   const emptyRow = h("p", { class: "empty", hidden: true });
+  const tableBox = h("div", { class: "table-scroll" }, h("table", { class: "jobs" }, h("thead", {}, h("tr", {}, headers)), tbody));
 
   view.append(
     h("div", { class: "toolbar" },
@@ -124,10 +125,11 @@ export function mountList(view, params) {
       kindSelect, groupSelect, search, narrowed,
       h("span", { class: "spacer" }),
       compare, clear),
-    h("div", { class: "table-scroll" }, h("table", { class: "jobs" }, h("thead", {}, h("tr", {}, headers)), tbody)),
+    tableBox,
     emptyRow,
     h("div", { class: "pager" }, count, h("span", { class: "spacer" }), prev, next),
   );
+  scrollHint(tableBox); // many spec columns on a narrow window (above the phone layout) scroll sideways
 
   function saveSelection() {
     sessionStorage.setItem(SELECTION_KEY, JSON.stringify([...selected]));

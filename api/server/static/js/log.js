@@ -60,6 +60,9 @@ export function mountLog(view, id, params) {
     const page = await api(`/jobs/${id}/logs/lines?start=${Math.max(1, start)}&count=${PAGE_LINES}`);
     Object.assign(state, { start: page.start, total: page.total_lines });
     setText(info, `${page.total_lines.toLocaleString()} lines, ${bytes(page.size_bytes)}`);
+    // Nothing to download before the trainer writes its first line (the route answers 404 then).
+    downloadButton.disabled = !page.size_bytes;
+    downloadButton.title = page.size_bytes ? "" : "no log yet: the job has not written one";
     lines.replaceChildren(...page.lines.map((text, i) => {
       const number = page.start + i;
       return h("div", { class: number === focusLine ? "log-line focused" : "log-line", "data-line": String(number) },
@@ -99,7 +102,9 @@ export function mountLog(view, id, params) {
   }
 
   function onDownload() {
-    download(`/jobs/${id}/logs/download`, `job${id}-train.log`).catch(failed);
+    // A 404 here is a log that is not there (yet), not a missing job: say so instead of leaving the page.
+    download(`/jobs/${id}/logs/download`, `job${id}-train.log`)
+      .catch((err) => alert(err.status === 404 ? `Job ${id} has no log yet.` : err.message));
   }
 
   function failed(err) {

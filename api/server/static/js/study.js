@@ -16,9 +16,12 @@ function s(tag, attrs = {}, ...children) {
 const keyOf = (v) => (typeof v === "string" ? v : JSON.stringify(v));
 export const showValue = (v) => (v == null ? "—" : typeof v === "number" ? significant(v) : keyOf(v));
 
+// The metric as the ranking table writes it: an accuracy in percent (29.1%, not 0.291 beside the table's 29.05%).
+const metricText = (metric, v) => (v == null ? "—" : metric.percent ? `${significant(v * 100, 3)}%` : significant(v, 3));
+
 // Where a value sits on its axis, 0 (bottom) to 1 (top): numbers on a linear or log scale, anything else as
 // evenly spaced categories. `higher` false turns a number axis over (a loss: the best at the top).
-export function axisOf(values, { higher = true } = {}) {
+export function axisOf(values, { higher = true, label = (v) => significant(v, 3) } = {}) {
   const present = values.filter((v) => v != null);
   if (present.length && present.every((v) => typeof v === "number")) {
     const lo = Math.min(...present);
@@ -28,7 +31,7 @@ export function axisOf(values, { higher = true } = {}) {
     const span = f(hi) - f(lo);
     const at = (v) => (span === 0 ? 0.5 : (f(v) - f(lo)) / span);
     const pos = (v) => (v == null ? null : higher ? at(v) : 1 - at(v));
-    return { numeric: true, log, pos, ticks: [...new Set([lo, hi])].map((v) => ({ v, at: pos(v), label: significant(v, 3) })) };
+    return { numeric: true, log, pos, ticks: [...new Set([lo, hi])].map((v) => ({ v, at: pos(v), label: label(v) })) };
   }
   const cats = [...new Set(present.map(keyOf))].sort();
   const pos = (v) => (v == null ? null : cats.length === 1 ? 0.5 : cats.indexOf(keyOf(v)) / (cats.length - 1));
@@ -54,7 +57,7 @@ export function parallelCoordinates({ children, fields, metric, width, onPick })
   const height = 260;
   const margin = { left: 40, right: 60, top: 24, bottom: 30 };
   const columns = [...fields, metric.label];
-  const axes = [...fields.map((f) => axisOf(children.map((c) => c.params[f]))), axisOf(children.map((c) => c.value), { higher: metric.higher })];
+  const axes = [...fields.map((f) => axisOf(children.map((c) => c.params[f]))), axisOf(children.map((c) => c.value), { higher: metric.higher, label: (v) => metricText(metric, v) })];
   const x = (i) => margin.left + (columns.length === 1 ? 0 : (i * (width - margin.left - margin.right)) / (columns.length - 1));
   const y = (at) => margin.top + (1 - at) * (height - margin.top - margin.bottom);
   const ranked = children.filter((c) => c.value != null && c.status === "succeeded").map((c) => c.value).sort((a, b) => (metric.higher ? a - b : b - a));
@@ -74,7 +77,7 @@ export function parallelCoordinates({ children, fields, metric, width, onPick })
     points.forEach((at, i) => { if (at != null) d += `${d ? "L" : "M"}${x(i).toFixed(1)},${y(at).toFixed(1)}`; });
     const kind = kindOf(c.status);
     const stroke = kind === "done" && c.value != null ? shade(rankOf(c.value)) : kind === "pruned" ? "#9ca3af" : "#d1d5db";
-    const title = `#${c.id} ${c.name} · ${c.status} · ${metric.label} ${showValue(c.value)}`;
+    const title = `#${c.id} ${c.name} · ${c.status} · ${metric.label} ${metricText(metric, c.value)}`;
     return s("path", { class: `trial ${kind === "pruned" ? "pruned" : kind}`, d, stroke, "data-job-id": c.id }, s("title", {}, title));
   });
   const svg = s("svg", { class: "parallel-coords", width, height, viewBox: `0 0 ${width} ${height}`, role: "img",
@@ -97,14 +100,14 @@ export function studyLegend() {
 export function scatterPanels({ children, fields, metric, width }) {
   const size = { w: Math.max(Math.min(width, 300), 180), h: 170 };
   const margin = { left: 52, right: 10, top: 8, bottom: 34 };
-  const yAxis = axisOf(children.map((c) => c.value), { higher: true });
+  const yAxis = axisOf(children.map((c) => c.value), { higher: true, label: (v) => metricText(metric, v) });
   const y = (at) => margin.top + (1 - at) * (size.h - margin.top - margin.bottom);
   return h("div", { class: "scatters" }, fields.map((field) => {
     const xAxis = axisOf(children.map((c) => c.params[field]));
     const x = (at) => margin.left + at * (size.w - margin.left - margin.right);
     const dots = children.filter((c) => c.value != null && c.params[field] != null).map((c) => s("circle", {
       class: `trial ${kindOf(c.status) === "pruned" ? "pruned" : kindOf(c.status)}`, cx: x(xAxis.pos(c.params[field])).toFixed(1),
-      cy: y(yAxis.pos(c.value)).toFixed(1), r: 4 }, s("title", {}, `#${c.id} ${field} ${showValue(c.params[field])} · ${metric.label} ${showValue(c.value)}`)));
+      cy: y(yAxis.pos(c.value)).toFixed(1), r: 4 }, s("title", {}, `#${c.id} ${field} ${showValue(c.params[field])} · ${metric.label} ${metricText(metric, c.value)}`)));
     return s("svg", { class: "scatter", width: size.w, height: size.h, "data-field": field },
       s("line", { x1: margin.left, x2: size.w - margin.right, y1: y(0), y2: y(0), stroke: "#9ca3af" }),
       s("line", { x1: margin.left, x2: margin.left, y1: y(0), y2: y(1), stroke: "#9ca3af" }),

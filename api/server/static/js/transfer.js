@@ -16,6 +16,11 @@ function countsText(counts) {
   return Object.entries(counts).map(([status, n]) => `${n} ${status}`).join(", ");
 }
 
+// The pretrained weights: a job's (a link to it) or a file under the data directory.
+function sourceOf(spec) {
+  return spec.from_job != null ? h("a", { href: `#/jobs/${spec.from_job}` }, `job #${spec.from_job}`) : spec.weights;
+}
+
 export function mountTransferList(view) {
   const tbody = h("tbody");
   const empty = h("p", { class: "empty", hidden: true }, "No transfers yet: POST /transfers or `vitq transfer SPEC.yaml`.");
@@ -28,7 +33,7 @@ export function mountTransferList(view) {
   async function refresh() {
     const { items } = await api("/transfers?limit=100");
     tbody.replaceChildren(...items.map((t) => {
-      const source = t.spec.source.from_job != null ? `job ${t.spec.source.from_job}` : t.spec.source.weights;
+      const source = sourceOf(t.spec.source);
       const means = t.table.columns.map((c) => `${c.label} ${t.table.mean[c.key] == null ? "—" : (t.table.mean[c.key] * 100).toFixed(1)}`);
       return h("tr", { "data-transfer-id": t.id },
         h("td", { class: "num muted", "data-label": "#" }, String(t.id)),
@@ -85,8 +90,11 @@ export function mountTransfer(view, id) {
     const { table } = transfer;
     setText(heading, `Transfer ${id}: ${transfer.name}`);
     setText(counts, countsText(transfer.status_counts));
-    const from = transfer.spec.source.from_job != null ? `job #${transfer.spec.source.from_job}` : transfer.spec.source.weights;
-    setText(source, `Source: ${from}`);
+    const from = JSON.stringify(transfer.spec.source);
+    if (source.dataset.from !== from) { // kept between polls: a link that is rebuilt every poll cannot be clicked
+      source.dataset.from = from;
+      source.replaceChildren("Source: ", sourceOf(transfer.spec.source));
+    }
     cancel.hidden = transfer.finished;
     // The dataset column stays put while the metrics scroll sideways on a narrow screen.
     tableBox.replaceChildren(h("table", { class: "small transfer-table" },
