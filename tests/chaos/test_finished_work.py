@@ -30,14 +30,14 @@ def last_logged_step(run_dir: Path) -> int:
 
 
 def finish_under_a_stalled_worker(chaos: Chaos, job_id: int) -> int:
-    """Freeze the job's worker half-way through its steps and wait for its trainer to finish them all and
-    exit. Returns the frozen worker's index in the stack."""
+    """Freeze the job's worker half-way through its steps and wait for its trainer to finish them all and let
+    go of its history (it may still be exiting). Returns the frozen worker's index in the stack."""
     run_dir = chaos.settings.run_dir(job_id)
     wait_until(lambda: last_logged_step(run_dir) >= STEPS // 2, 120, "half of the steps", poll=0.02)
     stalled = chaos.holder(job_id)
     freeze(stalled, with_descendants=False)
     # The trainer's lease file lasts half the lease from the last renewal: long enough for 200 tiny steps.
-    wait_until(lambda: not chaos.training(job_id), chaos.settings.lease_seconds, "the trainer to exit")
+    wait_until(lambda: not chaos.training(job_id), chaos.settings.lease_seconds, "the trainer to finish")
     assert rundir.run_complete(run_dir, STEPS), (
         f"the trainer stopped at step {last_logged_step(run_dir)} of {STEPS} (fenced?): not the fault under test"
     )
