@@ -137,6 +137,12 @@ def latest_checkpoint_step(run_dir: Path) -> int | None:
     return checkpoint_step(found.name) if found is not None else None
 
 
+def run_complete(run_dir: Path, total_steps: int) -> bool:
+    """True once the checkpoint of the run's last step is complete: the trainer saves it after that step's
+    metrics line and evaluation, so nothing is left to train or to write (vit/trainer.py's "already complete")."""
+    return latest_checkpoint_step(run_dir) == total_steps
+
+
 def scan_checkpoints(run_dir: Path) -> list[CheckpointInfo]:
     """Complete checkpoints with their sizes, oldest first (a directory pruned while scanning is skipped)."""
     found = []

@@ -23,6 +23,7 @@ from api.core import gangs, search, state_machine, workers
 from api.core.db import session_factory
 from api.core.models import Job
 from api.core.settings import Settings
+from vit import rundir
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ class Reaper:
     def run_once(self) -> None:
         with self.sessions() as session:
             workers.beat(session=session, name=self.name, usage=self._host_figures())
-            stale = state_machine.requeue_stale(session=session, lease_seconds=self.settings.lease_seconds)
+            stale = state_machine.requeue_stale(
+                session=session, lease_seconds=self.settings.lease_seconds, complete_on_disk=self._complete
+            )
             stale += gangs.requeue_broken_gangs(session=session, lease_seconds=self.settings.lease_seconds)
             for job_id in stale:
                 log.warning("job %s: its runner stopped renewing the lease; queued again", job_id)
@@ -67,6 +70,10 @@ class Reaper:
             # Requeued and released jobs get their wake-ups here too, each from its own pool's reapers.
             self._wake_up_for_lost_messages(session=session)
             workers.forget_dead(session=session, older_than_seconds=FORGET_WORKERS_AFTER_S)
+
+    def _complete(self, job_id: int, total_steps: int) -> bool:
+        """Whether a lost job's trainer finished every step (run directories are on storage every worker sees)."""
+        return rundir.run_complete(self.settings.run_dir(job_id), total_steps)
 
     def _host_figures(self) -> dict[str, Any] | None:
         """The host's figures for this beat; None (the last ones stand) when they cannot be read: a measurement

@@ -47,6 +47,9 @@ STOP_GRACE_SECONDS = 60.0  # time a trainer gets to save a checkpoint after SIGT
 # runners from ever overlapping.
 OUTAGE_STOP_FRACTION = 0.3  # database unreachable this long: the trainer checkpoints and stops
 FENCE_FRACTION = 0.5  # the lease file the trainer obeys runs out here
+# A transaction of ours left idle this long is ended by the server: we were stalled inside a fenced write, and
+# the job row it locked must not block the job's cancel nor the reapers (api/core/db.py).
+IDLE_IN_TRANSACTION_FRACTION = 0.25
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 5.0
 FIRST_SAMPLE_SECONDS = 1.0  # the first CPU/memory sample after launch; then one per heartbeat
 
@@ -67,15 +70,22 @@ class Outcome(enum.Enum):
     PRUNED = "its sweep's pruner stopped it early"
     SHUTDOWN = "the worker is shutting down (or its cluster stops it)"
     OUTAGE = "the database was unreachable too long"
-    LEASE_LOST = "the job is no longer ours; the trainer was stopped"
+    LEASE_LOST = "the job is no longer ours: nothing more is written for it"
 
 
-def how_it_ended(exit_code: int | None) -> str:
-    """What the trainer's exit code says it did, in words (a log line must not claim a checkpoint it never saved)."""
-    if exit_code == rundir.EXIT_INTERRUPTED:
-        return "the trainer saved a checkpoint and stopped"
+def how_it_ended(exit_code: int | None, *, finished: bool) -> str:
+    """What the trainer did, in words: `finished`, its last step's checkpoint is on disk; otherwise what its
+    exit code says (a log line must not claim a checkpoint it never saved, nor deny one it did)."""
     if exit_code == rundir.EXIT_OK:
         return "the trainer finished every step"
+    if finished:
+        return (
+            f"the trainer had finished every step and saved its last checkpoint (then exit code {exit_code})"
+        )
+    if exit_code == rundir.EXIT_INTERRUPTED:
+        return "the trainer saved a checkpoint and stopped"
+    if exit_code == rundir.EXIT_FENCED:
+        return "the trainer's lease ran out: it stopped without saving"
     if exit_code is not None and exit_code < 0:
         return f"the trainer was killed by signal {-exit_code} without saving"
     return f"the trainer exited with code {exit_code}"
@@ -129,7 +139,10 @@ class Database:
 def supervise(job_id: int, *, settings: Settings, enqueue: Enqueue) -> None:
     """Claim the first runnable job in queue order (whichever `job_id` woke us: a message is a wake-up) and run it. A database
     that is down at claim time is waited for, up to a lease: the message that woke us stays our job."""
-    sessions = session_factory(settings.resolved_database_url)
+    sessions = session_factory(
+        settings.resolved_database_url,
+        idle_in_transaction_s=max(1.0, settings.lease_seconds * IDLE_IN_TRANSACTION_FRACTION),
+    )
     database = Database(sessions, job_id)
     name = worker_name()
     deadline = time.monotonic() + settings.lease_seconds
@@ -243,6 +256,9 @@ class Run:
     # ------------------------------------------------------------------------------------------- lifecycle
     def execute(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self._leads() and rundir.run_complete(self.run_dir, self.claim.spec.train.steps):
+            self._record_complete_run()
+            return
         try:
             spec = self._trainer_spec()
         except SpecError as error:
@@ -294,7 +310,10 @@ class Run:
             trainer.kill()
             raise
         exit_code = trainer.poll()
-        log.info("job %s: %s; %s", self.job_id, outcome.value, how_it_ended(exit_code))
+        # Judged by the run directory, not the exit code alone: a stop (a cancel, the fence's kill) may reach a
+        # trainer after its last checkpoint, while it exits.
+        finished = exit_code == rundir.EXIT_OK or rundir.run_complete(self.run_dir, spec.train.steps)
+        log.info("job %s: %s; %s", self.job_id, outcome.value, how_it_ended(exit_code, finished=finished))
         if outcome == Outcome.LEASE_LOST:
             return
         if not self._leads():  # rank 0's supervisor ends the job; another node only ends a failed attempt
@@ -305,7 +324,7 @@ class Run:
             return
         # After an outage the last renewal is old: what is on disk still goes in, for as long as a lease.
         self._catch_up(late=outcome == Outcome.OUTAGE)
-        if exit_code == rundir.EXIT_OK:
+        if finished:
             # Finished every step, even when a cancel or a stop came too late to interrupt it: the work is done.
             self._finish(JobStatus.succeeded)
         elif outcome == Outcome.CANCELLED:
@@ -317,6 +336,41 @@ class Run:
         else:
             tail, trainer_exit = trainer.tail(log_start)
             self._failed(trainer_exit if trainer_exit is not None else exit_code, tail)
+
+    def _record_complete_run(self) -> None:
+        """An earlier attempt's trainer finished every step, but its runner lost the job before it could say so
+        (it stalled past the lease, or the database was away when it ended): store what is on disk and succeed
+        without starting a trainer. Finished work is not run again, and no further attempt is used for it."""
+        steps = self.claim.spec.train.steps
+        log_path = self.run_dir / rundir.LOG_FILE
+        self._write_log_header(log_path)
+        deadline = self.renewed_at + self.settings.lease_seconds * FENCE_FRACTION
+        # Its last trainer may still be exiting, or be frozen between its last save and the pruning of older
+        # checkpoints: read the directory once that trainer is gone, as a successor trainer would.
+        with rundir.trainer_lock(self.run_dir, keep_waiting=lambda: time.monotonic() < deadline) as locked:
+            if not locked:
+                log.info("job %s: the run is complete but its last trainer still holds it", self.job_id)
+                self._hand_back()
+                return
+            with log_path.open("a") as log_file:
+                log_file.write(
+                    f"the run is already complete at step {steps}: recorded as succeeded, nothing trained\n"
+                )
+            log.info(
+                "job %s: the run is already complete at step %s; recording it, no trainer", self.job_id, steps
+            )
+            begun = self.database.until(
+                lambda s: fenced_writes.start_history(session=s, claim=self.claim, resumed_from_step=steps),
+                deadline,
+            )
+            if not begun:
+                log.warning("job %s: lost before its complete run could be recorded", self.job_id)
+                return
+            self.history_started = (
+                True  # metrics.jsonl holds every step once: its trainers cut it back on resume
+            )
+            self._catch_up()
+        self._finish(JobStatus.succeeded)
 
     def _trainer_spec(self) -> JobSpec:
         """The stored spec, with init.from_job replaced by the parent's checkpoint directory."""

@@ -15,9 +15,18 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str, *, connect_timeout_s: int = 10, pool_timeout_s: float = 30.0) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    connect_timeout_s: int = 10,
+    pool_timeout_s: float = 30.0,
+    idle_in_transaction_s: float | None = None,
+) -> Engine:
     """The API passes small timeouts (a request must fail fast, with a 503, when the database is down or hung);
-    the worker keeps the defaults."""
+    the worker keeps the defaults. `idle_in_transaction_s` (PostgreSQL): the server ends a transaction left idle
+    that long, and its locks with it: the worker's runners pass a part of the lease, since a runner stalled
+    (SIGSTOP, swapping) inside a fenced write would otherwise keep its job row locked, blocking the job's cancel
+    and every worker's reaper until it woke. Only for callers that never wait on anything else in a transaction."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -31,7 +40,12 @@ def make_engine(url: str, *, connect_timeout_s: int = 10, pool_timeout_s: float 
     if url.startswith("postgresql"):
         connect_args = {
             # JIT compilation costs tens of milliseconds on short queries whose cost the planner overestimates.
-            "options": "-c jit=off",
+            "options": "-c jit=off"
+            + (
+                f" -c idle_in_transaction_session_timeout={max(1, int(idle_in_transaction_s * 1000))}"
+                if idle_in_transaction_s
+                else ""
+            ),
             # A dead server or network must raise, not hang: the supervisor stops its trainer when it cannot
             # renew its lease, and a call that never returns would never get there.
             "connect_timeout": connect_timeout_s,
@@ -82,12 +96,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 @lru_cache
-def get_engine(url: str) -> Engine:
-    return make_engine(url)
+def get_engine(url: str, idle_in_transaction_s: float | None = None) -> Engine:
+    return make_engine(url, idle_in_transaction_s=idle_in_transaction_s)
 
 
-def session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(get_engine(url), expire_on_commit=False)
+def session_factory(url: str, *, idle_in_transaction_s: float | None = None) -> sessionmaker[Session]:
+    return sessionmaker(get_engine(url, idle_in_transaction_s), expire_on_commit=False)
 
 
 @contextmanager

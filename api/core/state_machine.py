@@ -23,7 +23,7 @@ between the check and the write. A stale runner's writes are refused by the data
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,6 +36,8 @@ from api.core.models import LOCAL_OWNER, Checkpoint, Job, JobStatus
 from vit.config import DEFAULT_POOL, JobSpec
 
 FINISHED = tuple(status for status in JobStatus if status.finished)
+# (job id, train.steps) -> whether the job's run directory holds its last step's checkpoint (the worker knows)
+CompleteOnDisk = Callable[[int, int], bool]
 
 
 @dataclass(frozen=True)
@@ -545,18 +547,26 @@ def _cancel_instead(*, session: Session, where: tuple[Any, ...]) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ recovery
-def requeue_stale(*, session: Session, lease_seconds: float) -> list[int]:
+def requeue_stale(
+    *, session: Session, lease_seconds: float, complete_on_disk: CompleteOnDisk | None = None
+) -> list[int]:
     """Running jobs whose heartbeat is older than the lease belong to runners that stopped renewing: requeue
-    them (or fail them once they have used every attempt). Returns the ids to enqueue again."""
+    them (or fail them once they have used every attempt). A job whose run is complete on disk
+    (`complete_on_disk(job_id, total_steps)`: its trainer finished every step, its runner was lost before it
+    said so) is queued again with its attempt given back, however many are left: the next claim records the run
+    without training (worker/supervisor.py), so finished work costs no attempt. Returns the ids to enqueue."""
     cutoff = now() - timedelta(seconds=lease_seconds)
     stale = session.execute(
-        select(Job.id, Job.attempt, Job.max_attempts, Job.worker).where(
+        select(Job.id, Job.attempt, Job.max_attempts, Job.worker, Job.total_steps).where(
             Job.status == JobStatus.running, Job.heartbeat_at < cutoff
         )
     ).all()
     requeued: list[int] = []
-    for job_id, attempt, max_attempts, worker in stale:
+    for job_id, attempt, max_attempts, worker, total_steps in stale:
+        complete = complete_on_disk is not None and complete_on_disk(job_id, total_steps)
         lost = f"worker {worker} stopped renewing its lease (attempt {attempt} of {max_attempts})"
+        if complete:
+            lost += "; its trainer had finished every step: recorded by the next claim, no attempt used"
         where = (
             Job.id == job_id,
             Job.status == JobStatus.running,
@@ -564,7 +574,13 @@ def requeue_stale(*, session: Session, lease_seconds: float) -> list[int]:
             Job.heartbeat_at < cutoff,
         )
         if requeue(
-            session=session, job_id=job_id, attempt=attempt, max_attempts=max_attempts, where=where, lost=lost
+            session=session,
+            job_id=job_id,
+            attempt=attempt,
+            max_attempts=max_attempts,
+            where=where,
+            lost=lost,
+            charge=not complete,
         ):
             requeued.append(job_id)
     session.commit()

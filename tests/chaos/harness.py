@@ -105,6 +105,14 @@ class Chaos:
             ids.append(int(body[0][0]))
         return ids
 
+    def worker_lines(self) -> list[str]:
+        """Every line of every worker's log, whole (worker_logs keeps only their ends, for failure messages)."""
+        return [
+            line
+            for path in sorted(self.settings.home.glob("worker-*.log"))
+            for line in path.read_text(errors="replace").splitlines()
+        ]
+
     def worker_logs(self) -> str:
         return "\n".join(
             f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"

@@ -31,7 +31,9 @@ def test_stalled_worker_never_shares_its_job(tmp_path: Path, with_trainer: bool)
     before its successor starts, and the old worker, woken, must change nothing."""
     lease = 6.0
     with chaos_stack(tmp_path, workers=2, lease_seconds=lease) as chaos:
-        job_id = chaos.post(steps=1000)
+        # Open-ended: a trainer that finished every step during the stall would make the job complete on disk,
+        # and that is recorded as the stalled attempt (tests/chaos/test_finished_work.py), not as attempt 2.
+        job_id = chaos.post_open_ended()
         chaos.wait_for_checkpoint(job_id)
         stalled = chaos.holder(job_id)
         freeze(stalled, with_descendants=with_trainer)
@@ -50,6 +52,11 @@ def test_stalled_worker_never_shares_its_job(tmp_path: Path, with_trainer: bool)
                 time.sleep(lease)
         finally:
             thaw(stalled, with_descendants=with_trainer)
-        chaos.wait_finished(job_id, timeout=240)
+        chaos.stack.wait_for(
+            job_id,
+            lambda j: j["resumed_from_step"] is not None and j["step"] > j["resumed_from_step"],
+            timeout=120,
+            what="attempt 2 training past its checkpoint",
+        )
         assert stalled.poll() is None, "the stalled worker died instead of going back to work"
-        chaos.assert_ran_once(job_id, status="succeeded", attempt=2, steps=1000)
+        chaos.end(job_id, attempt=2)

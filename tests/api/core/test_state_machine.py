@@ -156,6 +156,39 @@ def test_requeue_stale_fails_a_job_out_of_attempts_and_its_waiting_fine_tunes(en
     assert get_job(engine, child).status == JobStatus.failed
 
 
+def test_requeue_stale_gives_the_attempt_back_when_the_run_is_complete_on_disk(engine: Engine) -> None:
+    """Issue 23, item 18: a lost runner whose trainer had finished every step used no attempt: its job is queued
+    again with the attempt given back, even on its last one, while a job lost mid-run fails as before."""
+    done, unfinished = add_job(engine, max_attempts=1), add_job(engine, max_attempts=1)
+    asked: list[tuple[int, int]] = []
+
+    def complete_on_disk(job_id: int, total_steps: int) -> bool:
+        asked.append((job_id, total_steps))
+        return job_id == done
+
+    with Session(engine) as session:
+        lost = claim(session, "dead")
+        claim(session, "dead")
+        assert lost.job_id == done
+        expire_lease(session, done)
+        expire_lease(session, unfinished)
+        assert sm.requeue_stale(session=session, lease_seconds=10, complete_on_disk=complete_on_disk) == [
+            done
+        ]
+        assert sorted(asked) == [(done, 30), (unfinished, 30)]
+        job = get_job(engine, done)
+        assert (job.status, job.attempt, job.worker) == (JobStatus.queued, 0, None)
+        assert "finished every step" in (job.error or "")
+        assert get_job(engine, unfinished).status == JobStatus.failed
+        # The stale runner's writes are refused; the next claim is attempt 1 of 1 again.
+        assert not sm.finish(session=session, claim=lost, status=JobStatus.succeeded)
+        again = claim(session, "w2")
+        assert (again.job_id, again.attempt) == (done, 1)
+        assert sm.finish(session=session, claim=again, status=JobStatus.succeeded)
+    job = get_job(engine, done)
+    assert (job.status, job.attempt, job.error) == (JobStatus.succeeded, 1, None)
+
+
 def test_metrics_checkpoints_and_finish(engine: Engine) -> None:
     job_id = add_job(engine)
     points = [Point("loss", step, 1.0 / step, 1000.0 + step) for step in range(1, 501)]
