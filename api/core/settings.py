@@ -55,9 +55,11 @@ class Settings(BaseSettings):
     # URL prefixes a shard dataset's data.root may start with (comma-separated, e.g. "https://data.example/ds/"):
     # the workers fetch from there, so by default no job may make them fetch anything.
     data_urls: str = ""
-    # Submits (POST /jobs, /sweeps, /transfers) the API runs at once (api/server/writes.py); more wait their turn.
-    # The default is Python's own for a thread pool: the cores plus 4, at most 32.
+    # Submits (POST /jobs, /sweeps, /transfers) and job pages (GET /jobs/{id}) the API runs at once, each in a
+    # thread pool of its own (api/server/threads.py); more wait their turn. The default is Python's own for a
+    # thread pool: the cores plus 4, at most 32.
     api_writers: int = Field(default_factory=lambda: min(32, (os.cpu_count() or 1) + 4), ge=1, le=256)
+    api_readers: int = Field(default_factory=lambda: min(32, (os.cpu_count() or 1) + 4), ge=1, le=256)
     # Stored (hashed) at API start if absent: docker compose's first admin token.
     bootstrap_admin_token: SecretStr | None = None
     # Quotas per owner (api/core/quotas.py); None: no limit. Only max_running_jobs delays (a job waits), the rest refuse

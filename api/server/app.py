@@ -3,6 +3,7 @@ is built once per app, so a request never pays for setting them up."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,7 +15,7 @@ from sqlalchemy.orm import sessionmaker
 from api.core.broker import JobQueue
 from api.core.db import make_engine
 from api.core.settings import Settings, get_settings
-from api.server import errors, openapi, writes
+from api.server import errors, openapi, threads
 from api.server.auth import store_bootstrap_token
 from api.server.prometheus import JobCollector, LatencyMiddleware, request_latency
 from api.server.request_guard import RequestGuard
@@ -47,6 +48,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if settings.bootstrap_admin_token is not None:
             store_bootstrap_token(sessions, settings.bootstrap_admin_token.get_secret_value())
+        # What exists now (modules, the app, its schemas: ~150k objects) lives as long as the process: the
+        # collector need not scan it again on every full collection (a pause of tens of ms under load).
+        gc.freeze()
         yield
         queue.close()
         engine.dispose()
@@ -69,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
     )
     app.state.queue = queue
-    app.state.writers = writes.writers(settings.api_writers)
+    app.state.writers = threads.pool(settings.api_writers)
+    app.state.readers = threads.pool(settings.api_readers)
     app.state.prometheus = CollectorRegistry()
     app.state.prometheus.register(JobCollector(app.state.sessions, settings.lease_seconds))
     app.add_middleware(LatencyMiddleware, histogram=request_latency(app.state.prometheus))

@@ -6,7 +6,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
 from api.core import idempotency, job_notes, reads, state_machine, submit
 from api.core.broker import JobQueue
@@ -19,7 +18,7 @@ from api.server.auth import PrincipalDep, bearer_token, principal_of
 from api.server.body import read_body
 from api.server.deps import NO_NUL, JobId, SessionDep, SettingsDep
 from api.server.responses import json_response
-from api.server.writes import run_write
+from api.server.threads import run_read, run_write
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -145,7 +144,7 @@ async def get_job(job_id: JobId, request: Request) -> Response:
     authorization = request.headers.get("authorization")
     if state.settings.auth_required:
         bearer_token(authorization)
-    return await run_in_threadpool(_show_job, job_id, authorization, state.settings, state.reads)
+    return await run_read(request, _show_job, job_id, authorization, state.settings, state.reads)
 
 
 def _show_job(

@@ -20,7 +20,7 @@ from api.core.sweep_spec import METRIC_NAME, SweepSpec
 from api.server.auth import PrincipalDep
 from api.server.body import read_document
 from api.server.deps import SessionDep
-from api.server.writes import run_write
+from api.server.threads import run_write
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 

@@ -20,7 +20,7 @@ from api.core.transfer_spec import TransferSpec
 from api.server.auth import PrincipalDep
 from api.server.body import read_document
 from api.server.deps import SessionDep
-from api.server.writes import run_write
+from api.server.threads import run_write
 
 router = APIRouter(prefix="/transfers", tags=["transfers"])
 

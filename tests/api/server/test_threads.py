@@ -1,4 +1,4 @@
-"""Submits run a few at a time in threads of their own (api/server/writes.py): with one writer, a submit held
+"""Submits run a few at a time in a thread pool of their own (api/server/threads.py): with one writer, a submit held
 up in the database keeps a second one waiting for its turn, and pages are answered meanwhile."""
 
 from __future__ import annotations
