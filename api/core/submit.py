@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.core import idempotency, limits, quotas, reads, search, state_machine, sweeps, transfers, workers
 from api.core.broker import JobQueue
 from api.core.errors import InvalidInputError, invalid
-from api.core.models import Job, JobStatus, Sweep, Transfer, Worker
+from api.core.models import Job, JobStatus, Sweep, Transfer
 from api.core.settings import Settings
 from api.core.spec_input import check_spec, confine_paths
 from api.core.state_machine import Principal
@@ -254,7 +254,9 @@ def _check_fits(spec: JobSpec, *, session: Session, settings: Settings) -> None:
     """A job that no live worker of its pool could ever run is a 422 naming the largest fit. With no worker of
     the pool alive yet, it is accepted and waits (its wait_reason says so)."""
     resources = spec.resources
-    in_pool = workers.live_in_pool(session=session, pool=resources.pool, lease_seconds=settings.lease_seconds)
+    in_pool = workers.capacity_of_pool(
+        session=session, pool=resources.pool, lease_seconds=settings.lease_seconds
+    )
     if not in_pool:
         return
     fit = workers.largest_fit(in_pool)
@@ -278,21 +280,21 @@ def _check_fits(spec: JobSpec, *, session: Session, settings: Settings) -> None:
         _check_slurm_fits(resources, slurm_nodes)
 
 
-def _check_slurm_fits(resources: ResourcesSpec, nodes: Sequence[Worker]) -> None:
+def _check_slurm_fits(resources: ResourcesSpec, nodes: Sequence[workers.Capacity]) -> None:
     """A Slurm pool's job needs, on each node, its processes times the CPUs and memory per process (its
     resources.slurm's, else the pool's): a 422 when no node of the partition has that many (on the field that
     asked for them), or fewer such nodes than the job has."""
     slurm, procs = resources.slurm or SlurmSpec(), resources.procs_per_node
     partition = f"partition {nodes[0].partition!r} (pool {resources.pool!r})"
 
-    def need(node: Worker) -> tuple[int, int | None]:
+    def need(node: workers.Capacity) -> tuple[int, int | None]:
         cpus, memory = slurm.per_task(cpus=node.cpus_per_task, memory_mb=node.memory_per_task_mb)
         return procs * (cpus or 1), procs * memory if memory else None
 
-    def has_cpus(node: Worker) -> bool:
+    def has_cpus(node: workers.Capacity) -> bool:
         return node.cpus >= need(node)[0]
 
-    def has_memory(node: Worker) -> bool:
+    def has_memory(node: workers.Capacity) -> bool:
         memory = need(node)[1]
         return memory is None or node.memory_mb is None or node.memory_mb >= memory
 

@@ -7,6 +7,7 @@ jobs are taken from it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -130,21 +131,33 @@ def forget_dead(*, session: Session, older_than_seconds: float) -> None:
     session.commit()
 
 
-# The live workers of pool `:pool` (a submit's fit checks: one statement, built once).
-_LIVE_IN_POOL = select(Worker).where(
+@dataclass(frozen=True)
+class Capacity:
+    """What a live worker (or a Slurm node `vitq slurm` published) could give one node of a job."""
+
+    devices: list[dict[str, Any]]  # its GPUs; none: a CPU worker
+    cpus: int
+    memory_mb: int | None
+    partition: str | None  # a Slurm node's partition; None: a Celery worker
+    cpus_per_task: int | None  # a Slurm pool's per-process CPUs and memory (None: Slurm's default)
+    memory_per_task_mb: int | None
+
+
+# The capacity of pool `:pool`'s live workers: a submit's fit checks, one statement built once, past the ORM.
+_POOL_CAPACITY = select(*(getattr(Worker, f.name) for f in fields(Capacity))).where(
     Worker.pool == bindparam("pool"),
     Worker.heartbeat_at >= bindparam("cutoff", type_=Worker.heartbeat_at.type),
     Worker.stopped_at.is_(None),
 )
 
 
-def live_in_pool(*, session: Session, pool: str, lease_seconds: float) -> Sequence[Worker]:
-    """The live workers of `pool`: Celery workers, or the Slurm nodes `vitq slurm` published for it."""
+def capacity_of_pool(*, session: Session, pool: str, lease_seconds: float) -> list[Capacity]:
+    """Each live worker of `pool`: Celery workers, or the Slurm nodes `vitq slurm` published for it."""
     params = {"pool": pool, "cutoff": alive_cutoff(lease_seconds)}
-    return session.scalars(_LIVE_IN_POOL, params).all()
+    return [Capacity(*row) for row in session.connection().execute(_POOL_CAPACITY, params)]
 
 
-def largest_fit(in_pool: Sequence[Worker]) -> int | None:
+def largest_fit(in_pool: Sequence[Capacity]) -> int | None:
     """The most devices one of these workers has; None when there is none or one is a CPU worker (a CPU worker
     runs any job of its pool, so no GPU count is too large for the pool)."""
     if not in_pool or any(not w.devices for w in in_pool):
@@ -152,7 +165,7 @@ def largest_fit(in_pool: Sequence[Worker]) -> int | None:
     return max(len(w.devices) for w in in_pool)
 
 
-def nodes_that_fit(in_pool: Sequence[Worker], gpus: int) -> int:
+def nodes_that_fit(in_pool: Sequence[Capacity], gpus: int) -> int:
     """How many of these workers could each run a node needing `gpus` GPUs (a CPU worker runs any). One worker
     is one node of a multi-node job."""
     return sum(1 for w in in_pool if not w.devices or len(w.devices) >= gpus)
