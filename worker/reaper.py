@@ -24,6 +24,7 @@ from api.core.db import session_factory
 from api.core.models import Job
 from api.core.settings import Settings
 from vit import rundir
+from worker import left_on_disk
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,24 @@ class Reaper:
     def run_once(self) -> None:
         with self.sessions() as session:
             workers.beat(session=session, name=self.name, usage=self._host_figures())
+            ended: list[int] = []
             stale = state_machine.requeue_stale(
-                session=session, lease_seconds=self.settings.lease_seconds, complete_on_disk=self._complete
+                session=session,
+                lease_seconds=self.settings.lease_seconds,
+                complete_on_disk=self._complete,
+                ended=ended,
             )
+            for job_id in ended:  # its runner is gone: what it left on disk is recorded here
+                checkpoints, points = left_on_disk.record(
+                    session=session, job_id=job_id, run_dir=self.settings.run_dir(job_id)
+                )
+                log.warning(
+                    "job %s: its runner stopped renewing the lease on its last attempt; ended, with %d "
+                    "checkpoints and %d metric points it left on disk recorded",
+                    job_id,
+                    checkpoints,
+                    points,
+                )
             stale += gangs.requeue_broken_gangs(session=session, lease_seconds=self.settings.lease_seconds)
             for job_id in stale:
                 log.warning("job %s: its runner stopped renewing the lease; queued again", job_id)

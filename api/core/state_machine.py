@@ -548,13 +548,18 @@ def _cancel_instead(*, session: Session, where: tuple[Any, ...]) -> bool:
 
 # ------------------------------------------------------------------------------------------------ recovery
 def requeue_stale(
-    *, session: Session, lease_seconds: float, complete_on_disk: CompleteOnDisk | None = None
+    *,
+    session: Session,
+    lease_seconds: float,
+    complete_on_disk: CompleteOnDisk | None = None,
+    ended: list[int] | None = None,
 ) -> list[int]:
     """Running jobs whose heartbeat is older than the lease belong to runners that stopped renewing: requeue
     them (or fail them once they have used every attempt). A job whose run is complete on disk
     (`complete_on_disk(job_id, total_steps)`: its trainer finished every step, its runner was lost before it
     said so) is queued again with its attempt given back, however many are left: the next claim records the run
-    without training (worker/supervisor.py), so finished work costs no attempt. Returns the ids to enqueue."""
+    without training (worker/supervisor.py), so finished work costs no attempt. Returns the ids to enqueue; the
+    ids of the jobs it ended instead (failed, or cancelled as asked) are added to `ended`."""
     cutoff = now() - timedelta(seconds=lease_seconds)
     stale = session.execute(
         select(Job.id, Job.attempt, Job.max_attempts, Job.worker, Job.total_steps).where(
@@ -583,6 +588,8 @@ def requeue_stale(
             charge=not complete,
         ):
             requeued.append(job_id)
+        elif ended is not None and session.scalar(select(Job.status).where(Job.id == job_id)) in FINISHED:
+            ended.append(job_id)
     session.commit()
     return requeued
 

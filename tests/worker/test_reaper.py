@@ -11,14 +11,15 @@ from pathlib import Path
 import redis
 from celery import Celery
 from kombu import Queue
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from api.core import state_machine, workers
 from api.core.db import make_engine
 from api.core.migrate import upgrade
-from api.core.models import Job, JobStatus, Worker
+from api.core.models import Checkpoint, Job, JobStatus, MetricPoint, Worker
 from api.core.settings import Settings
+from vit import rundir
 from vit.config import JobSpec
 from worker.reaper import Reaper
 
@@ -138,4 +139,57 @@ def test_a_host_figure_that_cannot_be_read_does_not_stop_the_heartbeat(tmp_path:
         beat = row.heartbeat_at if row.heartbeat_at.tzinfo else row.heartbeat_at.replace(tzinfo=UTC)
         assert beat > old + timedelta(minutes=59)
         assert row.usage == {"cpu_percent": 1.0}  # the last figures stand: none were measured
+    engine.dispose()
+
+
+def test_a_job_the_reaper_fails_on_its_last_attempt_keeps_what_its_runner_left_on_disk(
+    tmp_path: Path,
+) -> None:
+    # The runner stored metrics to step 10 and listed no checkpoint; its trainer went on to step 25 of 30 and
+    # saved two checkpoints before the runner was lost. Ended by the reaper, the job lists both and every step
+    # once.
+    settings = Settings(home=tmp_path, lease_seconds=1.0, heartbeat_seconds=0.25, max_attempts=1)
+    upgrade(settings.resolved_database_url)
+    job_id = add_job(settings, max_attempts=1)
+    engine = make_engine(settings.resolved_database_url)
+    with Session(engine) as session:
+        claim = state_machine.claim(session=session, worker="dead")
+        assert claim is not None and claim.job_id == job_id
+        stored = [MetricPoint(job_id=job_id, name="loss", step=s, value=1.0, time=0.0) for s in (5, 10)]
+        session.add_all(stored)
+        stale = datetime.now(UTC) - timedelta(seconds=30)
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=stale))
+        session.commit()
+    run_dir = settings.run_dir(job_id)
+    for step in (10, 20):
+        checkpoint = rundir.checkpoints_root(run_dir) / rundir.checkpoint_name(step)
+        checkpoint.mkdir(parents=True)
+        (checkpoint / rundir.WEIGHTS_FILE).write_bytes(b"w" * step)
+        (checkpoint / rundir.META_FILE).write_text("{}")
+    (run_dir / rundir.METRICS_FILE).write_text(
+        "".join(rundir.metrics_line(step, {"loss": 1.0 / step}, at=0.0) for step in range(5, 26, 5))
+    )
+    Reaper(settings=settings, name="w-test", enqueue=lambda *_: None, queue_size=lambda: 0).run_once()
+    with Session(engine) as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == JobStatus.failed
+        names = session.scalars(
+            select(Checkpoint.name).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)
+        )
+        assert list(names) == ["step-000010", "step-000020"]
+        steps = session.scalars(
+            select(MetricPoint.step).where(MetricPoint.job_id == job_id).order_by(MetricPoint.step)
+        )
+        assert list(steps) == [5, 10, 15, 20, 25]
+    # A second look records nothing twice.
+    Reaper(settings=settings, name="w-test", enqueue=lambda *_: None, queue_size=lambda: 0).run_once()
+    with Session(engine) as session:
+        assert (
+            session.scalar(select(func.count()).select_from(MetricPoint).where(MetricPoint.job_id == job_id))
+            == 5
+        )
+        assert (
+            session.scalar(select(func.count()).select_from(Checkpoint).where(Checkpoint.job_id == job_id))
+            == 2
+        )
     engine.dispose()

@@ -36,6 +36,7 @@ from api.core.db import session_factory
 from api.core.models import Job, JobStatus, Worker
 from api.core.settings import Settings
 from vit.config import JobSpec, megabytes
+from worker import left_on_disk
 from worker.slurm import batch, commands
 from worker.slurm.batch import PoolConfig
 
@@ -78,10 +79,13 @@ class Dispatcher:
             log.warning("could not drop the pool's broker messages (%s)", error)
         with self.sessions() as session:
             self._publish_nodes(session)
+            ended: list[int] = []
             for job_id in state_machine.requeue_stale(
-                session=session, lease_seconds=self.settings.lease_seconds
+                session=session, lease_seconds=self.settings.lease_seconds, ended=ended
             ):
                 log.warning("job %s: its runner stopped renewing the lease; queued again", job_id)
+            for job_id in ended:  # its runner is gone: what it left on the shared storage is recorded here
+                left_on_disk.record(session=session, job_id=job_id, run_dir=self.settings.run_dir(job_id))
             state_machine.release_waiting_children(session=session)
             # vitq's view first, Slurm's after: a job vitq saw running that Slurm then reports pending or ended
             # really lost its attempt (read the other way round, a claim in between would look lost).
