@@ -257,7 +257,9 @@ def test_system_charts_and_worker_figures_come_from_the_real_worker(
     expect(memory).to_have_attribute("data-axes", "step | bytes")
     expect(memory.locator(".u-legend")).to_contain_text("resident (RAM)")
     expect(system.locator('[data-chart="CPU"]')).to_have_attribute("data-axes", "step | % of one core")
-    assert stroke_pixels(page, "Memory", LOSS_COLOR) > 20  # the first palette colour: drawn, not just framed
+    # The first palette colour: drawn, not just framed. (How long the curves are depends on how many samples a
+    # 40-step job gave the worker time to take: a few, all near step 0, on a fast machine.)
+    assert stroke_pixels(page, "Memory", LOSS_COLOR) > 0
     assert stroke_pixels(page, "CPU", LOSS_COLOR) > 0
     expect(system.locator('[data-chart="GPU utilisation"]')).to_have_count(0)  # a CPU job has no GPU panel
     system.screenshot(path=str(ARTIFACTS / "system_charts.png"))
