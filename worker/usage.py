@@ -89,9 +89,11 @@ class ProcessTree:
         self._known: dict[int, psutil.Process] = {}
 
     def sample(self) -> TreeUsage | None:
-        """None once the root process is gone."""
+        """None once the root process is gone: exited, or a zombie not yet reaped (its memory reads 0)."""
         try:
             root = psutil.Process(self.pid)
+            if root.status() == psutil.STATUS_ZOMBIE:
+                return None
             found = [root, *root.children(recursive=True)]
         except psutil.Error:
             return None
@@ -112,6 +114,8 @@ class ProcessTree:
             known[process.pid] = tracked
             counted += 1
         self._known = known
+        if rss == 0:  # every process exited while we looked: no figure, rather than a false 0
+            return None
         return TreeUsage(cpu_percent=cpu, rss_bytes=rss, processes=counted)
 
 

@@ -45,6 +45,21 @@ def test_a_process_tree_is_measured_whole() -> None:
     assert tree.sample() is None  # the root is gone
 
 
+def test_a_trainer_that_exited_but_is_not_yet_reaped_gives_no_figure() -> None:
+    # Between the trainer's exit and the supervisor's wait() it is a zombie whose memory reads 0: a sample then
+    # must say nothing, not store "0 B" as the job's last memory figure.
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    tree = ProcessTree(exited.pid)
+    try:
+        deadline = time.monotonic() + 30
+        while psutil.Process(exited.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert tree.sample() is None
+    finally:
+        exited.wait()
+
+
 def test_a_sample_becomes_the_jobs_system_series() -> None:
     gpus = [
         GpuReading(index=3, util_percent=87.0, mem_used_bytes=5 * 2**30, mem_total_bytes=80 * 2**30),
