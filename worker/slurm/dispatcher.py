@@ -212,7 +212,8 @@ class Dispatcher:
         self, launch: launches.Launch, slurm: commands.SlurmJob | None
     ) -> tuple[list[str], bool]:
         """Why Slurm ended or requeued the job's run, in its words (its reason, its messages in the output
-        file, the state of the run's nodes), and whether it was a preemption."""
+        file, the state of the run's nodes), and whether Slurm took the run away (a preemption, or the wall-time
+        limit before the run could hand the job back): that costs no attempt, as the planned stops do."""
         words = [slurm.reason] if slurm is not None and slurm.reason not in ("None", "", "BeginTime") else []
         messages = commands.run_messages(self._output_file(launch))
         try:
@@ -220,7 +221,7 @@ class Dispatcher:
         except commands.SlurmError as error:
             log.warning("could not read the state of nodes %s (%s)", ",".join(launch.nodes), error)
         words += messages
-        preempted = (slurm is not None and slurm.state == "PREEMPTED") or any(
+        preempted = (slurm is not None and slurm.state in ("PREEMPTED", "TIMEOUT")) or any(
             commands.PREEMPTION in m for m in messages
         )
         return words, preempted

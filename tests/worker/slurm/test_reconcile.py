@@ -203,3 +203,18 @@ def test_a_cancel_without_a_preemptions_words_is_charged_only_once_it_has_stayed
     charged = cancelled("32")
     assert (charged.status, charged.attempt, charged.executor_ref) == (JobStatus.queued, 1, None)
     assert charged.error == "Slurm job 32 was cancelled outside vitq (scancel)"
+
+
+def test_a_run_slurm_ended_at_its_time_limit_before_it_handed_back_costs_no_attempt(
+    tmp_path: Path, redis_url: str, unique_queue: str
+) -> None:
+    # SIGUSR1 came before the limit, but on a loaded node the run had not handed the job back when Slurm killed
+    # it (TIMEOUT): the continuation is planned, as a preemption is, so no attempt is spent.
+    settings = Settings(home=tmp_path, broker_url=redis_url, queue=unique_queue, max_attempts=2)
+    upgrade(settings.resolved_database_url)
+    dispatcher = Dispatcher(settings=settings, config=PoolConfig(pool=POOL, partition="batch"))
+    job = launched_and_claimed(settings, "41")
+    settings.run_dir(job.id).mkdir(parents=True)
+    (settings.run_dir(job.id) / "slurm-41.out").write_text(f"{RUN_MARK} 41 run 0 on n1\n")
+    ended = reconcile(dispatcher, SlurmJob("41", f"vitq-{job.id}", "TIMEOUT", "TimeLimit", "n1"))
+    assert (ended.status, ended.attempt, ended.executor_ref) == (JobStatus.queued, 0, None)
