@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy.orm import Session
 
 from api.core import launches, state_machine
@@ -38,6 +39,26 @@ NODE_FAILURE = """\
 srun: error: Node failure on n2
 srun: Job step aborted: Waiting up to 12 seconds for job step to finish.
 """
+
+
+@pytest.fixture
+def dispatcher(tmp_path: Path, redis_url: str, unique_queue: str) -> Dispatcher:
+    """A dispatcher of pool POOL on a migrated database of its own (2 attempts per job)."""
+    settings = Settings(home=tmp_path, broker_url=redis_url, queue=unique_queue, max_attempts=2)
+    upgrade(settings.resolved_database_url)
+    return Dispatcher(settings=settings, config=PoolConfig(pool=POOL, partition="batch"))
+
+
+def queued_job(settings: Settings) -> int:
+    """A queued job of the pool, not launched yet."""
+    engine = make_engine(settings.resolved_database_url)
+    with Session(engine) as session:
+        spec = JobSpec.model_validate({"kind": "pretrain", "resources": {"pool": POOL}})
+        submitted = state_machine.submit(session=session, spec=spec, max_attempts=2, parent=None)
+        session.commit()
+        job_id = submitted.id
+    engine.dispose()
+    return job_id
 
 
 def launched_and_claimed(settings: Settings, slurm_id: str) -> Job:
@@ -83,11 +104,9 @@ def reconcile(dispatcher: Dispatcher, slurm: SlurmJob) -> Job:
 
 
 def test_a_preemption_costs_no_attempt_even_without_a_hand_back_and_a_node_failure_costs_one(
-    tmp_path: Path, redis_url: str, unique_queue: str
+    dispatcher: Dispatcher,
 ) -> None:
-    settings = Settings(home=tmp_path, broker_url=redis_url, queue=unique_queue, max_attempts=2)
-    upgrade(settings.resolved_database_url)
-    dispatcher = Dispatcher(settings=settings, config=PoolConfig(pool=POOL, partition="batch"))
+    settings = dispatcher.settings
 
     first = launched_and_claimed(settings, "8")
     assert (first.status, first.attempt) == (JobStatus.running, 1)
@@ -129,20 +148,12 @@ def test_a_preemption_costs_no_attempt_even_without_a_hand_back_and_a_node_failu
 
 
 def test_a_slurm_job_that_fails_before_its_run_claims_the_job_costs_an_attempt(
-    tmp_path: Path, redis_url: str, unique_queue: str
+    dispatcher: Dispatcher,
 ) -> None:
     # The node's supervisor never got to claim the job (it could not start, or Slurm killed it first): without
     # a charge the dispatcher would launch the job again, and again, forever.
-    settings = Settings(home=tmp_path, broker_url=redis_url, queue=unique_queue, max_attempts=2)
-    upgrade(settings.resolved_database_url)
-    dispatcher = Dispatcher(settings=settings, config=PoolConfig(pool=POOL, partition="batch"))
-    engine = make_engine(settings.resolved_database_url)
-    with Session(engine) as session:
-        spec = JobSpec.model_validate({"kind": "pretrain", "resources": {"pool": POOL}})
-        submitted = state_machine.submit(session=session, spec=spec, max_attempts=2, parent=None)
-        session.commit()
-        job_id = submitted.id
-    engine.dispose()
+    settings = dispatcher.settings
+    job_id = queued_job(settings)
     run_dir = settings.run_dir(job_id)
     run_dir.mkdir(parents=True)
     for slurm_id, attempt in (("21", 0), ("22", 1)):
@@ -164,20 +175,12 @@ def test_a_slurm_job_that_fails_before_its_run_claims_the_job_costs_an_attempt(
 
 
 def test_a_cancel_without_a_preemptions_words_is_charged_only_once_it_has_stayed_so(
-    tmp_path: Path, redis_url: str, unique_queue: str
+    dispatcher: Dispatcher,
 ) -> None:
     # A preemption reads CANCELLED at times, and on a loaded node slurmstepd's "DUE TO PREEMPTION" line may reach
     # the output file after the run handed the job back: the first look at such a job decides nothing.
-    settings = Settings(home=tmp_path, broker_url=redis_url, queue=unique_queue, max_attempts=2)
-    upgrade(settings.resolved_database_url)
-    dispatcher = Dispatcher(settings=settings, config=PoolConfig(pool=POOL, partition="batch"))
-    engine = make_engine(settings.resolved_database_url)
-    with Session(engine) as session:
-        spec = JobSpec.model_validate({"kind": "pretrain", "resources": {"pool": POOL}})
-        submitted = state_machine.submit(session=session, spec=spec, max_attempts=2, parent=None)
-        session.commit()
-        job_id = submitted.id
-    engine.dispose()
+    settings = dispatcher.settings
+    job_id = queued_job(settings)
     run_dir = settings.run_dir(job_id)
     run_dir.mkdir(parents=True)
 
@@ -206,13 +209,11 @@ def test_a_cancel_without_a_preemptions_words_is_charged_only_once_it_has_stayed
 
 
 def test_a_run_slurm_ended_at_its_time_limit_before_it_handed_back_costs_no_attempt(
-    tmp_path: Path, redis_url: str, unique_queue: str
+    dispatcher: Dispatcher,
 ) -> None:
     # SIGUSR1 came before the limit, but on a loaded node the run had not handed the job back when Slurm killed
     # it (TIMEOUT): the continuation is planned, as a preemption is, so no attempt is spent.
-    settings = Settings(home=tmp_path, broker_url=redis_url, queue=unique_queue, max_attempts=2)
-    upgrade(settings.resolved_database_url)
-    dispatcher = Dispatcher(settings=settings, config=PoolConfig(pool=POOL, partition="batch"))
+    settings = dispatcher.settings
     job = launched_and_claimed(settings, "41")
     settings.run_dir(job.id).mkdir(parents=True)
     (settings.run_dir(job.id) / "slurm-41.out").write_text(f"{RUN_MARK} 41 run 0 on n1\n")
