@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 from sqlalchemy import (
     JSON,
@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Row,
     String,
     Text,
     UniqueConstraint,
@@ -119,6 +120,11 @@ class Job(Base):
         Index("ux_jobs_sweep_trial", "sweep_id", "trial", unique=True),
         Index("ix_jobs_notified_status", "notified", "status"),
     )
+
+
+# A job as the ORM loads it, or as the row a Core statement hands back (POST /jobs' INSERT ... RETURNING): the
+# same columns by the same names, which is all a reader of a job needs.
+JobRecord: TypeAlias = Job | Row[Any]
 
 
 class MetricPoint(Base):

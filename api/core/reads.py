@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from api.core import workers
 from api.core.metric_queries import MetricSummary, summarize_metrics
-from api.core.models import MAX_JOB_ID, Checkpoint, Job, JobStatus
+from api.core.models import MAX_JOB_ID, Checkpoint, Job, JobRecord, JobStatus
 from api.core.schemas import JobOut
 from api.core.settings import Settings
 from api.core.state_machine import (
@@ -127,7 +127,7 @@ class QueueView:
     owners_at_limit: frozenset[str] = frozenset()
     running_limit: int | None = None
 
-    def reason(self, job: Job) -> str | None:
+    def reason(self, job: JobRecord) -> str | None:
         """Why a queued job has not started (its own wait_reason first: e.g. a parent that has not finished)."""
         if job.status != JobStatus.queued or job.wait_reason is not None:
             return job.wait_reason
@@ -235,7 +235,7 @@ def _places_in(*, session: Session, pools: set[str], skip: tuple[Any, ...]) -> d
     return places
 
 
-def job_out(job: Job, summary: MetricSummary | None = None, queue: QueueView | None = None) -> JobOut:
+def job_out(job: JobRecord, summary: MetricSummary | None = None, queue: QueueView | None = None) -> JobOut:
     summary = summary or MetricSummary()
     batch_size = int(job.spec.get("train", {}).get("batch_size", 0))
     remaining = max(job.total_steps - job.step, 0)
@@ -281,7 +281,7 @@ def job_out(job: Job, summary: MetricSummary | None = None, queue: QueueView | N
     )
 
 
-def _nodes(job: Job) -> list[str]:
+def _nodes(job: JobRecord) -> list[str]:
     """The attempt's nodes as its executor recorded them, else the one worker that holds it; none while queued."""
     if job.status == JobStatus.queued:
         return []
@@ -290,7 +290,7 @@ def _nodes(job: Job) -> list[str]:
     return [job.worker] if job.worker else []
 
 
-def _executor_note(job: Job) -> str | None:
+def _executor_note(job: JobRecord) -> str | None:
     return job.executor_note if job.status == JobStatus.queued else None
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, Select, Update, func, select, update
+from sqlalchemy import CursorResult, Row, Select, Update, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
 from api.core.errors import JobNotFoundError, JobStateError
@@ -162,31 +162,64 @@ def submit(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
 ) -> Job:
-    """Add a queued job holding the resolved spec (not committed). A job whose parent has not finished yet
-    waits (wait_reason) until release_waiting_children lets it go. (POST /jobs accepts a cancelled or failed
-    parent only when it kept a checkpoint: such a child starts from it at once.) A second job with the owner's
-    `idempotency_key` fails at the commit (IntegrityError): the caller reads the first one instead."""
-    resolved = spec.resolved()
-    waits = parent is not None and parent.status not in FINISHED
-    job = Job(
-        name=resolved.name,
-        kind=resolved.kind,
-        status=JobStatus.queued,
-        spec=resolved.model_dump(mode="json"),
-        parent_job_id=parent.id if parent is not None else None,
-        max_attempts=max_attempts,
-        total_steps=resolved.train.steps,
-        pool=resolved.resources.pool,
-        priority=resolved.resources.priority,
-        gpus=resolved.resources.gpus_per_node,
-        nodes=resolved.resources.nodes,
-        wait_reason=waiting_reason(parent.id) if waits and parent is not None else None,
-        owner=owner,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-    )
+    """Add a queued job holding the resolved spec (not flushed, not committed): a sweep's or a transfer's
+    children, stored together with their parent row. A job whose parent has not finished yet waits (wait_reason)
+    until release_waiting_children lets it go. (POST /jobs accepts a cancelled or failed parent only when it kept
+    a checkpoint: such a child starts from it at once.)"""
+    job = Job(**_new_job(spec, max_attempts, parent, owner, idempotency_key, request_hash))
     session.add(job)
     return job
+
+
+# Built once: one job's INSERT, handing back the stored row.
+_STORE = insert(Job).returning(*Job.__table__.c)
+
+
+def store(
+    *,
+    session: Session,
+    spec: JobSpec,
+    max_attempts: int,
+    parent: Job | None,
+    owner: str = LOCAL_OWNER,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> Row[Any]:
+    """submit's job, inserted now in the session's transaction (not committed), as the stored row: POST /jobs'
+    path, past the ORM's unit of work, which cost more CPU than the INSERT itself. A second job with the owner's
+    `idempotency_key` raises IntegrityError here: the caller rolls back and reads the first one instead."""
+    values = _new_job(spec, max_attempts, parent, owner, idempotency_key, request_hash)
+    return session.connection().execute(_STORE, values).one()
+
+
+def _new_job(
+    spec: JobSpec,
+    max_attempts: int,
+    parent: Job | None,
+    owner: str,
+    idempotency_key: str | None,
+    request_hash: str | None,
+) -> dict[str, Any]:
+    """A new queued job's columns."""
+    resolved = spec.resolved()
+    waits = parent is not None and parent.status not in FINISHED
+    return {
+        "name": resolved.name,
+        "kind": resolved.kind,
+        "status": JobStatus.queued,
+        "spec": resolved.model_dump(mode="json"),
+        "parent_job_id": parent.id if parent is not None else None,
+        "max_attempts": max_attempts,
+        "total_steps": resolved.train.steps,
+        "pool": resolved.resources.pool,
+        "priority": resolved.resources.priority,
+        "gpus": resolved.resources.gpus_per_node,
+        "nodes": resolved.resources.nodes,
+        "wait_reason": waiting_reason(parent.id) if waits and parent is not None else None,
+        "owner": owner,
+        "idempotency_key": idempotency_key,
+        "request_hash": request_hash,
+    }
 
 
 def settle_waiting_job(*, session: Session, job: Job) -> bool:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.core import idempotency, limits, quotas, reads, search, state_machine, sweeps, transfers, workers
 from api.core.broker import JobQueue
 from api.core.errors import InvalidInputError, invalid
-from api.core.models import Job, JobStatus, Sweep, Transfer
+from api.core.models import Job, JobRecord, JobStatus, Sweep, Transfer
 from api.core.settings import Settings
 from api.core.spec_input import check_spec, confine_paths
 from api.core.state_machine import Principal
@@ -31,7 +31,7 @@ def submit_job(
     principal: Principal,
     spec: JobSpec,
     idempotency_key: str | None = None,
-) -> tuple[Job, bool]:
+) -> tuple[JobRecord, bool]:
     """The stored job and whether it is new (False: the first job this owner made with `idempotency_key`)."""
     request_hash = idempotency.spec_hash(spec) if idempotency_key is not None else None
     if idempotency_key is not None and request_hash is not None:
@@ -44,16 +44,16 @@ def submit_job(
     spec, parent = checked(spec, session=session, settings=settings, principal=principal, allowed=own)
     # The quota check takes the owner's lock, held until this transaction commits: nothing rolls back before.
     quotas.check(session=session, owner=principal.owner, specs=[spec], settings=settings)
-    job = state_machine.submit(
-        session=session,
-        spec=spec,
-        max_attempts=settings.max_attempts,
-        parent=parent,
-        owner=principal.owner,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-    )
     try:
+        stored = state_machine.store(
+            session=session,
+            spec=spec,
+            max_attempts=settings.max_attempts,
+            parent=parent,
+            owner=principal.owner,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+        )
         session.commit()
     except IntegrityError:
         if idempotency_key is None or request_hash is None:
@@ -65,8 +65,14 @@ def submit_job(
         if first is None:
             raise
         return first, False
-    _wake(session=session, queue=queue, jobs=[job])
-    return job, True
+    if (
+        stored.wait_reason is not None
+    ):  # its parent may have finished meanwhile: settle, and answer as it is now
+        job = session.get_one(Job, stored.id)
+        _wake(session=session, queue=queue, jobs=[job])
+        return job, True
+    queue.enqueue(stored.id, stored.pool)
+    return stored, True
 
 
 def submit_sweep(

@@ -69,3 +69,15 @@ def test_statements_per_page_do_not_grow_with_the_jobs(api: Api) -> None:
     # (no metric summary: it has none). A page: the total, the jobs, the metric summaries of those that
     # started, the queue's head and the live workers.
     assert small == (2, 5), small
+
+
+def test_a_submit_costs_its_owners_limits_its_fit_check_and_one_insert(api: Api) -> None:
+    """The INSERT hands back the stored row (RETURNING): the answer needs no read after the commit. (With
+    authentication on, the owner's limits come with the token lookup instead.)"""
+    submit(api, name="first")  # the app's statements are compiled and cached
+    with counted(api) as statements:
+        job = submit(api, name="second")
+    assert [s.split()[0] for s in statements] == ["SELECT", "SELECT", "INSERT"], statements
+    assert "FROM owner_limits" in statements[0] and "FROM workers" in statements[1]
+    assert "RETURNING" in statements[2]
+    assert job["status"] == "queued" and job["created_at"] and job["spec"]["name"] == "second"
