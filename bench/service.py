@@ -2,12 +2,13 @@
 
 Runs the real app under uvicorn (one worker process) and, side by side in the same run, a *floor*: a bare
 FastAPI app on the same database and Redis that validates the body, does one INSERT, one commit and one Redis
-LPUSH. httpx async clients drive POST /jobs and GET /jobs/{id} at 1, 8 and 32 concurrent clients. Then metric
+LPUSH. httpx async clients drive POST /jobs and GET /jobs/{id} at 1, 8 and 32 concurrent clients, in rounds that
+alternate floor, API, API, floor, ... (the 'rounds' column: the lowest and highest ratio of one pair). Then metric
 ingest through worker.fenced_writes.add_metric_points (the worker's path) and GET /jobs/{id}/metrics on a 100k-point job,
 whole and downsampled. Creates and drops its own database and queue. The API runs with authentication on (a bearer
 token looked up on every request; --auth off to compare); the floor checks nothing.
 
-    .venv/bin/python bench/service.py [--seconds 5] [--points 100000] [--auth required|off] [--queued 10000]
+    .venv/bin/python bench/service.py [--seconds 2] [--rounds 4] [--points 100000] [--auth required|off] [--queued 10000]
         [--flat 100,100000]
 
 With --queued N, N queued jobs wait in the database during the load (the API numbers each GET's place among
@@ -148,7 +149,8 @@ def server(app: str, port: int, env: dict[str, str]) -> Iterator[str]:
 
 async def load(
     url: str, method: str, clients: int, seconds: float, job_ids: list[int], headers: dict[str, str]
-) -> dict[str, float]:
+) -> dict[str, Any]:
+    """`clients` clients POSTing (or GETting `job_ids`) for `seconds`: each request's latency, and the time."""
     latencies: list[float] = []
     body = httpx.Request("POST", url, json=SPEC).content
     deadline = time.perf_counter() + seconds
@@ -172,13 +174,43 @@ async def load(
 
     started = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(clients)))
-    elapsed = time.perf_counter() - started
-    latencies.sort()
+    return {"latencies": latencies, "elapsed": time.perf_counter() - started}
+
+
+def compare(
+    api: str, floor: str, method: str, clients: int, args: argparse.Namespace, headers: dict[str, str]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The API's and the floor's figures at one level, over `--rounds` rounds in the order floor, API, API, floor,
+    ...: this machine's speed drifts (other tenants, clocks), and alternating cancels the drift a single
+    floor-then-API pair would charge to one side. Each side's req/s is its requests over its time in all rounds."""
+    ids: dict[str, list[int]] = {}
+    if method == "GET":  # each side reads jobs it stored itself
+        for label, url in (("floor", floor), ("api", api)):
+            ids[label] = [
+                httpx.post(url + "/jobs", json=SPEC, headers=headers).json()["id"] for _ in range(20)
+            ]
+    runs: dict[str, list[dict[str, Any]]] = {"floor": [], "api": []}
+    for round_ in range(args.rounds):
+        order = (("floor", floor), ("api", api)) if round_ % 2 == 0 else (("api", api), ("floor", floor))
+        for label, url in order:
+            run = load(url, method, clients, args.seconds, list(ids.get(label, [])), headers)
+            runs[label].append(asyncio.run(run))
+    api_figures, floor_figures = merged(runs["api"]), merged(runs["floor"])
+    per_round = [rate(a) / rate(f) for a, f in zip(runs["api"], runs["floor"], strict=True)]
+    api_figures["round_min"], api_figures["round_max"] = min(per_round), max(per_round)
+    return api_figures, floor_figures
+
+
+def rate(run: dict[str, Any]) -> float:
+    return len(run["latencies"]) / float(run["elapsed"])
+
+
+def merged(runs: list[dict[str, Any]]) -> dict[str, float]:
+    latencies = sorted(latency for run in runs for latency in run["latencies"])
     return {
-        "rps": len(latencies) / elapsed,
+        "rps": len(latencies) / sum(float(run["elapsed"]) for run in runs),
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-        "n": len(latencies),
     }
 
 
@@ -203,7 +235,8 @@ def timed_get(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="per load level and endpoint")
+    parser.add_argument("--seconds", type=float, default=2.0, help="per round, load level, endpoint and side")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating floor/API rounds per level")
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--auth", choices=["required", "off"], default="required", help="the API's VITQ_AUTH")
@@ -236,17 +269,7 @@ def main() -> None:
             ):
                 for method in ("POST", "GET"):
                     for clients in levels:
-                        results = {}
-                        for label, url in (("floor", floor), ("api", api)):
-                            ids: list[int] = []
-                            if method == "GET":
-                                post = [
-                                    httpx.post(url + "/jobs", json=SPEC, headers=headers) for _ in range(20)
-                                ]
-                                ids = [response.json()["id"] for response in post]
-                            run = load(url, method, clients, args.seconds, ids, headers)
-                            results[label] = asyncio.run(run)
-                        rows.append((method, clients, results["api"], results["floor"]))
+                        rows.append((method, clients, *compare(api, floor, method, clients, args, headers)))
                 metrics = bench_metrics(api, database_url, args.points, headers)
             print(f"\nAPI authentication: {args.auth}; {args.queued:,} jobs queued during the load")
             report(rows, metrics)
@@ -365,13 +388,14 @@ def report(
 ) -> None:
     print(
         f"\n{'endpoint':<14}{'clients':>8}{'api req/s':>11}{'floor req/s':>13}{'ratio':>7}"
-        f"{'api p50/p99 ms':>18}{'floor p50/p99 ms':>19}"
+        f"{'rounds':>12}{'api p50/p99 ms':>18}{'floor p50/p99 ms':>19}"
     )
     for method, clients, api, floor in rows:
         endpoint = "POST /jobs" if method == "POST" else "GET /jobs/{id}"
         ratio = api["rps"] / floor["rps"]
         print(
             f"{endpoint:<14}{clients:>8}{api['rps']:>11.0f}{floor['rps']:>13.0f}{ratio:>7.2f}"
+            f"{api['round_min']:>7.2f}-{api['round_max']:.2f}"
             f"{api['p50_ms']:>9.1f}/{api['p99_ms']:<8.1f}{floor['p50_ms']:>10.1f}/{floor['p99_ms']:<8.1f}"
         )
     print()
