@@ -159,14 +159,12 @@ def submit(
     max_attempts: int,
     parent: Job | None,
     owner: str = LOCAL_OWNER,
-    idempotency_key: str | None = None,
-    request_hash: str | None = None,
 ) -> Job:
     """Add a queued job holding the resolved spec (not flushed, not committed): a sweep's or a transfer's
     children, stored together with their parent row. A job whose parent has not finished yet waits (wait_reason)
     until release_waiting_children lets it go. (POST /jobs accepts a cancelled or failed parent only when it kept
     a checkpoint: such a child starts from it at once.)"""
-    job = Job(**_new_job(spec, max_attempts, parent, owner, idempotency_key, request_hash))
+    job = Job(**_new_job(spec, max_attempts, parent, owner, idempotency_key=None, request_hash=None))
     session.add(job)
     return job
 

@@ -49,24 +49,20 @@ def _before_first_update(session: Session, action: Any) -> list[object]:
 
 
 # ------------------------------------------------------------------------------------------------ submit
-def test_submit_stores_what_the_spec_and_the_caller_say(engine: Engine) -> None:
+@pytest.mark.parametrize("how", ["submit", "store"])
+def test_submit_and_store_keep_what_the_spec_and_the_caller_say(engine: Engine, how: str) -> None:
+    """submit adds the ORM object (a sweep's children), store inserts at once (POST /jobs, with its key)."""
     spec = JobSpec.model_validate(
         {"kind": "finetune", "resources": {"nodes": 2, "pool": "h100", "priority": 3}, "train": {"steps": 7}}
     )
     parent_id = add_job(engine, status=JobStatus.running)
+    keys = {"idempotency_key": "key-1", "request_hash": "hash-1"} if how == "store" else {}
     with Session(engine) as session:
         parent = session.get(Job, parent_id)
-        job = sm.submit(
-            session=session,
-            spec=spec,
-            max_attempts=5,
-            parent=parent,
-            owner="alice",
-            idempotency_key="key-1",
-            request_hash="hash-1",
-        )
+        made = sm.store if how == "store" else sm.submit
+        stored = made(session=session, spec=spec, max_attempts=5, parent=parent, owner="alice", **keys)
         session.commit()
-        job_id = job.id
+        job_id = stored.id
     job = get_job(engine, job_id)
     assert (job.status, job.parent_job_id, job.max_attempts, job.nodes, job.pool, job.priority) == (
         JobStatus.queued,
@@ -78,8 +74,8 @@ def test_submit_stores_what_the_spec_and_the_caller_say(engine: Engine) -> None:
     )
     assert (job.owner, job.idempotency_key, job.request_hash, job.total_steps) == (
         "alice",
-        "key-1",
-        "hash-1",
+        keys.get("idempotency_key"),
+        keys.get("request_hash"),
         7,
     )
     assert job.wait_reason == f"waiting for job {parent_id} to succeed"
