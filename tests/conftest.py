@@ -23,6 +23,18 @@ PG_ADMIN_URL = os.environ.get("VITQ_TEST_PG_ADMIN_URL", "postgresql+psycopg://po
 REDIS_URL = os.environ.get("VITQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files whose tests may run longest (their `timeout` marks) run first. `make test` hands each file whole
+    to one test process (--dist loadfile) in this order: the digits file (3600 s allowed, ten minutes on a crowded
+    CPU), handed out among the last, ran on alone for minutes after the other processes had finished."""
+    longest: dict[Path, float] = {}
+    for item in items:
+        mark = item.get_closest_marker("timeout")
+        allowed = float(mark.args[0]) if mark is not None and mark.args else 0.0
+        longest[item.path] = max(longest.get(item.path, 0.0), allowed)
+    items.sort(key=lambda item: -longest[item.path])  # stable: files that allow as long keep their order
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for this test run."""
