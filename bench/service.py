@@ -8,7 +8,7 @@ ingest through worker.fenced_writes.add_metric_points (the worker's path) and GE
 whole and downsampled. Creates and drops its own database and queue. The API runs with authentication on (a bearer
 token looked up on every request; --auth off to compare); the floor checks nothing.
 
-    .venv/bin/python bench/service.py [--seconds 2] [--rounds 4] [--points 100000] [--auth required|off] [--queued 10000]
+    .venv/bin/python bench/service.py [--seconds 2] [--rounds 6] [--points 100000] [--auth required|off] [--queued 10000]
         [--flat 100,100000]
 
 With --queued N, N queued jobs wait in the database during the load (the API numbers each GET's place among
@@ -236,7 +236,7 @@ def timed_get(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="per round, load level, endpoint and side")
-    parser.add_argument("--rounds", type=int, default=4, help="alternating floor/API rounds per level")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating floor/API rounds per level")
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--auth", choices=["required", "off"], default="required", help="the API's VITQ_AUTH")

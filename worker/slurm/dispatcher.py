@@ -44,10 +44,10 @@ log = logging.getLogger(__name__)
 
 PREFIX = "slurm:"
 NODES_EVERY_S = 30.0  # how often the partition's nodes are read again
-# A Slurm job read CANCELLED, or requeued while vitq has its job running, with no word of a preemption yet is
-# charged only once it has stayed so this long: a preemption reads so too, before slurmstepd's "DUE TO
+# A Slurm job read CANCELLED with no word of a preemption yet, or requeued under a running vitq job with no word
+# of why, is charged only once it has stayed so this long: a preemption reads so too, before slurmstepd's "DUE TO
 # PREEMPTION" line reaches the output file (on a loaded node, after Slurm requeued the job, or after the run
-# already handed the job back).
+# already handed the job back). A node Slurm reports down, or srun's word of its failure, is charged at once.
 CANCEL_SETTLE_S = 6.0
 LINGER_S = 20.0  # how long a finished job's running Slurm job may take to end before it is scancelled
 CODE_ROOT = Path(__file__).resolve().parents[2]  # the checkout the batch script imports vitq from
@@ -66,7 +66,7 @@ class Dispatcher:
         self.nodes_read_at = -NODES_EVERY_S
         self.cancelled: set[str] = set()  # Slurm jobs this dispatcher already scancelled
         self.finished_seen: dict[str, float] = {}  # running Slurm jobs of finished vitq jobs: first seen
-        # Slurm jobs read CANCELLED, or requeued under a running vitq job, without a preemption's words: first seen
+        # Slurm jobs read CANCELLED, or requeued under a running vitq job, without Slurm's word why: first seen
         self.cancel_seen: dict[str, float] = {}
         self.refused: dict[int, str] = {}  # jobs sbatch refused for a passing reason: logged once
         self.broker = JobQueue(settings)  # the API wakes every pool's workers; here nobody listens: drop them
@@ -118,8 +118,8 @@ class Dispatcher:
         )
         words, preempted = self._slurms_words(launch, slurm)
         taken_away = slurm is not None and slurm.state in ("PENDING", "CANCELLED")
-        if taken_away and not preempted and not self._settled(slurm_id):
-            return  # maybe a preemption whose words are not in the output file yet: decided on a later pass
+        if taken_away and not words and not self._settled(slurm_id):
+            return  # no word of why yet (a preemption's may be on its way to the output file): a later pass
         reason = f" ({'; '.join(words)})" if words else ""
         lost = (
             f"Slurm job {slurm_id} {how}{reason} while attempt {launch.attempt} of {launch.max_attempts} ran"

@@ -128,12 +128,7 @@ def test_a_preemption_costs_no_attempt_even_without_a_hand_back_and_a_node_failu
     (run_dir / "slurm-9.out").write_text(
         PREEMPTED.format(mark=RUN_MARK, id=9) + NODE_FAILURE.format(mark=RUN_MARK, id=9)
     )
-    requeued = SlurmJob("9", f"vitq-{first.id}", "PENDING", "BeginTime", "")
-    # Requeued with no word of a preemption in this run: maybe slurmstepd's line is still on its way (a loaded
-    # node), so the first look decides nothing; once it has stayed so, the attempt is charged.
-    assert reconcile(dispatcher, requeued).status == JobStatus.running
-    dispatcher.cancel_seen["9"] -= CANCEL_SETTLE_S
-    failed_node = reconcile(dispatcher, requeued)
+    failed_node = reconcile(dispatcher, SlurmJob("9", f"vitq-{first.id}", "PENDING", "BeginTime", ""))
     assert (failed_node.status, failed_node.attempt, failed_node.executor_ref) == (JobStatus.queued, 1, None)
     assert failed_node.error == (
         "Slurm job 9 was requeued by Slurm (srun: error: Node failure on n2) while attempt 1 of 2 ran"
@@ -211,6 +206,31 @@ def test_a_cancel_without_a_preemptions_words_is_charged_only_once_it_has_stayed
     charged = cancelled("32")
     assert (charged.status, charged.attempt, charged.executor_ref) == (JobStatus.queued, 1, None)
     assert charged.error == "Slurm job 32 was cancelled outside vitq (scancel)"
+
+
+def test_a_run_requeued_without_a_word_why_is_judged_once_it_has_stayed_so(dispatcher: Dispatcher) -> None:
+    # Slurm requeued the job under its running run, and slurmstepd's "DUE TO PREEMPTION" line has not reached the
+    # output file yet (a loaded node): the first look decides nothing, the line decides when it comes.
+    settings = dispatcher.settings
+    job = launched_and_claimed(settings, "51")
+    out = settings.run_dir(job.id) / "slurm-51.out"
+    out.parent.mkdir(parents=True)
+    out.write_text(f"{RUN_MARK} 51 run 0 on n1\n")
+    requeued = SlurmJob("51", f"vitq-{job.id}", "PENDING", "BeginTime", "")
+    assert reconcile(dispatcher, requeued).status == JobStatus.running
+    out.write_text(PREEMPTED.format(mark=RUN_MARK, id=51))
+    preempted = reconcile(dispatcher, requeued)
+    assert (preempted.status, preempted.attempt, preempted.executor_ref) == (JobStatus.queued, 0, None)
+
+    # Requeued again, and no word ever comes: once that has held for the settle time, the attempt is charged.
+    job = launched_and_claimed(settings, "52")
+    (settings.run_dir(job.id) / "slurm-52.out").write_text(f"{RUN_MARK} 52 run 0 on n1\n")
+    requeued = SlurmJob("52", f"vitq-{job.id}", "PENDING", "BeginTime", "")
+    assert reconcile(dispatcher, requeued).status == JobStatus.running
+    dispatcher.cancel_seen["52"] -= CANCEL_SETTLE_S
+    charged = reconcile(dispatcher, requeued)
+    assert (charged.status, charged.attempt, charged.executor_ref) == (JobStatus.queued, 1, None)
+    assert charged.error == "Slurm job 52 was requeued by Slurm while attempt 1 of 2 ran"
 
 
 def test_a_run_slurm_ended_at_its_time_limit_before_it_handed_back_costs_no_attempt(
