@@ -19,7 +19,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
     false,
+    literal_column,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -121,6 +123,27 @@ class Job(Base):
         Index("ix_jobs_notified_status", "notified", "status"),
     )
 
+
+# The jobs a worker may claim now (api/core/state_machine.runnable). Their index below is partial, and the queries
+# name its terms as they are written here, with the state as a literal, not a bound parameter: a prepared
+# statement's generic plan (PostgreSQL) and SQLite's planner can use a partial index only when its terms are
+# visibly in the query.
+RUNNABLE = (
+    Job.status == literal_column(f"'{JobStatus.queued.value}'"),
+    Job.wait_reason.is_(None),
+    Job.cancel_requested.is_(False),
+)
+# The runnable jobs of each pool in queue order, and nothing else: a claim, a queued job's place and the reaper's
+# count read only these entries, without visiting the table for each one.
+Index(
+    "ix_jobs_runnable",
+    Job.pool,
+    Job.priority.desc(),
+    Job.created_at,
+    Job.id,
+    postgresql_where=and_(*RUNNABLE),
+    sqlite_where=and_(*RUNNABLE),
+)
 
 # A job as the ORM loads it, or as the row a Core statement hands back (POST /jobs' INSERT ... RETURNING): the
 # same columns by the same names, which is all a reader of a job needs.

@@ -32,7 +32,7 @@ from sqlalchemy import CursorResult, Row, Select, Update, func, insert, select, 
 from sqlalchemy.orm import Session, aliased
 
 from api.core.errors import JobNotFoundError, JobStateError
-from api.core.models import LOCAL_OWNER, Checkpoint, Job, JobStatus
+from api.core.models import LOCAL_OWNER, RUNNABLE, Checkpoint, Job, JobStatus
 from vit.config import DEFAULT_POOL, JobSpec
 
 FINISHED = tuple(status for status in JobStatus if status.finished)
@@ -264,8 +264,8 @@ def request_cancel(*, session: Session, job_id: int, principal: Principal = LOCA
 
 # ------------------------------------------------------------------------------------------------ claim
 def runnable() -> tuple[Any, ...]:
-    """The WHERE clause of a job a worker may claim now."""
-    return (Job.status == JobStatus.queued, Job.wait_reason.is_(None), Job.cancel_requested.is_(False))
+    """The WHERE clause of a job a worker may claim now (the terms of its partial index, ix_jobs_runnable)."""
+    return RUNNABLE
 
 
 # The order waiting jobs run in: higher priority first, first come first served within a priority.
