@@ -13,9 +13,18 @@ an scancel: both read CANCELLED at times.)
 
 from __future__ import annotations
 
+import signal
+
+# Slurm may signal the step as soon as it starts (a wall-time limit close ahead, a preemption), while the imports
+# below still run (seconds on a loaded node), and either signal's default action ends the process: the run would
+# end FAILED ("task 0: User defined signal 1") and cost an attempt. Until main() installs the real handlers, a
+# signal is only noted.
+_EARLY_SIGNALS: list[int] = []
+for _signum in (signal.SIGTERM, signal.SIGUSR1):
+    signal.signal(_signum, lambda signum, _frame: _EARLY_SIGNALS.append(signum))
+
 import logging
 import os
-import signal
 import sys
 import time
 
@@ -37,6 +46,8 @@ def stop_on_signals() -> None:
     """SIGTERM and SIGUSR1 set the supervisor's SHUTDOWN: the trainer checkpoints and the job is handed back."""
     for signum in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(signum, lambda *_: supervisor.SHUTDOWN.set())
+    if _EARLY_SIGNALS:  # one came during the imports
+        supervisor.SHUTDOWN.set()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     sessions = session_factory(settings.resolved_database_url)
     database = Database(sessions, job_id)
     deadline = time.monotonic() + settings.lease_seconds
+    if supervisor.SHUTDOWN.is_set():  # told to stop before it claimed: nothing to hand back
+        log.info("job %s: Slurm job %s was told to stop before it started", job_id, slurm_id)
+        return 0
     claim: Claim | None
     if rank == 0:
         won = database.until(
