@@ -47,9 +47,10 @@ STOP_GRACE_SECONDS = 60.0  # time a trainer gets to save a checkpoint after SIGT
 # runners from ever overlapping.
 OUTAGE_STOP_FRACTION = 0.3  # database unreachable this long: the trainer checkpoints and stops
 FENCE_FRACTION = 0.5  # the lease file the trainer obeys runs out here
-# A transaction of ours left idle this long is ended by the server: we were stalled inside a fenced write, and
-# the job row it locked must not block the job's cancel nor the reapers (api/core/db.py).
-IDLE_IN_TRANSACTION_FRACTION = 0.25
+# A transaction of ours left idle this long is ended by the server (api/core/db.py): we were stalled inside a
+# fenced write, and the job row it locked must not block the reapers, nor the job's cancel past the API's 5-s
+# response deadline (a 503 in place of the cancel). Our transactions never idle otherwise: no call waits in one.
+IDLE_IN_TRANSACTION_S = 2.0
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 5.0
 FIRST_SAMPLE_SECONDS = 1.0  # the first CPU/memory sample after launch; then one per heartbeat
 
@@ -139,10 +140,7 @@ class Database:
 def supervise(job_id: int, *, settings: Settings, enqueue: Enqueue) -> None:
     """Claim the first runnable job in queue order (whichever `job_id` woke us: a message is a wake-up) and run it. A database
     that is down at claim time is waited for, up to a lease: the message that woke us stays our job."""
-    sessions = session_factory(
-        settings.resolved_database_url,
-        idle_in_transaction_s=max(1.0, settings.lease_seconds * IDLE_IN_TRANSACTION_FRACTION),
-    )
+    sessions = session_factory(settings.resolved_database_url, idle_in_transaction_s=IDLE_IN_TRANSACTION_S)
     database = Database(sessions, job_id)
     name = worker_name()
     deadline = time.monotonic() + settings.lease_seconds

@@ -24,7 +24,7 @@ def make_engine(
 ) -> Engine:
     """The API passes small timeouts (a request must fail fast, with a 503, when the database is down or hung);
     the worker keeps the defaults. `idle_in_transaction_s` (PostgreSQL): the server ends a transaction left idle
-    that long, and its locks with it: the worker's runners pass a part of the lease, since a runner stalled
+    that long, and its locks with it: the worker's runners pass a few seconds, since a runner stalled
     (SIGSTOP, swapping) inside a fenced write would otherwise keep its job row locked, blocking the job's cancel
     and every worker's reaper until it woke. Only for callers that never wait on anything else in a transaction."""
     if url.startswith("sqlite"):

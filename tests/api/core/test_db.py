@@ -11,6 +11,8 @@ from sqlalchemy.exc import DBAPIError
 
 import api.core.db
 from api.core.db import make_engine
+from api.server.unavailable import RESPONSE_DEADLINE_S
+from worker.supervisor import IDLE_IN_TRANSACTION_S
 
 
 def test_an_idle_connection_killed_by_the_server_is_replaced(
@@ -34,8 +36,9 @@ def test_an_idle_connection_killed_by_the_server_is_replaced(
 def test_a_transaction_a_stalled_runner_left_open_lets_go_of_its_row_locks(pg_url: str) -> None:
     """Issue 23, items 18-19: a worker SIGSTOPped inside a fenced write holds the job row's lock; the cancel and
     the other workers' reapers must not wait for it to wake (worker/supervisor.py's engines end such a
-    transaction after a part of the lease)."""
-    runner = make_engine(pg_url, idle_in_transaction_s=1.0)
+    transaction after IDLE_IN_TRANSACTION_S, before the API's response deadline would answer the cancel 503)."""
+    assert IDLE_IN_TRANSACTION_S < RESPONSE_DEADLINE_S / 2, "a cancel behind a stalled runner would time out"
+    runner = make_engine(pg_url, idle_in_transaction_s=IDLE_IN_TRANSACTION_S)
     others = make_engine(pg_url)
     with others.begin() as conn:
         conn.execute(text("CREATE TABLE IF NOT EXISTS idle_lock_rows (id int PRIMARY KEY, note text)"))
