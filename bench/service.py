@@ -31,10 +31,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import redis
 from fastapi import FastAPI, Request
 from sqlalchemy import Connection, create_engine, delete, insert, select, text
@@ -122,8 +124,19 @@ def floor_app() -> FastAPI:
 # ------------------------------------------------------------------------------------------- servers
 
 
+@dataclass(frozen=True)
+class Server:
+    url: str
+    process: psutil.Process
+
+    def cpu_seconds(self) -> float:
+        """The CPU time its process has used, user and system."""
+        times = self.process.cpu_times()
+        return times.user + times.system
+
+
 @contextmanager
-def server(app: str, port: int, env: dict[str, str]) -> Iterator[str]:
+def server(app: str, port: int, env: dict[str, str]) -> Iterator[Server]:
     command = [sys.executable, "-m", "uvicorn", "--factory", app, "--port", str(port), "--workers", "1"]
     command += ["--log-level", "warning", "--no-access-log", "--app-dir", str(ROOT)]
     process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT)
@@ -138,7 +151,7 @@ def server(app: str, port: int, env: dict[str, str]) -> Iterator[str]:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError(f"{app} did not start") from None
                 time.sleep(0.2)
-        yield url
+        yield Server(url, psutil.Process(process.pid))
     finally:
         process.terminate()
         process.wait(10)
@@ -178,23 +191,27 @@ async def load(
 
 
 def compare(
-    api: str, floor: str, method: str, clients: int, args: argparse.Namespace, headers: dict[str, str]
+    api: Server, floor: Server, method: str, clients: int, args: argparse.Namespace, headers: dict[str, str]
 ) -> tuple[dict[str, float], dict[str, float]]:
     """The API's and the floor's figures at one level, over `--rounds` rounds in the order floor, API, API, floor,
     ...: this machine's speed drifts (other tenants, clocks), and alternating cancels the drift a single
-    floor-then-API pair would charge to one side. Each side's req/s is its requests over its time in all rounds."""
+    floor-then-API pair would charge to one side. Each side's req/s is its requests over its time in all rounds;
+    its CPU per request (its server process's, user and system) is the steadier figure where the rates swing."""
     ids: dict[str, list[int]] = {}
     if method == "GET":  # each side reads jobs it stored itself
-        for label, url in (("floor", floor), ("api", api)):
+        for label, side in (("floor", floor), ("api", api)):
             ids[label] = [
-                httpx.post(url + "/jobs", json=SPEC, headers=headers).json()["id"] for _ in range(20)
+                httpx.post(side.url + "/jobs", json=SPEC, headers=headers).json()["id"] for _ in range(20)
             ]
     runs: dict[str, list[dict[str, Any]]] = {"floor": [], "api": []}
     for round_ in range(args.rounds):
         order = (("floor", floor), ("api", api)) if round_ % 2 == 0 else (("api", api), ("floor", floor))
-        for label, url in order:
-            run = load(url, method, clients, args.seconds, list(ids.get(label, [])), headers)
-            runs[label].append(asyncio.run(run))
+        for label, side in order:
+            cpu_before = side.cpu_seconds()
+            run = asyncio.run(
+                load(side.url, method, clients, args.seconds, list(ids.get(label, [])), headers)
+            )
+            runs[label].append({**run, "cpu": side.cpu_seconds() - cpu_before})
     api_figures, floor_figures = merged(runs["api"]), merged(runs["floor"])
     per_round = [rate(a) / rate(f) for a, f in zip(runs["api"], runs["floor"], strict=True)]
     api_figures["round_min"], api_figures["round_max"] = min(per_round), max(per_round)
@@ -209,6 +226,7 @@ def merged(runs: list[dict[str, Any]]) -> dict[str, float]:
     latencies = sorted(latency for run in runs for latency in run["latencies"])
     return {
         "rps": len(latencies) / sum(float(run["elapsed"]) for run in runs),
+        "cpu_ms": 1000 * sum(float(run["cpu"]) for run in runs) / len(latencies),
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
     }
@@ -271,7 +289,7 @@ def main() -> None:
                     for clients in levels:
                         rows.append((method, clients, *compare(api, floor, method, clients, args, headers)))
                     drop_posted_jobs(database_url, args.queued)  # the GETs run with --queued jobs, as stated
-                metrics = bench_metrics(api, database_url, args.points, headers)
+                metrics = bench_metrics(api.url, database_url, args.points, headers)
             print(f"\nAPI authentication: {args.auth}; {args.queued:,} jobs queued during the load")
             report(rows, metrics)
         finally:
@@ -283,7 +301,7 @@ def main() -> None:
             upgrade(database_url)
             headers = {"authorization": f"Bearer {bench_token(database_url)}"}
             with server("api.server.app:create_app", 18733, env) as api:
-                report_flat(flat_costs(api, database_url, headers, small, large), small, large)
+                report_flat(flat_costs(api.url, database_url, headers, small, large), small, large)
         finally:
             redis.Redis.from_url(REDIS_URL).delete(queue)
 
@@ -401,7 +419,7 @@ def report(
 ) -> None:
     print(
         f"\n{'endpoint':<14}{'clients':>8}{'api req/s':>11}{'floor req/s':>13}{'ratio':>7}"
-        f"{'rounds':>12}{'api p50/p99 ms':>18}{'floor p50/p99 ms':>19}"
+        f"{'rounds':>12}{'api p50/p99 ms':>18}{'floor p50/p99 ms':>19}{'CPU ms/req api/floor':>23}"
     )
     for method, clients, api, floor in rows:
         endpoint = "POST /jobs" if method == "POST" else "GET /jobs/{id}"
@@ -410,6 +428,7 @@ def report(
             f"{endpoint:<14}{clients:>8}{api['rps']:>11.0f}{floor['rps']:>13.0f}{ratio:>7.2f}"
             f"{api['round_min']:>7.2f}-{api['round_max']:.2f}"
             f"{api['p50_ms']:>9.1f}/{api['p99_ms']:<8.1f}{floor['p50_ms']:>10.1f}/{floor['p99_ms']:<8.1f}"
+            f"{api['cpu_ms']:>14.2f}/{floor['cpu_ms']:<8.2f}"
         )
     print()
     missed = [f"{m} at {c}" for m, c, a, f in rows if a["rps"] / f["rps"] < TARGETS["vs_floor"]]
