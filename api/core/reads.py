@@ -166,7 +166,7 @@ def queue_view(
     places = (
         _place_of(session=session, job=waiting[0], skip=skip)
         if len(waiting) == 1
-        else _places_in(session=session, pools={job.pool for job in waiting}, skip=skip)
+        else _places_in(session=session, jobs=waiting, skip=skip)
     )
     alive = workers.alive_per_pool(session=session, lease_seconds=lease_seconds)
     return QueueView(places, alive, at_limit, running_limit)
@@ -224,14 +224,22 @@ def _place_of(*, session: Session, job: Job, skip: tuple[Any, ...]) -> dict[int,
     return {job.id: count + 1} if count < PLACES_COUNTED else {}
 
 
-def _places_in(*, session: Session, pools: set[str], skip: tuple[Any, ...]) -> dict[int, int]:
-    """A list page: the heads of the pools' queues, in queue order."""
+def _places_in(*, session: Session, jobs: Sequence[Job], skip: tuple[Any, ...]) -> dict[int, int]:
+    """A list page: each pool's head numbered in queue order in the database, of which only the page's jobs come
+    back (not the head's PLACES_COUNTED ids, which made a page cost ten times as much with a thousand jobs
+    queued as with a hundred)."""
     places: dict[int, int] = {}
-    for pool in sorted(pools):
-        head = select(Job.id).where(*runnable(), Job.pool == pool, *skip).order_by(*QUEUE_ORDER)
-        places.update(
-            (job_id, place) for place, job_id in enumerate(session.scalars(head.limit(PLACES_COUNTED)), 1)
+    for pool in sorted({job.pool for job in jobs}):
+        head = (
+            select(Job.id, func.row_number().over(order_by=QUEUE_ORDER).label("place"))
+            .where(*runnable(), Job.pool == pool, *skip)
+            .order_by(*QUEUE_ORDER)
+            .limit(PLACES_COUNTED)
+            .subquery()
         )
+        page = [job.id for job in jobs if job.pool == pool]
+        rows = session.execute(select(head.c.id, head.c.place).where(head.c.id.in_(page)))
+        places.update({job_id: place for job_id, place in rows})
     return places
 
 
