@@ -1,6 +1,6 @@
 """Benchmark of watching a running job (issue 18, item 6; not a test): WATCHERS clients follow one job's events
 (GET /jobs/{id}/events) while a writer stores a metric point and a log line every half second, as a trainer's
-supervisor does. Prints the API process's CPU (share of one core, from /proc) and how long each stored point took
+supervisor does. Prints the API process's CPU (share of one core) and how long each stored point took
 to reach each watcher. Targets: under 25 % of a core for 100 watchers, every point within 2 s.
 
     .venv/bin/python bench/watch.py [--watchers 100] [--seconds 20] [--sqlite]
@@ -30,7 +30,7 @@ from api.client.http import server_sent_events  # noqa: E402
 from api.core.db import scratch_database  # noqa: E402
 from api.core.migrate import upgrade  # noqa: E402
 from bench.seeding import hold_job  # noqa: E402
-from bench.service import server  # noqa: E402
+from bench.service import Server, server  # noqa: E402
 from vit.rundir import LOG_FILE  # noqa: E402
 from vit.rundir import MetricPoint as Point  # noqa: E402
 from worker.fenced_writes import add_metric_points  # noqa: E402
@@ -38,23 +38,6 @@ from worker.fenced_writes import add_metric_points  # noqa: E402
 PG_SERVER = os.environ.get("VITQ_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SPEC = {"kind": "pretrain", "name": "watched", "train": {"steps": 1_000_000}}
 TARGETS = {"cpu_share": 0.25, "latency_s": 2.0}
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def uvicorn_pid(port: int) -> int:
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                command = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"uvicorn" in b" ".join(command) and str(port).encode() in command:
-                return int(proc.name)
-    raise RuntimeError("the API process was not found")
 
 
 async def watch(url: str, job_id: int, latencies: list[float], stop: asyncio.Event) -> None:
@@ -94,19 +77,18 @@ def write(database_url: str, job_id: int, log: Path, stop: threading.Event) -> i
     return step
 
 
-async def run(
-    url: str, database_url: str, log: Path, job_id: int, args: argparse.Namespace, pid: int
-) -> None:
+async def run(api: Server, database_url: str, log: Path, job_id: int, args: argparse.Namespace) -> None:
+    url = api.url
     latencies: list[float] = []
     stop = asyncio.Event()
     watchers = [asyncio.create_task(watch(url, job_id, latencies, stop)) for _ in range(args.watchers)]
     await asyncio.sleep(3)  # every watcher connected
     writing = threading.Event()
     writer = threading.Thread(target=write, args=(database_url, job_id, log, writing))
-    before, started = cpu_seconds(pid), time.monotonic()
+    before, started = api.cpu_seconds(), time.monotonic()
     writer.start()
     await asyncio.sleep(args.seconds)
-    share = (cpu_seconds(pid) - before) / (time.monotonic() - started)
+    share = (api.cpu_seconds() - before) / (time.monotonic() - started)
     writing.set()
     writer.join()
     stop.set()
@@ -141,11 +123,11 @@ def main() -> None:
         env = {"VITQ_DATABASE_URL": database_url, "VITQ_HOME": home, "VITQ_AUTH": "off"}
         env["VITQ_BROKER_URL"] = f"sqla+sqlite:///{home}/broker.db"
         port = 18741
-        with server("api.server.app:create_app", port, env) as url:
-            job_id = httpx.post(url + "/jobs", json=SPEC).json()["id"]
+        with server("api.server.app:create_app", port, env) as api:
+            job_id = httpx.post(api.url + "/jobs", json=SPEC).json()["id"]
             log = Path(home) / "storage" / "jobs" / str(job_id) / LOG_FILE
             log.parent.mkdir(parents=True, exist_ok=True)
-            asyncio.run(run(url, database_url, log, job_id, args, uvicorn_pid(port)))
+            asyncio.run(run(api, database_url, log, job_id, args))
 
 
 if __name__ == "__main__":
