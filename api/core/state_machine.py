@@ -26,9 +26,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import CursorResult, Row, Select, Update, func, insert, select, update
+from sqlalchemy import CursorResult, Insert, Row, ScalarSelect, Select, Update, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
 from api.core.errors import JobNotFoundError, JobStateError
@@ -173,6 +174,12 @@ def submit(
 _STORE = insert(Job).returning(*Job.__table__.c)
 
 
+@lru_cache
+def _store_with(read: ScalarSelect[Any]) -> Insert:
+    """The INSERT handing back, besides the row, the value of `read` as its `along` column (built once per read)."""
+    return _STORE.returning(read.label("along"))
+
+
 def store(
     *,
     session: Session,
@@ -182,12 +189,17 @@ def store(
     owner: str = LOCAL_OWNER,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    along: tuple[ScalarSelect[Any], dict[str, Any]] | None = None,
 ) -> Row[Any]:
     """submit's job, inserted now in the session's transaction (not committed), as the stored row: POST /jobs'
     path, past the ORM's unit of work, which cost more CPU than the INSERT itself. A second job with the owner's
-    `idempotency_key` raises IntegrityError here: the caller rolls back and reads the first one instead."""
+    `idempotency_key` raises IntegrityError here: the caller rolls back and reads the first one instead.
+    `along`: a read (and its parameters) that rides on the INSERT's round trip, its value the row's `along`."""
     values = _new_job(spec, max_attempts, parent, owner, idempotency_key, request_hash)
-    return session.connection().execute(_STORE, values).one()
+    if along is None:
+        return session.connection().execute(_STORE, values).one()
+    read, params = along
+    return session.connection().execute(_store_with(read), {**values, **params}).one()
 
 
 def _new_job(

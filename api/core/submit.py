@@ -41,10 +41,14 @@ def submit_job(
         if first is not None:
             return first, False
     own = limits.for_principal(session=session, principal=principal, settings=settings)
-    spec, parent = checked(spec, session=session, settings=settings, principal=principal, allowed=own)
+    spec, parent = checked(
+        spec, session=session, settings=settings, principal=principal, allowed=own, fit_read=False
+    )
     # The quota check takes the owner's lock, held until this transaction commits: nothing rolls back before.
     quotas.check(session=session, owner=principal.owner, specs=[spec], settings=settings)
     try:
+        # The fit check's read rides on the INSERT's round trip; a job that does not fit is a 422, and the
+        # caller's session rolls its row back.
         stored = state_machine.store(
             session=session,
             spec=spec,
@@ -53,7 +57,9 @@ def submit_job(
             owner=principal.owner,
             idempotency_key=idempotency_key,
             request_hash=request_hash,
+            along=workers.capacity_along(pool=spec.resources.pool, lease_seconds=settings.lease_seconds),
         )
+        _check_fits(spec, workers.capacity_from(stored.along))
         session.commit()
     except IntegrityError:
         if idempotency_key is None or request_hash is None:
@@ -205,13 +211,24 @@ def _sets(fields: dict[str, Any], loc: tuple[Any, ...]) -> bool:
 
 
 def checked(
-    spec: JobSpec, *, session: Session, settings: Settings, principal: Principal, allowed: limits.JobLimits
+    spec: JobSpec,
+    *,
+    session: Session,
+    settings: Settings,
+    principal: Principal,
+    allowed: limits.JobLimits,
+    fit_read: bool = True,
 ) -> tuple[JobSpec, Job | None]:
-    """The spec as it will run (paths resolved and confined) and its parent job, or a 422."""
+    """The spec as it will run (paths resolved and confined) and its parent job, or a 422. `fit_read` False:
+    the caller checks the fit itself, with a capacity it read along with another statement."""
     limits.check(spec, allowed)
     spec = confine_paths(spec, settings, may_read_job=_may_read_job(session, principal))
     parent = _parent_of(spec, session=session, principal=principal)
-    _check_fits(spec, session=session, settings=settings)
+    if fit_read:
+        in_pool = workers.capacity_of_pool(
+            session=session, pool=spec.resources.pool, lease_seconds=settings.lease_seconds
+        )
+        _check_fits(spec, in_pool)
     return spec, parent
 
 
@@ -256,13 +273,10 @@ def _blame_child(error: InvalidInputError, sweep: SweepSpec, point: Point, which
     return InvalidInputError(details)
 
 
-def _check_fits(spec: JobSpec, *, session: Session, settings: Settings) -> None:
-    """A job that no live worker of its pool could ever run is a 422 naming the largest fit. With no worker of
-    the pool alive yet, it is accepted and waits (its wait_reason says so)."""
+def _check_fits(spec: JobSpec, in_pool: Sequence[workers.Capacity]) -> None:
+    """A job that no live worker of its pool (`in_pool`) could ever run is a 422 naming the largest fit. With no
+    worker of the pool alive yet, it is accepted and waits (its wait_reason says so)."""
     resources = spec.resources
-    in_pool = workers.capacity_of_pool(
-        session=session, pool=resources.pool, lease_seconds=settings.lease_seconds
-    )
     if not in_pool:
         return
     fit = workers.largest_fit(in_pool)

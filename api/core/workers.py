@@ -11,8 +11,11 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ScalarSelect, bindparam, delete, func, select, update
+from sqlalchemy import JSON, ScalarSelect, bindparam, delete, func, select, update
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from api.core.models import Worker
 from api.core.state_machine import now
@@ -155,6 +158,52 @@ def capacity_of_pool(*, session: Session, pool: str, lease_seconds: float) -> li
     """Each live worker of `pool`: Celery workers, or the Slurm nodes `vitq slurm` published for it."""
     params = {"pool": pool, "cutoff": alive_cutoff(lease_seconds)}
     return [Capacity(*row) for row in session.connection().execute(_POOL_CAPACITY, params)]
+
+
+class json_rows(FunctionElement[Any]):
+    """An aggregate: one JSON array of its arguments per row, all in one JSON array (NULL over no rows)."""
+
+    type = JSON()
+    inherit_cache = True
+    name = "json_rows"
+
+
+@compiles(json_rows, "postgresql")
+def _json_rows_postgresql(element: json_rows, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"json_agg(json_build_array({compiler.process(element.clauses, **kw)}))"
+
+
+@compiles(json_rows, "sqlite")
+def _json_rows_sqlite(element: json_rows, compiler: SQLCompiler, **kw: Any) -> str:
+    # SQLite keeps JSON as text: json() makes a JSON column's value nested JSON instead of a string.
+    args = ", ".join(
+        f"json({compiler.process(arg, **kw)})" if isinstance(arg.type, JSON) else compiler.process(arg, **kw)
+        for arg in element.clauses
+    )
+    return f"json_group_array(json_array({args}))"
+
+
+# The same capacity as one value, for a read that rides on another statement's round trip: a submit's INSERT
+# (submit.submit_job) hands it back with the stored row. Binds `:fit_pool` and `:cutoff`.
+POOL_CAPACITY_ALONG: ScalarSelect[Any] = (
+    select(json_rows(*(getattr(Worker, f.name) for f in fields(Capacity))))
+    .where(
+        Worker.pool == bindparam("fit_pool"),
+        Worker.heartbeat_at >= bindparam("cutoff", type_=Worker.heartbeat_at.type),
+        Worker.stopped_at.is_(None),
+    )
+    .scalar_subquery()
+)
+
+
+def capacity_along(*, pool: str, lease_seconds: float) -> tuple[ScalarSelect[Any], dict[str, Any]]:
+    """POOL_CAPACITY_ALONG and its parameters, for state_machine.store's `along`."""
+    return POOL_CAPACITY_ALONG, {"fit_pool": pool, "cutoff": alive_cutoff(lease_seconds)}
+
+
+def capacity_from(along: list[list[Any]] | None) -> list[Capacity]:
+    """The capacity POOL_CAPACITY_ALONG handed back."""
+    return [Capacity(*row) for row in along or []]
 
 
 def largest_fit(in_pool: Sequence[Capacity]) -> int | None:

@@ -81,6 +81,7 @@ def test_a_job_no_worker_could_fit_is_refused_with_the_largest_fit(api: Api) -> 
     )
     register(api, "gpu-a:1", devices=4, pool="a100")
     register(api, "gpu-b:2", devices=8, pool="a100")
+    stored = api.client.get("/jobs").json()["total"]
     refused = api.client.post(
         "/jobs", json={**TINY_SPEC, "resources": {"procs_per_node": 16, "pool": "a100"}}
     )
@@ -88,6 +89,7 @@ def test_a_job_no_worker_could_fit_is_refused_with_the_largest_fit(api: Api) -> 
     [error] = refused.json()["detail"]
     assert error["loc"] == ["body", "resources", "procs_per_node"]
     assert "largest worker of pool 'a100' has 8" in error["msg"]
+    assert api.client.get("/jobs").json()["total"] == stored  # its INSERT, which read the fit, rolled back
     assert (
         submit(api, {**TINY_SPEC, "resources": {"procs_per_node": 8, "pool": "a100"}})["status"] == "queued"
     )
