@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ScalarSelect, and_, bindparam, case, func, or_, select
+from sqlalchemy.orm import Session, aliased
 
 from api.core import workers
 from api.core.metric_queries import MetricSummary, summarize_metrics
@@ -184,18 +184,25 @@ def _ahead_of(priority: Any, created_at: Any, job_id: Any) -> Any:
     )
 
 
-_AHEAD_OF_BOUND = select(Job.id).where(
-    *runnable(),
-    Job.pool == bindparam("pool"),
-    _ahead_of(
+def _ahead_count(pool: Any, priority: Any, created_at: Any, job_id: Any) -> ScalarSelect[int]:
+    """How many runnable jobs are ahead of a job with these values, counted up to PLACES_COUNTED from its pool's
+    queue index, as a subquery: the values are bound parameters, or the columns of the job an outer query reads."""
+    ahead = (
+        select(Job.id)
+        .where(*runnable(), Job.pool == pool, _ahead_of(priority, created_at, job_id))
+        .correlate_except(Job)  # an outer query's job, read in a subquery of its FROM: no table of its own
+    )
+    return select(func.count()).select_from(ahead.limit(PLACES_COUNTED).subquery()).scalar_subquery()
+
+
+_PLACE_AND_WORKERS = select(
+    _ahead_count(
+        bindparam("pool"),
         bindparam("priority", type_=Job.priority.type),
         bindparam("created_at", type_=Job.created_at.type),
         bindparam("job_id", type_=Job.id.type),
     ),
-)
-_PLACE_AND_WORKERS = select(
-    select(func.count()).select_from(_AHEAD_OF_BOUND.limit(PLACES_COUNTED).subquery()).scalar_subquery(),
-    workers.ALIVE_IN_POOL,
+    workers.alive_in(bindparam("pool")),
 )
 
 
@@ -210,7 +217,46 @@ def _place_and_workers(
         "cutoff": workers.alive_cutoff(lease_seconds),
     }
     ahead, alive = session.connection().execute(_PLACE_AND_WORKERS, params).one()  # plain values: no ORM
-    return ({job.id: ahead + 1} if ahead < PLACES_COUNTED else {}), {job.pool: alive}
+    return _place(job.id, ahead), {job.pool: alive}
+
+
+def _place(job_id: int, ahead: int) -> dict[int, int]:
+    return {job_id: ahead + 1} if ahead < PLACES_COUNTED else {}
+
+
+# GET /jobs/{id}, the hottest read, in one statement: the job, and when it waits in its queue (queued, no
+# wait_reason of its own), how many jobs are ahead of it and how many workers of its pool are alive.
+_PAGE = aliased(Job, name="page")
+_PAGE_WAITS = and_(_PAGE.status == JobStatus.queued, _PAGE.wait_reason.is_(None))
+_JOB_PAGE = select(
+    _PAGE,
+    case((_PAGE_WAITS, _ahead_count(_PAGE.pool, _PAGE.priority, _PAGE.created_at, _PAGE.id))).label("ahead"),
+    case((_PAGE_WAITS, workers.alive_in(_PAGE.pool))).label("alive"),
+).where(_PAGE.id == bindparam("job_id"))
+_OWNED_JOB_PAGE = _JOB_PAGE.where(_PAGE.owner == bindparam("owner"))
+
+
+def job_page(*, session: Session, job_id: int, principal: Principal, settings: Settings) -> JobOut:
+    """One job as shown() shows it (404 as get_job), its place read along with its row. Under a running limit,
+    the owners at the limit are read first, as shown() does."""
+    if settings.max_running_jobs is not None:
+        (out,) = shown(
+            session=session,
+            jobs=[get_job(session=session, job_id=job_id, principal=principal)],
+            settings=settings,
+        )
+        return out
+    params: dict[str, Any] = {"job_id": job_id, "cutoff": workers.alive_cutoff(settings.lease_seconds)}
+    statement = _JOB_PAGE
+    if not principal.is_admin:
+        statement, params["owner"] = _OWNED_JOB_PAGE, principal.owner
+    row = session.execute(statement, params).one_or_none() if job_id <= MAX_JOB_ID else None
+    if row is None:
+        raise JobNotFoundError(job_id)
+    job, ahead, alive = row
+    queue = None if ahead is None else QueueView(_place(job.id, ahead), {job.pool: alive})
+    summary = summarize_metrics(session=session, job_ids=[job.id]).get(job.id) if job.started_at else None
+    return job_out(job, summary, queue)
 
 
 def _place_of(*, session: Session, job: Job, skip: tuple[Any, ...]) -> dict[int, int]:
@@ -221,7 +267,7 @@ def _place_of(*, session: Session, job: Job, skip: tuple[Any, ...]) -> dict[int,
         .limit(PLACES_COUNTED)
     )
     count = session.scalar(select(func.count()).select_from(ahead.subquery())) or 0
-    return {job.id: count + 1} if count < PLACES_COUNTED else {}
+    return _place(job.id, count)
 
 
 def _places_in(*, session: Session, jobs: Sequence[Job], skip: tuple[Any, ...]) -> dict[int, int]:

@@ -103,17 +103,19 @@ def alive_cutoff(lease_seconds: float) -> datetime:
     return now() - timedelta(seconds=lease_seconds)
 
 
-# How many workers of pool `:pool` are alive (heartbeat at or after `:cutoff`), as a subquery another read embeds.
-ALIVE_IN_POOL: ScalarSelect[int] = (
-    select(func.count())
-    .select_from(Worker)
-    .where(
-        Worker.pool == bindparam("pool"),
-        Worker.heartbeat_at >= bindparam("cutoff", type_=Worker.heartbeat_at.type),
-        Worker.stopped_at.is_(None),
+def alive_in(pool: Any) -> ScalarSelect[int]:
+    """How many workers of `pool` (a bound parameter, or another query's pool column) are alive (heartbeat at
+    or after `:cutoff`), as a subquery another read embeds."""
+    return (
+        select(func.count())
+        .select_from(Worker)
+        .where(
+            Worker.pool == pool,
+            Worker.heartbeat_at >= bindparam("cutoff", type_=Worker.heartbeat_at.type),
+            Worker.stopped_at.is_(None),
+        )
+        .scalar_subquery()
     )
-    .scalar_subquery()
-)
 
 
 def alive_per_pool(*, session: Session, lease_seconds: float) -> dict[str, int]:

@@ -152,8 +152,7 @@ def _show_job(
 ) -> Response:
     with sessions() as session:
         principal = principal_of(session=session, settings=settings, authorization=authorization)
-        job = reads.get_job(session=session, job_id=job_id, principal=principal)
-        (out,) = reads.shown(session=session, jobs=[job], settings=settings)
+        out = reads.job_page(session=session, job_id=job_id, principal=principal, settings=settings)
     return json_response(out)
 
 
