@@ -149,9 +149,9 @@ def queue_view(
     *, session: Session, jobs: Sequence[Job], lease_seconds: float, running_limit: int | None = None
 ) -> QueueView | None:
     """The places of the page's runnable queued jobs and the live workers of their pools (only when the page
-    shows such a job). One job: its place and its pool's workers in one statement, built once (the job page is
-    the hottest read). A page: one query per pool, reading at most PLACES_COUNTED ids from the queue's index,
-    and one for the live workers."""
+    shows such a job). One job: its place and its pool's workers in one statement, built once (the job page
+    reads them with the job instead: job_page). A page: one query per pool, numbering at most PLACES_COUNTED
+    ids of the queue's index, and one for the live workers."""
     waiting = [job for job in jobs if job.status == JobStatus.queued and job.wait_reason is None]
     if not waiting:
         return None
