@@ -137,10 +137,16 @@ class Database:
             time.sleep(self.backoff)
 
 
+def runner_sessions(settings: Settings) -> sessionmaker[Session]:
+    """The sessions a job's runner writes through (Celery worker or Slurm node): a transaction it leaves idle
+    ends after IDLE_IN_TRANSACTION_S."""
+    return session_factory(settings.resolved_database_url, idle_in_transaction_s=IDLE_IN_TRANSACTION_S)
+
+
 def supervise(job_id: int, *, settings: Settings, enqueue: Enqueue) -> None:
     """Claim the first runnable job in queue order (whichever `job_id` woke us: a message is a wake-up) and run it. A database
     that is down at claim time is waited for, up to a lease: the message that woke us stays our job."""
-    sessions = session_factory(settings.resolved_database_url, idle_in_transaction_s=IDLE_IN_TRANSACTION_S)
+    sessions = runner_sessions(settings)
     database = Database(sessions, job_id)
     name = worker_name()
     deadline = time.monotonic() + settings.lease_seconds

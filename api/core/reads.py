@@ -184,12 +184,15 @@ def _ahead_of(priority: Any, created_at: Any, job_id: Any) -> Any:
     )
 
 
-def _ahead_count(pool: Any, priority: Any, created_at: Any, job_id: Any) -> ScalarSelect[int]:
-    """How many runnable jobs are ahead of a job with these values, counted up to PLACES_COUNTED from its pool's
-    queue index, as a subquery: the values are bound parameters, or the columns of the job an outer query reads."""
+def _ahead_count(
+    pool: Any, priority: Any, created_at: Any, job_id: Any, skip: tuple[Any, ...] = ()
+) -> ScalarSelect[int]:
+    """How many runnable jobs (less `skip`) are ahead of a job with these values, counted up to PLACES_COUNTED
+    from its pool's queue index, as a subquery: the values are the job's own, bound parameters, or the columns of
+    the job an outer query reads."""
     ahead = (
         select(Job.id)
-        .where(*runnable(), Job.pool == pool, _ahead_of(priority, created_at, job_id))
+        .where(*runnable(), Job.pool == pool, *skip, _ahead_of(priority, created_at, job_id))
         .correlate_except(Job)  # an outer query's job, read in a subquery of its FROM: no table of its own
     )
     return select(func.count()).select_from(ahead.limit(PLACES_COUNTED).subquery()).scalar_subquery()
@@ -261,13 +264,8 @@ def job_page(*, session: Session, job_id: int, principal: Principal, settings: S
 
 def _place_of(*, session: Session, job: Job, skip: tuple[Any, ...]) -> dict[int, int]:
     """One job's page, some owners skipped: the jobs ahead of it counted in the database (one row back)."""
-    ahead = (
-        select(Job.id)
-        .where(*runnable(), Job.pool == job.pool, *skip, _ahead_of(job.priority, job.created_at, job.id))
-        .limit(PLACES_COUNTED)
-    )
-    count = session.scalar(select(func.count()).select_from(ahead.subquery())) or 0
-    return _place(job.id, count)
+    ahead = session.scalar(select(_ahead_count(job.pool, job.priority, job.created_at, job.id, skip))) or 0
+    return _place(job.id, ahead)
 
 
 def _places_in(*, session: Session, jobs: Sequence[Job], skip: tuple[Any, ...]) -> dict[int, int]:

@@ -91,11 +91,17 @@ def retire(*, session: Session, name: str) -> None:
     session.commit()
 
 
+def _alive(cutoff: Any = None) -> tuple[Any, ...]:
+    """The WHERE clause of a live worker: heartbeat at or after `cutoff` (default: the bound `:cutoff`), not
+    stopped."""
+    if cutoff is None:
+        cutoff = bindparam("cutoff", type_=Worker.heartbeat_at.type)
+    return (Worker.heartbeat_at >= cutoff, Worker.stopped_at.is_(None))
+
+
 def live(*, session: Session, lease_seconds: float) -> Sequence[Worker]:
     cutoff = alive_cutoff(lease_seconds)
-    return session.scalars(
-        select(Worker).where(Worker.heartbeat_at >= cutoff, Worker.stopped_at.is_(None)).order_by(Worker.name)
-    ).all()
+    return session.scalars(select(Worker).where(*_alive(cutoff)).order_by(Worker.name)).all()
 
 
 def alive_cutoff(lease_seconds: float) -> datetime:
@@ -106,26 +112,13 @@ def alive_cutoff(lease_seconds: float) -> datetime:
 def alive_in(pool: Any) -> ScalarSelect[int]:
     """How many workers of `pool` (a bound parameter, or another query's pool column) are alive (heartbeat at
     or after `:cutoff`), as a subquery another read embeds."""
-    return (
-        select(func.count())
-        .select_from(Worker)
-        .where(
-            Worker.pool == pool,
-            Worker.heartbeat_at >= bindparam("cutoff", type_=Worker.heartbeat_at.type),
-            Worker.stopped_at.is_(None),
-        )
-        .scalar_subquery()
-    )
+    return select(func.count()).select_from(Worker).where(Worker.pool == pool, *_alive()).scalar_subquery()
 
 
 def alive_per_pool(*, session: Session, lease_seconds: float) -> dict[str, int]:
     """How many workers of each pool are alive: one grouped query."""
     cutoff = alive_cutoff(lease_seconds)
-    rows = session.execute(
-        select(Worker.pool, func.count())
-        .where(Worker.heartbeat_at >= cutoff, Worker.stopped_at.is_(None))
-        .group_by(Worker.pool)
-    )
+    rows = session.execute(select(Worker.pool, func.count()).where(*_alive(cutoff)).group_by(Worker.pool))
     return {pool: count for pool, count in rows}
 
 
@@ -149,11 +142,8 @@ class Capacity:
 
 
 # The capacity of pool `:pool`'s live workers: a submit's fit checks, one statement built once, past the ORM.
-_POOL_CAPACITY = select(*(getattr(Worker, f.name) for f in fields(Capacity))).where(
-    Worker.pool == bindparam("pool"),
-    Worker.heartbeat_at >= bindparam("cutoff", type_=Worker.heartbeat_at.type),
-    Worker.stopped_at.is_(None),
-)
+_CAPACITY_COLUMNS = tuple(getattr(Worker, f.name) for f in fields(Capacity))
+_POOL_CAPACITY = select(*_CAPACITY_COLUMNS).where(Worker.pool == bindparam("pool"), *_alive())
 
 
 def capacity_of_pool(*, session: Session, pool: str, lease_seconds: float) -> list[Capacity]:
@@ -188,12 +178,8 @@ def _json_rows_sqlite(element: json_rows, compiler: SQLCompiler, **kw: Any) -> s
 # The same capacity as one value, for a read that rides on another statement's round trip: a submit's INSERT
 # (submit.submit_job) hands it back with the stored row. Binds `:fit_pool` and `:cutoff`.
 POOL_CAPACITY_ALONG: ScalarSelect[Any] = (
-    select(json_rows(*(getattr(Worker, f.name) for f in fields(Capacity))))
-    .where(
-        Worker.pool == bindparam("fit_pool"),
-        Worker.heartbeat_at >= bindparam("cutoff", type_=Worker.heartbeat_at.type),
-        Worker.stopped_at.is_(None),
-    )
+    select(json_rows(*_CAPACITY_COLUMNS))
+    .where(Worker.pool == bindparam("fit_pool"), *_alive())
     .scalar_subquery()
 )
 

@@ -29,7 +29,6 @@ import sys
 import time
 
 from api.core import launches, state_machine
-from api.core.db import session_factory
 from api.core.logging_setup import configure_logging, job_context
 from api.core.settings import get_settings
 from api.core.state_machine import Claim
@@ -63,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ref = f"slurm:{slurm_id}"
     # One worker name per run of the Slurm job: a requeued run never shares the fence of the run before it.
     worker = f"{hosts[0]}:slurm-{slurm_id}" + (f".{restart}" if restart else "")
-    # As a Celery runner's: a transaction left idle by a stalled node ends after a few seconds, its job row with it.
-    sessions = session_factory(
-        settings.resolved_database_url, idle_in_transaction_s=supervisor.IDLE_IN_TRANSACTION_S
-    )
+    sessions = supervisor.runner_sessions(settings)
     database = Database(sessions, job_id)
     deadline = time.monotonic() + settings.lease_seconds
     if supervisor.SHUTDOWN.is_set():  # told to stop before it claimed: nothing to hand back
